@@ -1,1 +1,280 @@
-pub fn _x() {}
+//! A local, offline Azure Relay Hybrid Connections emulator, usable as a binary
+//! (`relay-server`) or in-process from tests ([`Emulator`]).
+//!
+//! Layout: `model`/`config`/`store` hold the durable namespaces, hybrid connections and keys;
+//! `certs` makes the TLS material; `server` accepts connections; `routes` dispatches by Host
+//! and path; `rendezvous` serves listen/connect/accept; `control` runs a listener's control
+//! channel; `pump` relays frames of a tunnel; `registry` is the live state; `error` maps
+//! every failure to the wire in one place. Protocol details come from `hc-protocol`.
+
+pub mod certs;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod model;
+pub mod pump;
+pub mod registry;
+pub mod rendezvous;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod target;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hc_protocol::frame::close_code;
+use hc_protocol::limits::{DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE, RENDEZVOUS_TIMEOUT, TOKEN_RENEWAL_GRACE};
+use hc_protocol::{ConnectionString, Credential, Right, Rights};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use certs::TlsMaterial;
+pub use config::ConfigFile;
+pub use model::{Model, ModelError};
+pub use store::{Store, StoreError};
+
+/// Tunable behaviour; the defaults follow PROTOCOL.md §14.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// How long a sender waits for its listener to join (§6.1).
+    pub rendezvous_timeout: Duration,
+    /// How long an expired control channel stays open waiting for `renewToken` (§3.5).
+    pub token_grace: Duration,
+    /// Relay connections (listeners + tunnels) per namespace (§14).
+    pub max_connections_per_namespace: usize,
+    /// Senders that may wait for a listener at once, over all namespaces.
+    pub max_pending_rendezvous: usize,
+    /// Time allowed for a TLS handshake and for a request head.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+    /// Read buffer per tunnel direction, allocated only while data flows.
+    pub tunnel_buffer_size: usize,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            rendezvous_timeout: RENDEZVOUS_TIMEOUT,
+            token_grace: TOKEN_RENEWAL_GRACE,
+            max_connections_per_namespace: DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE,
+            max_pending_rendezvous: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            tunnel_buffer_size: 32 * 1024,
+        }
+    }
+}
+
+/// State shared by every task of one relay.
+#[derive(Debug)]
+pub struct RelayState {
+    /// Durable model.
+    pub store: Store,
+    /// Live listeners, rendezvous and quotas.
+    pub registry: Arc<registry::Registry>,
+    /// Behaviour.
+    pub options: RelayOptions,
+    /// TLS, or plain ws/http when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Cancelled once to shut everything down.
+    pub cancel: CancellationToken,
+    /// Every connection and tunnel task.
+    pub tracker: TaskTracker,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// A handle on a relay: serve it, inspect it, change its namespaces.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    state: Arc<RelayState>,
+}
+
+impl Relay {
+    /// A relay over `store`; `tls` `None` serves plain ws/http.
+    pub fn new(store: Store, tls: Option<Arc<rustls::ServerConfig>>, options: RelayOptions) -> Self {
+        let state =
+            RelayState { store, registry: Arc::default(), options, tls, cancel: CancellationToken::new(), tracker: TaskTracker::new() };
+        Relay { state: Arc::new(state) }
+    }
+
+    /// Serves on an already bound listener until `shutdown` completes, then closes every
+    /// connection (listeners and tunnels get Close 1001) within the shutdown grace period.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        server::serve(self.state.clone(), listener, shutdown).await
+    }
+
+    /// Starts shutting down (same as the `serve` shutdown future completing).
+    pub fn shutdown(&self) {
+        self.state.cancel.cancel();
+    }
+
+    /// A copy of the current model.
+    pub fn model(&self) -> Model {
+        self.state.store.read().clone()
+    }
+
+    /// Listeners connected to a hybrid connection.
+    pub fn listener_count(&self, namespace: &str, hybrid_connection: &str) -> usize {
+        self.state.registry.listener_count(&(namespace.to_ascii_lowercase(), hybrid_connection.to_ascii_lowercase()))
+    }
+
+    /// Connections counted against a namespace's quota.
+    pub fn connection_count(&self, namespace: &str) -> usize {
+        self.state.registry.connection_count(&namespace.to_ascii_lowercase())
+    }
+
+    /// Senders waiting for a listener.
+    pub fn pending_rendezvous(&self) -> usize {
+        self.state.registry.pending_count()
+    }
+
+    /// Creates or updates a hybrid connection (with App Service's default rules when new).
+    pub fn put_hybrid_connection(
+        &self,
+        namespace: &str,
+        name: &str,
+        requires_client_authorization: bool,
+        user_metadata: Option<String>,
+    ) -> Result<(), StoreError> {
+        let now = now_unix();
+        self.state.store.update(|m| {
+            model::validate_hybrid_connection_name(name)?;
+            let ns = m.namespace_mut(namespace)?;
+            let hc = ns.hybrid_connections.entry(name.to_ascii_lowercase()).or_insert_with(|| config::empty_hybrid_connection(name, now));
+            hc.requires_client_authorization = requires_client_authorization;
+            hc.user_metadata = user_metadata;
+            hc.updated_at = now;
+            config::ensure_app_service_rules(hc)
+        })
+    }
+
+    /// Deletes a hybrid connection; its listeners are closed with 1001 (§5.5).
+    pub fn delete_hybrid_connection(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.state.store.update(|m| {
+            let ns = m.namespace_mut(namespace)?;
+            ns.hybrid_connections
+                .remove(&name.to_ascii_lowercase())
+                .map(|_| ())
+                .ok_or_else(|| ModelError::NoHybridConnection(namespace.into(), name.into()))
+        })?;
+        let key = (namespace.to_ascii_lowercase(), name.to_ascii_lowercase());
+        self.state.registry.close_listeners(&key, close_code::GOING_AWAY, "The hybrid connection was deleted.");
+        Ok(())
+    }
+
+    /// Adds or replaces an authorization rule on a namespace, or on one of its hybrid
+    /// connections; keys are generated unless given.
+    pub fn put_rule(
+        &self,
+        namespace: &str,
+        hybrid_connection: Option<&str>,
+        name: &str,
+        rights: &[Right],
+        keys: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        self.state.store.update(|m| {
+            let rule = model::new_rule(name, Rights::of(rights), keys.map(|k| k.0), keys.map(|k| k.1))?;
+            let ns = m.namespace_mut(namespace)?;
+            match hybrid_connection {
+                None => model::upsert_rule(&mut ns.authorization_rules, namespace, rule),
+                Some(hc) => {
+                    let entity = ns
+                        .hybrid_connections
+                        .get_mut(&hc.to_ascii_lowercase())
+                        .ok_or_else(|| ModelError::NoHybridConnection(namespace.into(), hc.into()))?;
+                    model::upsert_rule(&mut entity.authorization_rules, hc, rule)
+                }
+            }
+        })
+    }
+
+    /// A connection string for a rule, as the portal shows it: `Endpoint=sb://{host}/` with
+    /// the rule's primary key, and `EntityPath` when a hybrid connection is named.
+    pub fn connection_string(
+        &self,
+        namespace: &str,
+        hybrid_connection: Option<&str>,
+        rule: &str,
+        endpoint_host: &str,
+    ) -> Result<ConnectionString, ModelError> {
+        let model = self.state.store.read();
+        let ns = model.namespace(namespace)?;
+        let entity = match hybrid_connection {
+            Some(hc) => Some(
+                ns.hybrid_connections
+                    .get(&hc.to_ascii_lowercase())
+                    .ok_or_else(|| ModelError::NoHybridConnection(namespace.into(), hc.into()))?,
+            ),
+            None => None,
+        };
+        let rules = entity.map(|e| &e.authorization_rules).into_iter().flatten().chain(&ns.authorization_rules);
+        let found = rules.into_iter().find(|r| r.0.name == rule).ok_or_else(|| ModelError::BadRuleName(rule.into()))?;
+        Ok(ConnectionString {
+            endpoint: format!("sb://{endpoint_host}/"),
+            entity_path: entity.map(|e| e.name.clone()),
+            credential: Some(Credential::Key { name: found.0.name.clone(), key: found.0.primary_key.clone() }),
+            operation_timeout: None,
+            authentication: None,
+        })
+    }
+}
+
+/// An in-process emulator for tests, the way Azurite serves storage tests: bound to
+/// 127.0.0.1 on a port the OS picks, with its own CA when TLS is on, stopped on drop.
+#[derive(Debug)]
+pub struct Emulator {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The relay handle.
+    pub relay: Relay,
+    /// The CA certificate (PEM) to trust, when TLS is on.
+    pub ca_pem: Option<String>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Emulator {
+    /// Starts an emulator with `config` applied to an in-memory model (the zero-config
+    /// default namespace when `config` lists none).
+    pub async fn start(config: &ConfigFile, tls: bool, options: RelayOptions) -> anyhow::Result<Emulator> {
+        let mut model = Model::default();
+        config.apply(&mut model, now_unix())?;
+        config::ensure_default_namespace(&mut model, now_unix())?;
+        let material = if tls { Some(TlsMaterial::generate(&model.all_hosts())?) } else { None };
+        let server_config = material.as_ref().map(|m| m.server_config()).transpose()?;
+        let relay = Relay::new(Store::in_memory(model), server_config, options);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let serving = relay.clone();
+        let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        Ok(Emulator { addr, relay, ca_pem: material.map(|m| m.ca_pem), task: Some(task) })
+    }
+
+    /// `localhost:{port}`, the Host for the default namespace.
+    pub fn authority(&self) -> String {
+        format!("localhost:{}", self.addr.port())
+    }
+
+    /// Shuts down and waits until every connection is closed (or the grace period ends).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.relay.shutdown();
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.relay.shutdown();
+    }
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! `relay-server`: the emulator binary. Parses arguments, prepares the data directory (state,
+//! CA, server certificate), prints how to connect, and serves until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use relay_server::model::{LISTENER_RULE, Model, SENDER_RULE};
+use relay_server::{ConfigFile, Relay, RelayOptions, Store, TlsMaterial, certs, config, now_unix};
+use tokio::net::TcpListener;
+
+/// A local, offline Azure Relay Hybrid Connections emulator.
+#[derive(Debug, Parser)]
+#[command(name = "relay-server", version)]
+struct Args {
+    /// Address to listen on [default: 127.0.0.1:9443, or 127.0.0.1:9080 with --plain].
+    #[arg(long, env = "HC_RELAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Serve plain ws:// and http:// instead of TLS (quick experiments only).
+    #[arg(long)]
+    plain: bool,
+    /// Data directory for state.json and the certificates [default: $XDG_DATA_HOME/hc-emulator or ~/.local/share/hc-emulator].
+    #[arg(long, env = "HC_RELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Declarative configuration file (JSON, see the README), applied at every start.
+    #[arg(long, short, env = "HC_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Seconds a sender waits for a listener to accept.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    rendezvous_timeout: u64,
+    /// Seconds an expired listener token is tolerated before the control channel is closed.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    token_grace: u64,
+    /// Connections (listeners and tunnels) allowed per namespace.
+    #[arg(long, default_value_t = hc_protocol::limits::DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE)]
+    max_connections_per_namespace: usize,
+    /// Seconds shutdown waits for connections to close.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    shutdown_grace: u64,
+    /// Log filter, e.g. `info` or `relay_server=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("hc-emulator")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter: tracing_subscriber::filter::Targets = args.log.parse().with_context(|| format!("invalid log filter '{}'", args.log))?;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
+
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let model = load_model(&args, &data_dir)?;
+    let material = TlsMaterial::load_or_create(&data_dir, &model.all_hosts()).context("preparing TLS certificates")?;
+    let tls = if args.plain { None } else { Some(material.server_config()?) };
+    let store = Store::persistent(&data_dir, model)?;
+    let relay = Relay::new(store, tls, options(&args));
+
+    let addr = args.listen.unwrap_or_else(|| if args.plain { ([127, 0, 0, 1], 9080).into() } else { ([127, 0, 0, 1], 9443).into() });
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)"))?;
+    let bound = listener.local_addr()?;
+    print_banner(&relay, bound, args.plain, &data_dir);
+    relay.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn options(args: &Args) -> RelayOptions {
+    RelayOptions {
+        rendezvous_timeout: Duration::from_secs(args.rendezvous_timeout),
+        token_grace: Duration::from_secs(args.token_grace),
+        max_connections_per_namespace: args.max_connections_per_namespace,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        ..RelayOptions::default()
+    }
+}
+
+/// state.json, then the config file on top, then the default namespace if none exists.
+fn load_model(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Model> {
+    let mut model = Store::load(data_dir)?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file = ConfigFile::parse(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
+        file.apply(&mut model, now_unix()).with_context(|| format!("config file {}", path.display()))?;
+    }
+    config::ensure_default_namespace(&mut model, now_unix())?;
+    Ok(model)
+}
+
+/// How to reach every namespace: connection strings, the CA and how to trust it.
+fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::path::Path) {
+    let (ws, http) = if plain { ("ws", "http") } else { ("wss", "https") };
+    let port = addr.port();
+    println!("Azure Relay Hybrid Connections emulator listening on {addr} ({ws}://, {http}://)");
+    println!("Data directory: {}", data_dir.display());
+    if !plain {
+        let ca = data_dir.join(certs::CA_FILE);
+        println!("CA certificate: {}", ca.display());
+        println!("  Node (hyco-ws, hyco-https): export NODE_EXTRA_CA_CERTS={}", ca.display());
+        println!("  OpenSSL tools and Python:   export SSL_CERT_FILE={}", ca.display());
+        println!("  curl:                       curl --cacert {} ...", ca.display());
+    }
+    let model = relay.model();
+    for ns in model.namespaces.values() {
+        let host = if ns.default { format!("localhost:{port}") } else { format!("{}.localhost:{port}", ns.name.to_ascii_lowercase()) };
+        println!();
+        println!("Namespace {} at {ws}://{host}/$hc/{{hybrid-connection}}", ns.name);
+        for rule in &ns.authorization_rules {
+            if let Ok(cs) = relay.connection_string(&ns.name, None, &rule.0.name, &host) {
+                println!("  {:<8} {}", format!("{:?}:", rule.0.rights).replace(['[', ']'], ""), cs.expose());
+            }
+        }
+        for hc in ns.hybrid_connections.values() {
+            println!(
+                "  Hybrid connection {}{}",
+                hc.name,
+                hc.user_metadata.as_deref().map(|m| format!(" (userMetadata {m})")).unwrap_or_default()
+            );
+            for (label, rule) in [("Listen", LISTENER_RULE), ("Send", SENDER_RULE)] {
+                if let Ok(cs) = relay.connection_string(&ns.name, Some(&hc.name), rule, &host) {
+                    println!("    {label:<6} {}", cs.expose());
+                }
+            }
+        }
+    }
+    println!();
+    println!("Ready.");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received, shutting down");
+}

@@ -1,0 +1,163 @@
+//! TLS material for the emulator: a local CA (made once, reused on every restart so users
+//! trust it once) and a server certificate signed by it, covering every host the namespaces
+//! answer to. The server certificate is issued again when that host set changes.
+//!
+//! Files in the data directory: `ca.pem` (give this to clients), `ca-key.pem`, `server.pem`,
+//! `server-key.pem`, `server-hosts.txt` (the names the server certificate covers).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::store::write_atomically;
+
+/// File name of the CA certificate users trust.
+pub const CA_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca-key.pem";
+const SERVER_FILE: &str = "server.pem";
+const SERVER_KEY_FILE: &str = "server-key.pem";
+const SERVER_HOSTS_FILE: &str = "server-hosts.txt";
+const CA_COMMON_NAME: &str = "Hybrid Connections emulator local CA";
+
+/// Why TLS material could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// File access failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// rcgen refused.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM file could not be parsed.
+    #[error("{0} is not a valid PEM file")]
+    Pem(PathBuf),
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A CA and a server certificate, as PEM text.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// The CA certificate (PEM).
+    pub ca_pem: String,
+    /// The server certificate (PEM).
+    pub server_pem: String,
+    server_key_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial").field("server_key_pem", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+fn issue_server(issuer: &Issuer<'_, KeyPair>, hosts: &[String]) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "Hybrid Connections emulator");
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+impl TlsMaterial {
+    /// Fresh CA and server certificate in memory (for in-process emulators and tests).
+    pub fn generate(hosts: &[String]) -> Result<Self, CertError> {
+        let ca_key = KeyPair::generate()?;
+        let ca_pem = ca_params()?.self_signed(&ca_key)?.pem();
+        let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
+        Ok(TlsMaterial { ca_pem, server_pem, server_key_pem })
+    }
+
+    /// Loads the CA from `dir` (making it the first time) and a server certificate for
+    /// `hosts` (issuing a new one when the host set changed).
+    pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, CertError> {
+        let read = |name: &str| read_optional(&dir.join(name));
+        let (ca_pem, ca_key) = match (read(CA_FILE)?, read(CA_KEY_FILE)?) {
+            (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
+            _ => {
+                let key = KeyPair::generate()?;
+                let cert = ca_params()?.self_signed(&key)?.pem();
+                write(dir, CA_KEY_FILE, &key.serialize_pem())?;
+                write(dir, CA_FILE, &cert)?;
+                (cert, key)
+            }
+        };
+        let wanted = hosts.join("\n");
+        if let (Some(cert), Some(key), Some(names)) = (read(SERVER_FILE)?, read(SERVER_KEY_FILE)?, read(SERVER_HOSTS_FILE)?)
+            && names == wanted
+        {
+            return Ok(TlsMaterial { ca_pem, server_pem: cert, server_key_pem: key });
+        }
+        let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
+        write(dir, SERVER_KEY_FILE, &server_key_pem)?;
+        write(dir, SERVER_FILE, &server_pem)?;
+        write(dir, SERVER_HOSTS_FILE, &wanted)?;
+        Ok(TlsMaterial { ca_pem, server_pem, server_key_pem })
+    }
+
+    /// A rustls server configuration (HTTP/1.1 only, as WebSocket upgrades need).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
+        let certs = CertificateDer::pem_slice_iter(self.server_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| CertError::Pem(SERVER_FILE.into()))?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).map_err(|_| CertError::Pem(SERVER_KEY_FILE.into()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, CertError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CertError::Io { path: path.into(), source }),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<(), CertError> {
+    let path = dir.join(name);
+    write_atomically(&path, text.as_bytes()).map_err(|source| CertError::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_reused_and_server_cert_follows_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["localhost".to_owned(), "default.localhost".to_owned()];
+        let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        assert_eq!((first.ca_pem.clone(), first.server_pem.clone()), (again.ca_pem.clone(), again.server_pem.clone()));
+        let more = vec!["localhost".to_owned(), "contoso.localhost".to_owned()];
+        let changed = TlsMaterial::load_or_create(dir.path(), &more).unwrap();
+        assert_eq!(changed.ca_pem, first.ca_pem);
+        assert_ne!(changed.server_pem, first.server_pem);
+        assert!(changed.server_config().is_ok());
+        assert!(!format!("{changed:?}").contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The relay's error type and its one mapping to the wire (PROTOCOL.md §9.1): an HTTP status
+//! with the message as reason phrase (the SDKs put the reason phrase into exception text) and
+//! as a plain-text body, both ending with the tracking text of §9.3.
+
+use axum::body::Body;
+use axum::response::Response;
+use hc_protocol::AuthError;
+use hc_protocol::tracking;
+use http::{StatusCode, header};
+
+/// Everything a request to the relay can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The request is not what this endpoint takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No namespace answers to the Host header.
+    #[error(
+        "No namespace is configured for host '{0}'. Use a namespace's host ({{namespace}}.localhost or an alias) or localhost for the default namespace."
+    )]
+    UnknownHost(String),
+    /// No hybrid connection at that path (§9.1).
+    #[error("Endpoint does not exist.")]
+    EndpointNotFound,
+    /// A sender connected while no listener is (§6.1).
+    #[error("There are no listeners connected for the endpoint.")]
+    NoListeners,
+    /// Token refused (401) or right missing (403).
+    #[error("{0}")]
+    Auth(AuthError),
+    /// The 26th listener (§5.1, §16 open question: 403 QuotaExceeded).
+    #[error("QuotaExceeded: MaximumListenersPerEndpoint: the hybrid connection already has {0} listeners.")]
+    TooManyListeners(usize),
+    /// The namespace's connection quota is used up.
+    #[error("QuotaExceeded: the namespace already has {0} connections.")]
+    TooManyConnections(usize),
+    /// A rendezvous address that is unknown, used twice or expired (§9.1).
+    #[error("The rendezvous address is invalid or has expired.")]
+    RendezvousExpired,
+    /// The listener did not open the rendezvous in time (§6.1 step 7).
+    #[error("The listener did not accept the connection within the allowed timeout.")]
+    ListenerTimeout,
+    /// The listener rejected the connection; its status and description go to the sender as is.
+    #[error("{description}")]
+    Rejected {
+        /// Status chosen by the listener.
+        status: u16,
+        /// Description chosen by the listener.
+        description: String,
+    },
+    /// The sender went away before the listener joined.
+    #[error("The sender is no longer waiting for this rendezvous.")]
+    SenderGone,
+    /// Too many rendezvous waiting at once.
+    #[error("ServerBusy: too many connections are waiting for a listener.")]
+    Busy,
+    /// The relay is stopping.
+    #[error("The relay is shutting down.")]
+    ShuttingDown,
+    /// A capability of a later milestone.
+    #[error("{0}")]
+    NotImplemented(&'static str),
+}
+
+impl RelayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            RelayError::BadRequest(_) => 400,
+            RelayError::UnknownHost(_) | RelayError::EndpointNotFound | RelayError::NoListeners => 404,
+            RelayError::Auth(e) => e.status(),
+            RelayError::TooManyListeners(_) | RelayError::TooManyConnections(_) | RelayError::RendezvousExpired => 403,
+            RelayError::ListenerTimeout => 504,
+            RelayError::Rejected { status, .. } => *status,
+            RelayError::SenderGone => 410,
+            RelayError::Busy | RelayError::ShuttingDown => 503,
+            RelayError::NotImplemented(_) => 501,
+        }
+    }
+
+    /// The response: status, reason phrase and body. A listener's own reject text goes out
+    /// unchanged; the relay's texts get the tracking suffix.
+    pub fn into_response(self, tracking: &Tracking) -> Response {
+        let text = match &self {
+            RelayError::Rejected { description, .. } => description.clone(),
+            other => tracking.decorate(&other.to_string()),
+        };
+        text_response(self.status(), &text)
+    }
+}
+
+impl From<AuthError> for RelayError {
+    fn from(e: AuthError) -> Self {
+        RelayError::Auth(e)
+    }
+}
+
+/// What the tracking text of one request says (§9.3).
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    /// `{sb-hc-id or generated}_G0`.
+    pub id: String,
+    /// `sb://{ns-host}/{path}`.
+    pub system_tracker: String,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+impl Tracking {
+    /// `{message} TrackingId:…, SystemTracker:…, Timestamp:…`.
+    pub fn decorate(&self, message: &str) -> String {
+        tracking::with_tracking(message, &self.id, &self.system_tracker, self.now)
+    }
+}
+
+/// A response whose reason phrase and plain-text body are `text`.
+pub fn text_response(status: u16, text: &str) -> Response {
+    let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(Body::from(text.to_owned()));
+    *response.status_mut() = status_code;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(text)) {
+        response.extensions_mut().insert(reason);
+    }
+    response
+}
+
+/// A reason phrase may not hold control characters; replace them with spaces.
+fn reason_phrase(text: &str) -> Vec<u8> {
+    text.bytes().map(|b| if b == b'\t' || (b >= 0x20 && b != 0x7f) { b } else { b' ' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons() {
+        let t = Tracking { id: "abc_G0".into(), system_tracker: "sb://default.localhost/hyco".into(), now: 1_700_000_000 };
+        let r = RelayError::EndpointNotFound.into_response(&t);
+        assert_eq!(r.status(), 404);
+        let reason = r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(
+            reason.as_bytes(),
+            b"Endpoint does not exist. TrackingId:abc_G0, SystemTracker:sb://default.localhost/hyco, Timestamp:2023-11-14T22:13:20"
+        );
+        let r = RelayError::Rejected { status: 401, description: "go\r\naway".into() }.into_response(&t);
+        assert_eq!((r.status().as_u16(), r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes()), (401, &b"go  away"[..]));
+        assert_eq!(RelayError::Auth(AuthError::MissingRight(hc_protocol::Right::Listen)).status(), 403);
+        assert_eq!(RelayError::ListenerTimeout.status(), 504);
+    }
+}

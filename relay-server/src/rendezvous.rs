@@ -1,0 +1,309 @@
+//! The WebSocket actions on `/$hc/{path}` (PROTOCOL.md §5.1, §6.1–§6.3):
+//!
+//! - `listen`: authorize (Listen, always), register the listener, upgrade, run its control
+//!   channel.
+//! - `connect` (also a missing action, §15 MUST 1): authorize (Send unless the hybrid
+//!   connection allows anonymous senders), pick a listener at random, send it `accept`, hold
+//!   the sender's handshake open until the listener joins, rejects, or the rendezvous expires.
+//! - `accept`: the listener joins a rendezvous with the single-use address; with
+//!   `sb-hc-statusCode` (or the unprefixed spelling) it rejects instead and gets 410.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::response::Response;
+use hc_protocol::address::{self, Action};
+use hc_protocol::control::{self, AcceptCommand, Headers, RemoteEndpoint, ServiceCommand};
+use hc_protocol::limits::MAX_LISTENERS_PER_HYBRID_CONNECTION;
+use hc_protocol::{Right, tracking};
+use http::{HeaderMap, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, debug_span, info};
+
+use crate::RelayState;
+use crate::control::ControlChannel;
+use crate::error::{RelayError, Tracking, text_response};
+use crate::pump::{self, PumpOptions};
+use crate::registry::{ControlOut, ListenerHandle, Pending, RendezvousReply};
+use crate::target::{Target, TokenSource, find_token};
+use crate::ws;
+
+/// How many commands may wait for a listener's control channel.
+const CONTROL_QUEUE: usize = 64;
+
+/// One request to `/$hc/...`, taken apart.
+#[derive(Debug)]
+pub struct WsRequest {
+    /// The request (headers, extensions with the upgrade).
+    pub req: Request,
+    /// Host header (with port).
+    pub host: String,
+    /// Path after `/$hc/`, raw.
+    pub path: String,
+    /// Raw query.
+    pub query: String,
+    /// The sender's or listener's socket address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// Tracking text for errors.
+    pub tracking: Tracking,
+}
+
+impl WsRequest {
+    fn target(&self, state: &RelayState) -> Result<Target, RelayError> {
+        Target::resolve(&state.store.read(), &self.host, &self.path)
+    }
+
+    fn take_upgrade(&mut self) -> Result<OnUpgrade, RelayError> {
+        self.req.extensions_mut().remove::<OnUpgrade>().ok_or_else(|| RelayError::BadRequest("This connection cannot be upgraded.".into()))
+    }
+}
+
+/// Serves one `/$hc/` request.
+pub async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
+    let action = match address::query_value(&r.query, address::QUERY_ACTION) {
+        None => Ok(Action::Connect),
+        Some(a) => Action::parse(&a).ok_or_else(|| RelayError::BadRequest(format!("Unrecognized action '{a}' or URL not valid."))),
+    };
+    let tracking = r.tracking.clone();
+    let result = match action {
+        Ok(Action::Listen) => listen(&state, &mut r).await,
+        Ok(Action::Connect) => connect(&state, &mut r).await,
+        Ok(Action::Accept) => accept(&state, &mut r),
+        Ok(Action::Request) => Err(RelayError::NotImplemented("HTTP request rendezvous is not supported by this version of the emulator.")),
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| {
+        debug!(tracking_id = %tracking.id, status = e.status(), error = %e, "websocket request refused");
+        e.into_response(&tracking)
+    })
+}
+
+async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+    let upgrade = ws::check_upgrade(r.req.headers())?;
+    let target = r.target(state)?;
+    let token = find_token(r.req.headers(), &r.query).map(|t| t.0);
+    let auth = target.authorize(token.as_deref(), Right::Listen, r.tracking.now)?;
+    let permit = state.registry.acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let handle = ListenerHandle {
+        id: state.registry.next_listener_id(),
+        tracking_id: r.tracking.id.clone(),
+        base_url: format!("{}://{}", if r.tls { "wss" } else { "ws" }, r.host),
+        tx,
+    };
+    let guard = state.registry.add_listener(target.key.clone(), handle, MAX_LISTENERS_PER_HYBRID_CONNECTION)?;
+    let on_upgrade = r.take_upgrade()?;
+    let channel = ControlChannel {
+        state: state.clone(),
+        hc: target.key.clone(),
+        tracking_id: r.tracking.id.clone(),
+        expires_at: auth.expires_at,
+        guard,
+        permit,
+        rx,
+    };
+    info!(tracking_id = %r.tracking.id, namespace = %target.namespace, hybrid_connection = %target.hc_name, peer = %r.peer, "listener connected");
+    let span = debug_span!("control", tracking_id = %r.tracking.id);
+    state.tracker.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(io) => channel.run(hyper_util::rt::TokioIo::new(io)).await,
+                Err(e) => debug!(error = %e, "listener upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    Ok(ws::switching_protocols(&upgrade.key, upgrade.protocols.first().map(String::as_str)))
+}
+
+async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+    let upgrade = ws::check_upgrade(r.req.headers())?;
+    let target = r.target(state)?;
+    let token = find_token(r.req.headers(), &r.query);
+    if target.requires_client_authorization {
+        target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, r.tracking.now)?;
+    }
+    let permit = state.registry.acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
+    let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListeners)?;
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let id = r.tracking.id.clone();
+    let _pending =
+        state.registry.insert_pending(&id, Pending { hc: target.key.clone(), reply: reply_tx }, state.options.max_pending_rendezvous)?;
+    let command = ServiceCommand::Accept(AcceptCommand {
+        address: address::rendezvous_address(&listener.base_url, &r.path, &address::app_query(&r.query), Action::Accept, &id),
+        id: id.clone(),
+        connect_headers: connect_headers(r.req.headers(), token.map(|t| t.1)),
+        remote_endpoint: RemoteEndpoint { address: r.peer.ip().to_canonical().to_string(), port: r.peer.port() },
+    });
+    let sender_upgrade = r.take_upgrade()?;
+    let reply =
+        wait_for_listener(state, listener, ControlOut::Accept { id: id.clone(), json: control::to_json(&command) }, reply_rx).await?;
+    match reply {
+        RendezvousReply::Rejected { status, description } => Err(RelayError::Rejected { status, description }),
+        RendezvousReply::Accepted { upgrade: listener_upgrade, protocol } => {
+            let chosen = protocol.filter(|p| upgrade.protocols.contains(p));
+            spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, id);
+            Ok(ws::switching_protocols(&upgrade.key, chosen.as_deref()))
+        }
+    }
+}
+
+/// Sends `accept` and waits for the listener's answer within the rendezvous timeout.
+async fn wait_for_listener(
+    state: &RelayState,
+    listener: ListenerHandle,
+    out: ControlOut,
+    reply: oneshot::Receiver<RendezvousReply>,
+) -> Result<RendezvousReply, RelayError> {
+    let deadline = tokio::time::Instant::now() + state.options.rendezvous_timeout;
+    let wait = async {
+        listener.tx.send(out).await.map_err(|_| RelayError::NoListeners)?;
+        reply.await.map_err(|_| RelayError::Rejected { status: 502, description: "The listener failed to complete the rendezvous.".into() })
+    };
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, wait) => r.unwrap_or(Err(RelayError::ListenerTimeout)),
+        _ = state.cancel.cancelled() => Err(RelayError::ShuttingDown),
+    }
+}
+
+fn spawn_tunnel(state: &Arc<RelayState>, sender: OnUpgrade, listener: OnUpgrade, permit: crate::registry::ConnectionPermit, id: String) {
+    let options = PumpOptions { buffer_size: state.options.tunnel_buffer_size, shutdown_grace: state.options.shutdown_grace };
+    let cancel = state.cancel.clone();
+    let span = debug_span!("tunnel", tracking_id = %id);
+    state.tracker.spawn(
+        async move {
+            let started = std::time::Instant::now();
+            let (s, l) = tokio::join!(sender, listener);
+            let (Ok(s), Ok(l)) = (s, l) else {
+                debug!("tunnel upgrade failed on one side");
+                return;
+            };
+            let report = pump::bridge(hyper_util::rt::TokioIo::new(s), hyper_util::rt::TokioIo::new(l), options, cancel).await;
+            drop(permit);
+            debug!(
+                sender_to_listener = report.sender_to_listener,
+                listener_to_sender = report.listener_to_sender,
+                duration_ms = started.elapsed().as_millis() as u64,
+                aborted = report.aborted.as_deref().unwrap_or(""),
+                "tunnel closed"
+            );
+        }
+        .instrument(span),
+    );
+}
+
+fn accept(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+    let target = r.target(state)?;
+    let id = address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
+    let pending = state.registry.take_pending(&id).ok_or(RelayError::RendezvousExpired)?;
+    if pending.hc != target.key {
+        let _ = pending.reply.send(RendezvousReply::Rejected {
+            status: 502,
+            description: "The listener used a rendezvous address of another endpoint.".into(),
+        });
+        return Err(RelayError::RendezvousExpired);
+    }
+    if let Some((status, description)) = reject_params(&r.query) {
+        let _ = pending.reply.send(RendezvousReply::Rejected { status, description });
+        return Ok(text_response(410, "Gone: the connection was rejected."));
+    }
+    let upgrade = match ws::check_upgrade(r.req.headers()) {
+        Ok(u) => u,
+        Err(e) => {
+            let description = "The listener's rendezvous request was not a WebSocket upgrade.".to_owned();
+            let _ = pending.reply.send(RendezvousReply::Rejected { status: 502, description });
+            return Err(e);
+        }
+    };
+    let protocol = upgrade.protocols.first().cloned();
+    let on_upgrade = r.take_upgrade()?;
+    pending
+        .reply
+        .send(RendezvousReply::Accepted { upgrade: on_upgrade, protocol: protocol.clone() })
+        .map_err(|_| RelayError::SenderGone)?;
+    Ok(ws::switching_protocols(&upgrade.key, protocol.as_deref()))
+}
+
+/// `sb-hc-statusCode` / `sb-hc-statusDescription`, or the unprefixed spelling hyco-ws uses
+/// (§6.2). Statuses outside 400..=599 become 400; a missing description becomes the standard
+/// reason phrase.
+fn reject_params(query: &str) -> Option<(u16, String)> {
+    let code = address::query_value(query, address::QUERY_STATUS_CODE)
+        .or_else(|| address::query_value(query, address::QUERY_STATUS_CODE_UNPREFIXED))?;
+    let status = code.trim().parse::<u16>().ok().filter(|s| (400..=599).contains(s)).unwrap_or(400);
+    let description = address::query_value(query, address::QUERY_STATUS_DESCRIPTION)
+        .or_else(|| address::query_value(query, address::QUERY_STATUS_DESCRIPTION_UNPREFIXED))
+        .unwrap_or_else(|| StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Rejected").to_owned());
+    Some((status, description))
+}
+
+/// The sender's upgrade headers for `accept.connectHeaders` (§5.2): everything but the token
+/// carriers, names in their usual capitalisation, repeated headers joined with ", ".
+fn connect_headers(headers: &HeaderMap, token_source: Option<TokenSource>) -> Headers {
+    let mut out = Headers::default();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if n.eq_ignore_ascii_case(address::HEADER_SB_AUTHORIZATION)
+            || (n == "authorization" && token_source == Some(TokenSource::Authorization))
+        {
+            continue;
+        }
+        out.append(&title_case(n), &String::from_utf8_lossy(value.as_bytes()));
+    }
+    out
+}
+
+/// `sec-websocket-key` -> `Sec-WebSocket-Key`.
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|part| match part {
+            "websocket" => "WebSocket".to_owned(),
+            p => {
+                let mut c = p.chars();
+                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The tracking id and system tracker for a request (§9.3).
+pub fn tracking_for(query: &str, host: &str, path: &str, now: u64) -> Tracking {
+    let client_id = address::query_value(query, address::QUERY_ID);
+    let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
+    Tracking { id, system_tracker: tracking::system_tracker(&crate::model::host_without_port(host), path), now }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn header_names_and_auth_stripping() {
+        assert_eq!(title_case("sec-websocket-key"), "Sec-WebSocket-Key");
+        assert_eq!(title_case("x-custom"), "X-Custom");
+        let mut h = HeaderMap::new();
+        h.insert("servicebusauthorization", HeaderValue::from_static("secret"));
+        h.insert("authorization", HeaderValue::from_static("Bearer app"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        let out = connect_headers(&h, Some(TokenSource::Header));
+        assert_eq!(out.get("Authorization"), Some("Bearer app"));
+        assert_eq!(out.get("X-Multi"), Some("a, b"));
+        assert!(out.get("ServiceBusAuthorization").is_none());
+        assert!(connect_headers(&h, Some(TokenSource::Authorization)).get("authorization").is_none());
+    }
+
+    #[test]
+    fn reject_parameters() {
+        assert_eq!(reject_params("sb-hc-action=accept&sb-hc-statusCode=401&sb-hc-statusDescription=No+way"), Some((401, "No way".into())));
+        assert_eq!(reject_params("statusCode=502&statusDescription=Down%21"), Some((502, "Down!".into())));
+        assert_eq!(reject_params("sb-hc-statusCode=200"), Some((400, "Bad Request".into())));
+        assert_eq!(reject_params("sb-hc-action=accept"), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! Accepting connections: TCP (TCP_NODELAY), optional TLS with a handshake timeout, then
+//! HTTP/1.1 with upgrades, a header read timeout and a cap on the request head size. Each
+//! connection and each upgraded socket runs as a task of the relay's `TaskTracker`; shutdown
+//! cancels one token, stops accepting, and waits for the tasks under a grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hc_protocol::limits::MAX_HANDSHAKE_BYTES;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
+
+use crate::RelayState;
+use crate::routes::{self, ConnInfo};
+
+/// Serves until `shutdown` completes, then drains.
+pub async fn serve(
+    state: Arc<RelayState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let cancel = state.cancel.clone();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => trigger.cancel(),
+            _ = trigger.cancelled() => {}
+        }
+    });
+    let router = routes::router(state.clone());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (state, router) = (state.clone(), router.clone());
+                    state.tracker.clone().spawn(serve_connection(state, router, stream, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        }
+    }
+    drop(listener);
+    info!("shutting down: no new connections; closing listeners and tunnels");
+    state.tracker.close();
+    if tokio::time::timeout(state.options.shutdown_grace, state.tracker.wait()).await.is_err() {
+        warn!(remaining = state.tracker.len(), "shutdown grace period over; dropping remaining connections");
+    }
+    Ok(())
+}
+
+async fn serve_connection(state: Arc<RelayState>, router: axum::Router, stream: TcpStream, peer: std::net::SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    match state.tls.clone() {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_http(state, router, tls_stream, ConnInfo { peer, tls: true }).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        None => serve_http(state, router, stream, ConnInfo { peer, tls: false }).await,
+    }
+}
+
+async fn serve_http<IO>(state: Arc<RelayState>, router: axum::Router, io: IO, conn: ConnInfo)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn);
+        router.clone().oneshot(req)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.options.handshake_timeout)
+        .max_buf_size(MAX_HANDSHAKE_BYTES)
+        .max_headers(100);
+    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        r = connection.as_mut() => if let Err(e) = r { debug!(peer = %conn.peer, error = %e, "http connection ended with an error") },
+        _ = state.cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
