@@ -119,7 +119,7 @@ fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::pa
         println!("Namespace {} at {ws}://{host}/$hc/{{hybrid-connection}}", ns.name);
         for rule in &ns.authorization_rules {
             if let Ok(cs) = relay.connection_string(&ns.name, None, &rule.0.name, &host) {
-                println!("  {:<8} {}", format!("{:?}:", rule.0.rights).replace(['[', ']'], ""), cs.expose());
+                println!("  {} ({}): {}", rule.0.name, rights_text(rule.0.rights), cs.expose());
             }
         }
         for hc in ns.hybrid_connections.values() {
@@ -137,6 +137,10 @@ fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::pa
     }
     println!();
     println!("Ready.");
+}
+
+fn rights_text(rights: hc_protocol::Rights) -> String {
+    rights.to_vec().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,195 @@
+//! Runs the `relay-server` binary exactly as a user would: a fresh data directory, an OS-chosen
+//! port, the printed connection strings and CA file; then kill -9 and a restart that keeps
+//! every key; SIGTERM; and a broken config file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use hc_protocol::{ConnectionString, Credential, SasToken};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// What the banner told us.
+struct Banner {
+    port: u16,
+    ca_file: String,
+    listen: String,
+    send: String,
+    manage: String,
+}
+
+fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Banner) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut port, mut ca_file, mut listen, mut send, mut manage) = (0, String::new(), String::new(), String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("Azure Relay Hybrid Connections emulator listening on ") {
+            port = rest.split_whitespace().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        } else if let Some(rest) = t.strip_prefix("CA certificate: ") {
+            ca_file = rest.to_owned();
+        } else if let Some(rest) = t.strip_prefix("Listen ") {
+            listen = rest.trim().to_owned();
+        } else if let Some(rest) = t.strip_prefix("Send ") {
+            send = rest.trim().to_owned();
+        } else if t.contains("SharedAccessKeyName=RootManageSharedAccessKey") {
+            manage = t.split_once("Endpoint=").map(|(_, cs)| format!("Endpoint={cs}")).unwrap();
+        } else if t == "Ready." {
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    assert!(port > 0 && !listen.is_empty() && !send.is_empty() && !manage.is_empty(), "banner incomplete");
+    (child, Banner { port, ca_file, listen, send, manage })
+}
+
+fn tls_for(ca_file: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Connects like an SDK would from a connection string: token for `http://{host}/{hc}/`.
+async fn connect(
+    tls: Arc<rustls::ClientConfig>,
+    port: u16,
+    cs: &str,
+    action: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
+    let cs = ConnectionString::parse(cs).unwrap();
+    let hc = cs.entity_path.clone().unwrap();
+    let Some(Credential::Key { name, key }) = &cs.credential else { panic!("key credential expected") };
+    let host = cs.namespace_host();
+    let token = SasToken::create(&format!("http://{host}/{hc}/"), name, key, relay_server::now_unix() + 600).expose();
+    let url = format!("wss://{host}:{}/$hc/{hc}?sb-hc-action={action}", cs.port().unwrap());
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("ServiceBusAuthorization", token.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let stream =
+        tokio_rustls::TlsConnector::from(tls).connect(ServerName::try_from(host).unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    tokio_tungstenite::client_async(request, stream).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+}
+
+/// Listener and sender from the printed strings exchange a message through the relay.
+async fn round_trip(b: &Banner) {
+    let tls = tls_for(&b.ca_file);
+    let mut control = connect(tls.clone(), b.port, &b.listen, "listen").await.unwrap();
+    let sender = tokio::spawn({
+        let (tls, port, send) = (tls.clone(), b.port, b.send.clone());
+        async move { connect(tls, port, &send, "connect").await }
+    });
+    let accept = loop {
+        if let Message::Text(t) = control.next().await.unwrap().unwrap() {
+            break t;
+        }
+    };
+    let accept: serde_json::Value = serde_json::from_str(&accept).unwrap();
+    let address = accept["accept"]["address"].as_str().unwrap().to_owned();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", b.port)).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (mut rendezvous, _) = tokio_tungstenite::client_async(address.as_str(), stream).await.unwrap();
+    let mut sender = sender.await.unwrap().unwrap();
+    sender.send(Message::text("through the binary")).await.unwrap();
+    assert_eq!(rendezvous.next().await.unwrap().unwrap(), Message::text("through the binary"));
+}
+
+#[tokio::test]
+async fn zero_config_start_survives_kill_9_with_the_same_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, first) = start(dir.path(), &[]);
+    assert!(
+        first.listen.ends_with(";EntityPath=sample") && first.listen.contains("SharedAccessKeyName=defaultListener"),
+        "{}",
+        first.listen
+    );
+    assert!(first.send.contains("SharedAccessKeyName=defaultSender"));
+    round_trip(&first).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let ca_before = std::fs::read_to_string(&first.ca_file).unwrap();
+    let (mut child, second) = start(dir.path(), &[]);
+    let keys = |cs: &str| cs.split(';').skip(1).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        (keys(&second.listen), keys(&second.send), keys(&second.manage)),
+        (keys(&first.listen), keys(&first.send), keys(&first.manage))
+    );
+    assert_eq!(std::fs::read_to_string(&second.ca_file).unwrap(), ca_before, "the CA is reused");
+    // The first run's strings (old port aside) still authenticate.
+    let old_listen = first.listen.replace(&first.port.to_string(), &second.port.to_string());
+    let old_send = first.send.replace(&first.port.to_string(), &second.port.to_string());
+    round_trip(&Banner { listen: old_listen, send: old_send, ..second }).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, b) = start(dir.path(), &[]);
+    let tls = tls_for(&b.ca_file);
+    let mut control = connect(tls, b.port, &b.listen, "listen").await.unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let close = loop {
+        match control.next().await {
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1001));
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn config_file_is_applied_and_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.json");
+    std::fs::write(
+        &config,
+        r#"{"namespaces":[{"name":"contoso","default":true,"hybridConnections":[{"name":"db","endpoint":"localhost:5432"}]}]}"#,
+    )
+    .unwrap();
+    let (mut child, b) = start(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    assert!(b.listen.ends_with(";EntityPath=db"), "{}", b.listen);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    std::fs::write(&config, r#"{"namespaces":[{"name":"contoso","hybridConections":[]}]}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args(["--data-dir", dir.path().join("data2").to_str().unwrap(), "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay.json is invalid") && err.contains("hybridConections"), "{err}");
+}
