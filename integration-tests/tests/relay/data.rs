@@ -151,3 +151,43 @@ async fn protocol_errors_close_with_1002() {
     assert_eq!(CloseFrame::parse(&close.payload).unwrap().code, Some(1002));
     assert!(matches!(l.recv().await, Ok(None) | Err(_)));
 }
+
+#[tokio::test]
+async fn a_slow_reader_stalls_the_writer_and_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const FRAME: usize = 1 << 20;
+    const LIMIT: usize = 64;
+    let relay = TestRelay::start("{}", false, Default::default()).await;
+    let (mut s, mut l) = raw_pair(&relay).await;
+    let frame_bytes = |i: usize| vec![(i % 251) as u8; FRAME];
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for i in 0..LIMIT {
+                s.send(true, OpCode::Binary, &frame_bytes(i)).await.unwrap();
+                written.store(i + 1, Ordering::SeqCst);
+            }
+            s
+        }
+    });
+    // The listener does not read. With one relay buffer per direction and bounded kernel
+    // socket buffers, the writer must stop making progress long before LIMIT MiB.
+    let (mut last, mut still) = (usize::MAX, 0);
+    while still < 4 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = written.load(Ordering::SeqCst);
+        assert!(now < LIMIT, "the relay took all {LIMIT} MiB for a reader that does not read");
+        (last, still) = if now == last { (last, still + 1) } else { (now, 0) };
+    }
+    // Once the listener reads, everything arrives, whole and in order, and the writer finishes.
+    for i in 0..LIMIT {
+        let f = l.recv().await.unwrap().unwrap();
+        assert_eq!((f.opcode, f.payload.len()), (OpCode::Binary, FRAME), "frame {i}");
+        assert!(f.payload == frame_bytes(i), "frame {i} content");
+    }
+    writer.await.unwrap();
+    eprintln!("writer stalled after {last} MiB");
+    assert!(last < LIMIT / 2, "writer stalled after {last} MiB");
+}

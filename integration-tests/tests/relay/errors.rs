@@ -150,3 +150,19 @@ async fn oversized_request_heads_are_refused() {
         Err(e) => assert!(e.to_string().contains("closed"), "{e}"),
     }
 }
+
+#[tokio::test]
+async fn too_many_waiting_senders_get_503() {
+    let options = relay_server::RelayOptions { max_pending_rendezvous: 1, ..Default::default() };
+    let relay = TestRelay::start("{}", true, options).await;
+    let mut listener = relay.listen("sample").await;
+    let token = relay.send_token("sample");
+    let url = relay.url("localhost", "/$hc/sample");
+    let first = tokio::spawn(relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &token)]));
+    let accept = listener.next_accept().await.unwrap();
+    let second = relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &token)]).await.unwrap();
+    assert_eq!(second.status, 503);
+    assert!(second.reason.starts_with("ServerBusy:"), "{}", second.reason);
+    relay.raw_upgrade(&format!("{}&sb-hc-statusCode=409", accept.address), &[]).await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status, 409);
+}
