@@ -19,10 +19,18 @@ pub fn guid_from_bytes(mut b: [u8; 16]) -> String {
 /// generated one.
 pub fn tracking_id(client_id: Option<&str>, generated: impl FnOnce() -> String) -> String {
     let base = match client_id.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(id) => id.split("_G").next().unwrap_or(id).to_owned(),
+        Some(id) => strip_gateway_suffix(id).to_owned(),
         None => generated(),
     };
     format!("{base}{GATEWAY_SUFFIX}")
+}
+
+/// `id` without a trailing `_G<digits>` gateway suffix (what .NET's `RemoveSuffix` drops).
+pub fn strip_gateway_suffix(id: &str) -> &str {
+    match id.rsplit_once("_G") {
+        Some((base, n)) if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => id,
+    }
 }
 
 /// `sb://{ns-host}/{entity-path}`.
@@ -90,6 +98,9 @@ mod tests {
             "Endpoint does not exist. TrackingId:0b4c_G0, SystemTracker:sb://contoso.localhost/hyco, Timestamp:2023-11-14T22:13:20"
         );
         assert_eq!(tracking_id(None, || "gen".into()), "gen_G0");
+        assert_eq!(tracking_id(Some("my_Great_id"), || unreachable!()), "my_Great_id_G0");
+        assert_eq!(strip_gateway_suffix("abc_G12"), "abc");
+        assert_eq!(strip_gateway_suffix("_G1"), "_G1");
     }
 
     #[test]
