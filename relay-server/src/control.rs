@@ -58,7 +58,7 @@ impl ControlChannel {
     /// Serves the channel until it closes.
     pub async fn run<IO: AsyncRead + AsyncWrite + Send + 'static>(mut self, io: IO) {
         let (r, mut w) = tokio::io::split(io);
-        let mut reader = MessageReader::new(r, MAX_CONTROL_MESSAGE_BYTES);
+        let mut reader = MessageReader::new(r, ws::Peer::Client, MAX_CONTROL_MESSAGE_BYTES);
         let exit = self.serve(&mut reader, &mut w).await;
         drop(self.guard);
         let why = match exit {

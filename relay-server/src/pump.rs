@@ -78,8 +78,8 @@ where
     let s_side = Arc::new(Side { writer: Mutex::new(sw), close_sent: AtomicBool::new(false) });
     let l_side = Arc::new(Side { writer: Mutex::new(lw), close_sent: AtomicBool::new(false) });
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let mut s_reader = FrameReader::new(sr, options.buffer_size);
-    let mut l_reader = FrameReader::new(lr, options.buffer_size);
+    let mut s_reader = FrameReader::new(sr, ws::Peer::Client, options.buffer_size);
+    let mut l_reader = FrameReader::new(lr, ws::Peer::Client, options.buffer_size);
     let aborted = {
         let a = pump(&mut s_reader, &s_side, &l_side, &up);
         let b = pump(&mut l_reader, &l_side, &s_side, &down);

@@ -1,0 +1,171 @@
+//! The listener side (PROTOCOL.md §5): open a control channel, read `accept` commands, renew
+//! the token, answer pings; then join a rendezvous (accept) or refuse it (reject, §6.2).
+
+use hc_protocol::address::{self, Action, HEADER_SB_AUTHORIZATION};
+use hc_protocol::control::{self, AcceptCommand, Incoming, ListenerCommand, RenewTokenCommand, ServiceCommand};
+use hc_protocol::frame::{CloseFrame, OpCode};
+use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
+use hc_ws::{Message, MessageReader, Peer};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::error::{Error, ErrorKind};
+use crate::handshake::{self, Prefixed, WsStream};
+use crate::relay::RelayEndpoint;
+use crate::token::{Token, TokenProvider};
+
+/// What a listener needs to connect.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// The namespace.
+    pub endpoint: RelayEndpoint,
+    /// Hybrid connection path.
+    pub path: String,
+    /// Token source (needs Listen).
+    pub tokens: TokenProvider,
+    /// `sb-hc-id` to use.
+    pub tracking_id: String,
+}
+
+/// Something that happened on the control channel.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A sender waits.
+    Accept(AcceptCommand),
+    /// The relay pinged; answer with [`ControlChannel::pong`].
+    Ping(Vec<u8>),
+    /// The relay closed the channel.
+    Closed {
+        /// Close code, if any.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+    /// Something this listener does not act on (a pong, an HTTP request, an unknown command).
+    Ignored(String),
+}
+
+/// An open control channel.
+#[derive(Debug)]
+pub struct ControlChannel {
+    reader: MessageReader<ReadHalf<Prefixed>>,
+    writer: WriteHalf<Prefixed>,
+    /// Expiry of the token in use, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl ControlChannel {
+    /// Opens the channel: `GET /$hc/{path}?sb-hc-action=listen&sb-hc-id=…` with the token in
+    /// `ServiceBusAuthorization`.
+    pub async fn open(config: &ListenerConfig) -> Result<Self, Error> {
+        let token = config.tokens.token(&config.endpoint.host, &config.path, crate::now_unix())?;
+        let token = token.ok_or_else(|| Error::new(ErrorKind::Config, "a listener needs a key or a token"))?;
+        let url = address::endpoint_url(
+            config.endpoint.ws_scheme(),
+            &config.endpoint.authority(),
+            &config.path,
+            Action::Listen,
+            &config.tracking_id,
+        );
+        let io = config.endpoint.open_namespace().await?;
+        let target = url_target(&url);
+        let ws = match handshake::upgrade(io, &target, &config.endpoint.authority(), &[(HEADER_SB_AUTHORIZATION, &token.text)]).await? {
+            Ok(ws) => ws,
+            Err(head) => return Err(Error::from_status(&format!("listening on '{}'", config.path), head.status, &head.reason)),
+        };
+        let (r, w) = tokio::io::split(ws.io);
+        Ok(ControlChannel {
+            reader: MessageReader::new(r, Peer::Server, MAX_CONTROL_MESSAGE_BYTES),
+            writer: w,
+            expires_at: token.expires_at,
+        })
+    }
+
+    /// The next event. Cancel-safe: use it in `select!` next to timers.
+    pub async fn next_event(&mut self) -> Result<ControlEvent, Error> {
+        let Some(message) = self.reader.next().await? else {
+            return Err(Error::new(ErrorKind::Network, "relay closed the control channel without a close frame"));
+        };
+        Ok(match message {
+            Message::Text(text) => match ServiceCommand::parse(&text) {
+                Ok(Incoming::Known(ServiceCommand::Accept(a))) => ControlEvent::Accept(a),
+                Ok(Incoming::Known(ServiceCommand::Request(_))) => ControlEvent::Ignored("HTTP request".into()),
+                Ok(Incoming::Unknown(name)) => ControlEvent::Ignored(format!("unknown command '{name}'")),
+                Err(e) => return Err(Error::new(ErrorKind::Protocol, e.to_string())),
+            },
+            Message::Binary(_) => ControlEvent::Ignored("binary message".into()),
+            Message::Ping(p) => ControlEvent::Ping(p),
+            Message::Pong => ControlEvent::Ignored("pong".into()),
+            Message::Close(c) => ControlEvent::Closed { code: c.code, reason: c.reason },
+        })
+    }
+
+    /// Answers a ping.
+    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), Error> {
+        Ok(hc_ws::write_masked(&mut self.writer, OpCode::Pong, payload, rand::random()).await?)
+    }
+
+    /// Sends a keep-alive ping (§5.4).
+    pub async fn ping(&mut self) -> Result<(), Error> {
+        Ok(hc_ws::write_masked(&mut self.writer, OpCode::Ping, b"hc", rand::random()).await?)
+    }
+
+    /// Sends `renewToken` with a fresh token (§5.3) and records its expiry.
+    pub async fn renew(&mut self, token: Token) -> Result<(), Error> {
+        let json = control::to_json(&ListenerCommand::RenewToken(RenewTokenCommand { token: token.text }));
+        hc_ws::write_masked(&mut self.writer, OpCode::Text, json.as_bytes(), rand::random()).await?;
+        self.expires_at = token.expires_at;
+        Ok(())
+    }
+
+    /// Closes the channel (Close frame, then TCP).
+    pub async fn close(mut self, code: u16, reason: &str) {
+        let close = CloseFrame::new(code, reason);
+        let _ = hc_ws::write_masked(&mut self.writer, OpCode::Close, &close.payload(), rand::random()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.reader.next()).await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+/// `path?query` of a URL.
+fn url_target(url: &str) -> String {
+    match hc_protocol::uri::parse(url) {
+        Ok(p) => match p.query {
+            Some(q) => format!("{}?{q}", p.path),
+            None => p.path.to_owned(),
+        },
+        Err(_) => "/".into(),
+    }
+}
+
+/// Opens `address` (from `accept`) as given; answers with the head when it is not a 101.
+async fn open_address(endpoint: &RelayEndpoint, address: &str) -> Result<(Result<WsStream, handshake::Head>, String), Error> {
+    let parts = hc_protocol::uri::parse(address).map_err(|e| Error::new(ErrorKind::Protocol, format!("bad rendezvous address: {e}")))?;
+    let port = parts.port.unwrap_or(if endpoint.tls.is_some() { 443 } else { 80 });
+    let authority = match parts.port {
+        Some(p) => format!("{}:{p}", parts.host),
+        None => parts.host.to_owned(),
+    };
+    let io = endpoint.open(parts.host, port).await?;
+    Ok((handshake::upgrade(io, &url_target(address), &authority, &[]).await?, authority))
+}
+
+/// Joins the rendezvous at `address` (§6.1 step 5); no token is sent (capability URL).
+pub async fn accept(endpoint: &RelayEndpoint, address: &str) -> Result<WsStream, Error> {
+    match open_address(endpoint, address).await?.0 {
+        Ok(ws) => Ok(ws),
+        Err(head) => Err(Error::from_status("joining the rendezvous", head.status, &head.reason)),
+    }
+}
+
+/// Refuses the connection offered at `address`: the sender gets `status` and `description`,
+/// the relay answers 410 (§6.2).
+pub async fn reject(endpoint: &RelayEndpoint, address: &str, status: u16, description: &str) -> Result<(), Error> {
+    let mut url = address.to_owned();
+    address::append_query(&mut url, address::QUERY_STATUS_CODE, &status.to_string());
+    address::append_query(&mut url, address::QUERY_STATUS_DESCRIPTION, description);
+    match open_address(endpoint, &url).await?.0 {
+        Err(head) if head.status == 410 => Ok(()),
+        Err(head) => Err(Error::from_status("rejecting", head.status, &head.reason)),
+        Ok(_) => Err(Error::new(ErrorKind::Protocol, "the relay accepted a reject as a connection")),
+    }
+}

@@ -1,0 +1,473 @@
+//! The HCM as a user runs it: the `hcm` binary with a temporary data directory, a relay
+//! (in-process, persistent, so it can be restarted on the same port with the same keys and
+//! CA), a real TCP echo server as endpoint, and senders built on hc-client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use hc_client::relay::RelayEndpoint;
+use hc_client::token::TokenProvider;
+use hc_protocol::frame::{CloseFrame, OpCode};
+use hc_protocol::metadata::Endpoint;
+use hc_ws::{FrameReader, Peer};
+use hcm::status::{HcStatus, State, StatusFile};
+use relay_server::{Relay, RelayOptions, Store, TlsMaterial};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A relay from a data directory, serving on `listener`.
+struct TestRelay {
+    relay: Relay,
+    addr: SocketAddr,
+    dir: PathBuf,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestRelay {
+    async fn start(dir: &Path, listener: TcpListener, options: RelayOptions) -> TestRelay {
+        let mut model = Store::load(dir).unwrap();
+        relay_server::config::ensure_default_namespace(&mut model, relay_server::now_unix()).unwrap();
+        let material = TlsMaterial::load_or_create(dir, &model.all_hosts()).unwrap();
+        let relay = Relay::new(Store::persistent(dir, model).unwrap(), Some(material.server_config().unwrap()), options);
+        let addr = listener.local_addr().unwrap();
+        let serving = relay.clone();
+        let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        TestRelay { relay, addr, dir: dir.to_owned(), task }
+    }
+
+    async fn stop(self) {
+        self.relay.shutdown();
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn authority(&self) -> String {
+        format!("localhost:{}", self.addr.port())
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A hybrid connection whose userMetadata names `endpoint`.
+    fn hybrid_connection(&self, name: &str, endpoint: SocketAddr) {
+        let metadata = Endpoint { host: endpoint.ip().to_string(), port: endpoint.port() }.to_user_metadata();
+        self.relay.put_hybrid_connection("default", name, true, Some(metadata)).unwrap();
+    }
+
+    fn listen_string(&self, hc: &str) -> String {
+        self.relay.connection_string("default", Some(hc), "defaultListener", &self.authority()).unwrap().expose()
+    }
+
+    fn listeners(&self, hc: &str) -> usize {
+        self.relay.listener_count("default", hc)
+    }
+
+    /// Sends `data` through `hc` as a sender, half-closes, and returns everything echoed back.
+    async fn echo(&self, hc: &str, data: &[u8]) -> Result<Vec<u8>, hc_client::Error> {
+        let mut ws = self.connect(hc).await?;
+        for chunk in data.chunks(64 * 1024) {
+            hc_ws::write_masked(&mut ws.io, OpCode::Binary, chunk, rand_mask()).await.unwrap();
+        }
+        hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
+        let mut reader = FrameReader::new(ws.io, Peer::Server, 64 * 1024);
+        let mut out = Vec::new();
+        loop {
+            let h = reader.header().await.unwrap().expect("relay closed without a close frame");
+            let payload = if h.payload_len > 0 { read_payload(&mut reader, h.payload_len).await } else { Vec::new() };
+            match h.opcode {
+                OpCode::Close => return Ok(out),
+                OpCode::Binary | OpCode::Continuation | OpCode::Text => out.extend_from_slice(&payload),
+                _ => {}
+            }
+        }
+    }
+
+    async fn connect(&self, hc: &str) -> Result<hc_client::handshake::WsStream, hc_client::Error> {
+        let tls = hc_client::tls::client_config(Some(&self.ca_file())).unwrap();
+        let endpoint = RelayEndpoint::from_endpoint(&format!("sb://{}/", self.authority()), tls).unwrap();
+        let cs = self.relay.connection_string("default", Some(hc), "defaultSender", &self.authority()).unwrap();
+        let tokens = TokenProvider::from_connection_string(&cs, Duration::from_secs(600));
+        hc_client::sender::connect(&endpoint, hc, &tokens, &hc_protocol::tracking::guid_from_bytes(rand_bytes())).await
+    }
+}
+
+async fn read_payload<R: tokio::io::AsyncRead + Unpin>(reader: &mut FrameReader<R>, len: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < len {
+        let range = reader.chunk(len - out.len() as u64).await.unwrap();
+        out.extend_from_slice(&reader.buf_mut()[range]);
+    }
+    out
+}
+
+fn rand_bytes() -> [u8; 16] {
+    std::array::from_fn(|i| {
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() >> (i % 4)) as u8 ^ i as u8
+    })
+}
+
+fn rand_mask() -> [u8; 4] {
+    [0x5a, 0xa5, 0x3c, 0xc3]
+}
+
+/// A TCP echo server that answers EOF with EOF (half-close aware).
+async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn hcm(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hcm"));
+    c.arg("--data-dir").arg(dir);
+    c
+}
+
+fn run_cli(dir: &Path, args: &[&str]) -> Output {
+    hcm(dir).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `hcm run` as a child process, killed on drop; its log goes to `{dir}/hcm.log`.
+struct Service(Child);
+
+impl Service {
+    fn start(dir: &Path, extra: &[&str]) -> Service {
+        let log = std::fs::File::create(dir.join("hcm.log")).unwrap();
+        let child = hcm(dir)
+            .args(["run", "--min-backoff", "0.05", "--max-backoff", "0.3"])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Service(child)
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `what` to become true (checks every 20 ms, fails after 20 s).
+async fn eventually(what: &str, dir: Option<&Path>, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = dir.and_then(|d| std::fs::read_to_string(d.join("hcm.log")).ok()).unwrap_or_default();
+    panic!("timed out waiting for: {what}\nhcm log:\n{log}");
+}
+
+fn status(dir: &Path, hc: &str) -> Option<HcStatus> {
+    StatusFile::read_live(dir)?.connections.get(&format!("localhost/{hc}")).cloned()
+}
+
+async fn relay_with(options: RelayOptions) -> (TestRelay, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(dir.path(), TcpListener::bind("127.0.0.1:0").await.unwrap(), options).await;
+    (relay, dir)
+}
+
+fn add(dir: &Path, relay: &TestRelay, hc: &str, extra: &[&str]) -> Output {
+    let cs = relay.listen_string(hc);
+    let ca = relay.ca_file();
+    let mut args = vec!["add", cs.as_str(), "--ca-file", ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(dir, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verbs_and_a_tunnel_through_relay_and_hcm() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+
+    let out = add(dir, &relay, "db", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains(&format!("Endpoint {echo} (from userMetadata)")), "{}", stdout(&out));
+    assert!(stdout(&out).contains("Added localhost/db"));
+    let config = std::fs::read_to_string(dir.join("connections.json")).unwrap();
+    assert!(config.contains("EntityPath=db"));
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("connections.json")).unwrap().permissions()) & 0o777,
+        0o600
+    );
+    let listed = stdout(&run_cli(dir, &["list"]));
+    assert!(listed.contains("NAME") && listed.contains("db") && listed.contains("Not running"), "{listed}");
+    assert!(stdout(&run_cli(dir, &["version"])).starts_with("hcm "));
+
+    let _service = Service::start(dir, &[]);
+    eventually("hcm connected", Some(dir), || relay.listeners("db") == 1).await;
+    eventually("status Connected", Some(dir), || status(dir, "db").is_some_and(|s| s.state == State::Connected)).await;
+    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    assert!(relay.echo("db", &data).await.unwrap() == data, "1 MiB echoed through relay and hcm");
+
+    eventually("tunnel counted", Some(dir), || status(dir, "db").is_some_and(|s| s.tunnels_total == 1 && s.tunnels_active == 0)).await;
+    let s = status(dir, "db").unwrap();
+    assert_eq!((s.bytes_to_endpoint, s.bytes_from_endpoint), (data.len() as u64, data.len() as u64));
+    assert_eq!((s.endpoint_reachable, s.endpoint.as_deref()), (Some(true), Some(echo.to_string().as_str())));
+    let listed = stdout(&run_cli(dir, &["list", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!((rows[0]["status"].as_str(), rows[0]["channelsOpen"].as_u64()), (Some("Connected"), Some(1)));
+    let shown = stdout(&run_cli(dir, &["show", "db"]));
+    assert!(shown.contains("Service Bus endpoint") && shown.contains("defaultListener") && !shown.contains("SharedAccessKey="), "{shown}");
+    let log = std::fs::read_to_string(dir.join("hcm.log")).unwrap();
+    assert!(log.contains("tunnel") && log.contains("to_endpoint=1048576"), "one log line per tunnel");
+    let key = relay.listen_string("db").split("SharedAccessKey=").nth(1).unwrap().split(';').next().unwrap().to_owned();
+    assert!(!log.contains(&key), "keys never logged");
+
+    let out = run_cli(dir, &["remove", "db"]);
+    assert!(out.status.success() && stdout(&out).contains("Removed localhost/db"));
+    eventually("listener gone after remove", Some(dir), || relay.listeners("db") == 0).await;
+    assert!(!run_cli(dir, &["show", "db"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_remove_while_running_leave_other_tunnels_alone() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("a", echo);
+    relay.hybrid_connection("b", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "a", &[]).status.success());
+    let _service = Service::start(dir, &[]);
+    eventually("a connected", Some(dir), || relay.listeners("a") == 1).await;
+
+    // A long-lived tunnel on 'a'.
+    let mut ws = relay.connect("a").await.unwrap();
+    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b"first", rand_mask()).await.unwrap();
+
+    assert!(add(dir, &relay, "b", &["--listeners", "2"]).status.success());
+    eventually("b connected with 2 listeners", Some(dir), || relay.listeners("b") == 2).await;
+    assert_eq!(relay.echo("b", b"via b").await.unwrap(), b"via b");
+    assert!(run_cli(dir, &["remove", "b"]).status.success());
+    eventually("b gone", Some(dir), || relay.listeners("b") == 0).await;
+    assert_eq!(relay.listeners("a"), 1);
+
+    // The tunnel on 'a' still works.
+    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" second", rand_mask()).await.unwrap();
+    hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
+    let mut reader = FrameReader::new(ws.io, Peer::Server, 65536);
+    let mut got = Vec::new();
+    loop {
+        let h = reader.header().await.unwrap().unwrap();
+        let p = read_payload(&mut reader, h.payload_len).await;
+        if h.opcode == OpCode::Close {
+            break;
+        }
+        got.extend(p);
+    }
+    assert_eq!(got, b"first second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_a_relay_restart() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = TestRelay::start(relay_dir.path(), listener, RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &[]).status.success());
+    let _service = Service::start(dir, &[]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    relay.stop().await;
+    eventually("status Disconnected", Some(dir), || {
+        StatusFile::read_live(dir).and_then(|s| s.connections.get("localhost/db").cloned()).is_some_and(|s| s.channels_open == 0)
+    })
+    .await;
+
+    let relay = TestRelay::start(relay_dir.path(), TcpListener::bind(addr).await.unwrap(), RelayOptions::default()).await;
+    eventually("reconnected", Some(dir), || relay.listeners("db") == 1).await;
+    assert_eq!(relay.echo("db", b"after restart").await.unwrap(), b"after restart");
+    eventually("status shows the reconnection", Some(dir), || {
+        status(dir, "db").is_some_and(|s| s.connects >= 2 && s.state == State::Connected)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hcms_share_the_load_and_one_can_die() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let (h1, h2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert!(add(h1.path(), &relay, "db", &[]).status.success());
+    assert!(add(h2.path(), &relay, "db", &[]).status.success());
+    let mut s1 = Service::start(h1.path(), &[]);
+    let _s2 = Service::start(h2.path(), &[]);
+    eventually("both connected", Some(h1.path()), || relay.listeners("db") == 2).await;
+    for i in 0..30 {
+        let msg = format!("tunnel {i}");
+        assert_eq!(relay.echo("db", msg.as_bytes()).await.unwrap(), msg.as_bytes());
+    }
+    let served = |d: &Path| StatusFile::read_live(d).and_then(|s| s.connections.get("localhost/db").map(|c| c.tunnels_total)).unwrap_or(0);
+    eventually("counts written", None, || served(h1.path()) + served(h2.path()) == 30).await;
+    assert!(served(h1.path()) > 0 && served(h2.path()) > 0, "random choice spreads tunnels: {} / {}", served(h1.path()), served(h2.path()));
+
+    s1.0.kill().unwrap();
+    s1.0.wait().unwrap();
+    eventually("relay noticed", None, || relay.listeners("db") == 1).await;
+    for i in 0..30 {
+        let msg = format!("after kill {i}");
+        assert_eq!(relay.echo("db", msg.as_bytes()).await.unwrap(), msg.as_bytes(), "no failed tunnel once the relay noticed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_rejected_with_a_reason() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    relay.hybrid_connection("db", closed);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &[]).status.success());
+    let _service = Service::start(dir, &[]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    let err = relay.connect("db").await.unwrap_err();
+    assert!(err.is_rejected() && err.status() == Some(502), "{err}");
+    assert!(err.to_string().contains(&format!("Endpoint {closed} is unreachable")), "{err}");
+    eventually("status shows the endpoint down", Some(dir), || {
+        status(dir, "db").is_some_and(|s| s.endpoint_reachable == Some(false) && s.state == State::Connected && s.tunnels_failed == 1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_renewal_keeps_the_listener_past_its_first_token() {
+    let options = RelayOptions { token_grace: Duration::from_millis(300), ..Default::default() };
+    let (relay, _rd) = relay_with(options).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &[]).status.success());
+    let _service = Service::start(dir, &["--token-ttl", "2"]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    // Without renewal the relay closes the channel at 2 s + 0.3 s; wait well past that.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(relay.echo("db", b"renewed").await.unwrap(), b"renewed");
+    let s = status(dir, "db").unwrap();
+    assert_eq!(s.connects, 1, "the control channel never had to reconnect: {s:?}");
+    let log = std::fs::read_to_string(dir.join("hcm.log")).unwrap();
+    assert!(log.contains("token renewed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_hybrid_connection_stops_retrying_and_exits_on_failure() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &[]).status.success());
+    let mut service = Service::start(dir, &["--exit-on-failure"]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    relay.relay.delete_hybrid_connection("default", "db").unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = service.0.wait().unwrap();
+        std::mem::forget(service);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "--exit-on-failure exits non-zero");
+    let log = std::fs::read_to_string(dir.join("hcm.log")).unwrap();
+    assert!(log.contains("Endpoint does not exist"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_reported_not_retried() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    let bad = relay.listen_string("db").replace("SharedAccessKey=", "SharedAccessKey=x");
+    let ca = relay.ca_file();
+    let out = run_cli(dir, &["add", &bad, "--ca-file", ca.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run_cli(dir, &["add", &bad, "--ca-file", ca.to_str().unwrap(), "--no-verify"]).status.success());
+    let mut service = Service::start(dir, &[]);
+    eventually("status Unauthorized", Some(dir), || status(dir, "db").is_some_and(|s| s.state == State::Unauthorized)).await;
+    let shown = stdout(&run_cli(dir, &["show", "db"]));
+    assert!(shown.contains("Unauthorized") && shown.contains("InvalidSignature"), "{shown}");
+    assert!(service.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_live_tunnels_finish() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &[]).status.success());
+    let mut service = Service::start(dir, &["--grace", "10"]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    let mut ws = relay.connect("db").await.unwrap();
+    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b"before", rand_mask()).await.unwrap();
+    Command::new("kill").args(["-TERM", &service.0.id().to_string()]).status().unwrap();
+    eventually("listener closed", Some(dir), || relay.listeners("db") == 0).await;
+    // The live tunnel still carries data, then ends cleanly and the process exits 0.
+    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" after", rand_mask()).await.unwrap();
+    hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
+    let mut reader = FrameReader::new(ws.io, Peer::Server, 65536);
+    let mut got = Vec::new();
+    loop {
+        let h = reader.header().await.unwrap().unwrap();
+        let p = read_payload(&mut reader, h.payload_len).await;
+        if h.opcode == OpCode::Close {
+            break;
+        }
+        got.extend(p);
+    }
+    assert_eq!(got, b"before after");
+    let exit = tokio::task::spawn_blocking(move || service.0.wait().unwrap()).await.unwrap();
+    assert!(exit.success());
+}
