@@ -471,3 +471,26 @@ async fn sigterm_lets_live_tunnels_finish() {
     let exit = tokio::task::spawn_blocking(move || service.0.wait().unwrap()).await.unwrap();
     assert!(exit.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_malformed_metadata_is_named() {
+    let (relay, _rd) = relay_with(RelayOptions::default()).await;
+    relay.relay.put_hybrid_connection("default", "bare", true, None).unwrap();
+    relay.relay.put_hybrid_connection("default", "odd", true, Some(r#"[{"key":"endpoint","value":"db.internal"}]"#.into())).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    let out = add(dir, &relay, "bare", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'bare' has no userMetadata") && err.contains("--endpoint"), "{err}");
+    let out = add(dir, &relay, "odd", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'odd'") && err.contains("'db.internal' is not host:port"), "{err}");
+    // With --endpoint the metadata is not needed.
+    let (echo, _e) = echo_server().await;
+    let endpoint = echo.to_string();
+    assert!(add(dir, &relay, "bare", &["--endpoint", &endpoint]).status.success());
+    let _service = Service::start(dir, &[]);
+    eventually("connected", Some(dir), || relay.listeners("bare") == 1).await;
+    assert_eq!(relay.echo("bare", b"override").await.unwrap(), b"override");
+    eventually("override reported", Some(dir), || status(dir, "bare").is_some_and(|s| s.endpoint_source.as_deref() == Some("override"))).await;
+}
