@@ -233,6 +233,7 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
             Ok(channel) => {
                 backoff.reset();
                 channel_up(&ctx, index);
+                tokio::spawn(refresh_listener_count(ctx.clone()));
                 let why = serve_channel(&ctx, &endpoint, channel, &cancel).await;
                 channel_down(&ctx, &why);
                 if cancel.is_cancelled() {
@@ -255,6 +256,13 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
             _ = sleep(backoff.next_delay()) => {}
             _ = cancel.cancelled() => return WorkerEnd::Stopped,
         }
+    }
+}
+
+/// Asks the relay how many listeners the hybrid connection has now (for `hcm list`).
+async fn refresh_listener_count(ctx: Arc<Ctx>) {
+    if let Ok(info) = runtime::get(&ctx.relay, &ctx.name, &ctx.tokens).await {
+        ctx.board.update(&ctx.key, |s| s.relay_listener_count = Some(info.listener_count));
     }
 }
 

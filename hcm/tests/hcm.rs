@@ -243,13 +243,19 @@ async fn cli_verbs_and_a_tunnel_through_relay_and_hcm() {
     let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     assert!(relay.echo("db", &data).await.unwrap() == data, "1 MiB echoed through relay and hcm");
 
-    eventually("tunnel counted", Some(dir), || status(dir, "db").is_some_and(|s| s.tunnels_total == 1 && s.tunnels_active == 0)).await;
+    eventually("tunnel counted", Some(dir), || {
+        status(dir, "db").is_some_and(|s| s.tunnels_total == 1 && s.tunnels_active == 0 && s.relay_listener_count == Some(1))
+    })
+    .await;
     let s = status(dir, "db").unwrap();
     assert_eq!((s.bytes_to_endpoint, s.bytes_from_endpoint), (data.len() as u64, data.len() as u64));
     assert_eq!((s.endpoint_reachable, s.endpoint.as_deref()), (Some(true), Some(echo.to_string().as_str())));
     let listed = stdout(&run_cli(dir, &["list", "--json"]));
     let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!((rows[0]["status"].as_str(), rows[0]["channelsOpen"].as_u64()), (Some("Connected"), Some(1)));
+    assert_eq!(
+        (rows[0]["status"].as_str(), rows[0]["channelsOpen"].as_u64(), rows[0]["relayListenerCount"].as_u64()),
+        (Some("Connected"), Some(1), Some(1))
+    );
     let shown = stdout(&run_cli(dir, &["show", "db"]));
     assert!(shown.contains("Service Bus endpoint") && shown.contains("defaultListener") && !shown.contains("SharedAccessKey="), "{shown}");
     let log = std::fs::read_to_string(dir.join("hcm.log")).unwrap();
@@ -492,5 +498,6 @@ async fn missing_or_malformed_metadata_is_named() {
     let _service = Service::start(dir, &[]);
     eventually("connected", Some(dir), || relay.listeners("bare") == 1).await;
     assert_eq!(relay.echo("bare", b"override").await.unwrap(), b"override");
-    eventually("override reported", Some(dir), || status(dir, "bare").is_some_and(|s| s.endpoint_source.as_deref() == Some("override"))).await;
+    eventually("override reported", Some(dir), || status(dir, "bare").is_some_and(|s| s.endpoint_source.as_deref() == Some("override")))
+        .await;
 }
