@@ -1,4 +1,4 @@
-//! Bytes between a relayed WebSocket and a TCP socket, both ways, with half-close
+//! Bytes between a relayed WebSocket and a TCP socket (or any byte stream), both ways, with half-close
 //! (PROTOCOL.md §6.4): the endpoint's EOF becomes a Close frame and the relay's Close becomes
 //! the endpoint's EOF, while the other direction keeps flowing until it ends too. An abort on
 //! one side (TCP reset, relay connection dropped without Close) aborts the other: the TCP
@@ -12,10 +12,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hc_protocol::frame::{self, CloseFrame, FrameHeader, OpCode, close_code};
 use hc_ws::{FrameReader, HEADROOM, Peer};
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Mutex;
+
+/// The non-relay side's read half as the bridge sees it.
+pub trait Source: AsyncRead + Unpin + Send {
+    /// Waits until a read will not block, so no buffer is held while the side is idle.
+    /// The default does not wait (the read itself then waits, with its buffer).
+    fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl Source for OwnedReadHalf {
+    fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl<T: AsyncRead + Send> Source for ReadHalf<T> {}
 
 use crate::handshake::{Prefixed, WsStream};
 
@@ -37,28 +54,39 @@ enum End {
 
 type WsWriter = Mutex<WriteHalf<Prefixed>>;
 
-/// Pumps until both directions have ended, or one aborts.
+/// Pumps between the relay and a TCP socket until both directions have ended, or one
+/// aborts; an abort resets the TCP connection.
 pub async fn bridge(ws: WsStream, tcp: TcpStream, buffer: usize) -> BridgeReport {
     let _ = tcp.set_nodelay(true);
+    let (mut tr, mut tw) = tcp.into_split();
+    let report = pump_both(ws, &mut tr, &mut tw, buffer).await;
+    if report.aborted.is_some()
+        && let Ok(tcp) = tr.reunite(tw)
+    {
+        let _ = tcp.set_zero_linger();
+    }
+    report
+}
+
+/// Pumps between the relay and any byte stream (e.g. one end of a `tokio::io::duplex`);
+/// an abort just drops the stream.
+pub async fn bridge_stream<S: AsyncRead + AsyncWrite + Send + 'static>(ws: WsStream, stream: S, buffer: usize) -> BridgeReport {
+    let (mut r, mut w) = tokio::io::split(stream);
+    pump_both(ws, &mut r, &mut w, buffer).await
+}
+
+async fn pump_both<R: Source, W: AsyncWrite + Unpin + Send>(ws: WsStream, src: &mut R, dst: &mut W, buffer: usize) -> BridgeReport {
     let (wr, ww) = tokio::io::split(ws.io);
     let writer: WsWriter = Mutex::new(ww);
     let mut reader = FrameReader::new(wr, Peer::Server, buffer);
-    let (mut tr, mut tw) = tcp.into_split();
     let (to_tcp, from_tcp) = (AtomicU64::new(0), AtomicU64::new(0));
     let aborted = {
-        let a = ws_to_tcp(&mut reader, &writer, &mut tw, &to_tcp);
-        let b = tcp_to_ws(&mut tr, &writer, buffer, &from_tcp);
+        let a = ws_to_tcp(&mut reader, &writer, dst, &to_tcp);
+        let b = tcp_to_ws(src, &writer, buffer, &from_tcp);
         both(a, b).await
     };
-    match &aborted {
-        None => {
-            let _ = writer.lock().await.shutdown().await;
-        }
-        Some(_) => {
-            if let Ok(tcp) = tr.reunite(tw) {
-                let _ = tcp.set_zero_linger();
-            }
-        }
+    if aborted.is_none() {
+        let _ = writer.lock().await.shutdown().await;
     }
     BridgeReport { to_tcp: to_tcp.into_inner(), from_tcp: from_tcp.into_inner(), aborted }
 }
@@ -80,7 +108,12 @@ async fn write_masked<W: AsyncWrite + Unpin>(w: &Mutex<W>, opcode: OpCode, paylo
 }
 
 /// Relay -> TCP: data frames' payloads are written to TCP; a Close shuts TCP's write side.
-async fn ws_to_tcp(reader: &mut FrameReader<ReadHalf<Prefixed>>, ws: &WsWriter, tcp: &mut OwnedWriteHalf, bytes: &AtomicU64) -> End {
+async fn ws_to_tcp<W: AsyncWrite + Unpin>(
+    reader: &mut FrameReader<ReadHalf<Prefixed>>,
+    ws: &WsWriter,
+    tcp: &mut W,
+    bytes: &AtomicU64,
+) -> End {
     loop {
         let header = match reader.header().await {
             Ok(Some(h)) => h,
@@ -125,16 +158,16 @@ async fn ws_to_tcp(reader: &mut FrameReader<ReadHalf<Prefixed>>, ws: &WsWriter, 
 }
 
 /// TCP -> relay: each read becomes one masked binary frame; EOF becomes Close 1000.
-async fn tcp_to_ws(tcp: &mut OwnedReadHalf, ws: &WsWriter, buffer: usize, bytes: &AtomicU64) -> End {
+async fn tcp_to_ws<R: Source>(tcp: &mut R, ws: &WsWriter, buffer: usize, bytes: &AtomicU64) -> End {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        if let Err(e) = tcp.readable().await {
+        if let Err(e) = tcp.ready().await {
             return End::Aborted(format!("reading from the endpoint: {e}"));
         }
         if buf.is_empty() {
             buf = vec![0; HEADROOM + buffer];
         }
-        let n = match tcp.try_read(&mut buf[HEADROOM..]) {
+        let n = match tcp.read(&mut buf[HEADROOM..]).await {
             Ok(0) => {
                 let close = CloseFrame::new(close_code::NORMAL, "");
                 return match write_masked(ws, OpCode::Close, &close.payload()).await {

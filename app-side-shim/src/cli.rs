@@ -1,0 +1,212 @@
+//! The `app-side-shim` command line: `run` (explicit forwards, hostname mode, proxy mode, in
+//! any combination) and `tcpping`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::config::{Plan, ShimConfig, Target};
+use crate::hosts::HostsBlock;
+use crate::proxy::{self, Router};
+use crate::sender::HybridConnection;
+use crate::{forward, tcpping};
+
+/// What App Service does for an app: make programs' TCP connections to hybrid connection
+/// endpoints flow through Azure Relay (or the emulator).
+#[derive(Debug, Parser)]
+#[command(name = "app-side-shim", version)]
+pub struct Cli {
+    /// Configuration file listing the app's hybrid connections (see the README).
+    #[arg(long, short, global = true, env = "SHIM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Extra CA certificate to trust for the relay (the emulator's ca.pem).
+    #[arg(long, global = true, env = "SHIM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `app_side_shim=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve local listeners and proxies until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Open real tunnels to HOST:PORT and report the time, or which hop failed.
+    Tcpping {
+        /// A configured endpoint, host:port.
+        endpoint: String,
+        /// How many tunnels to open.
+        #[arg(short = 'n', long, default_value_t = 4)]
+        count: u32,
+        /// Seconds between attempts.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// LISTEN=TARGET: accept on LISTEN (e.g. 127.0.0.1:15432) and tunnel to TARGET, a
+    /// configured endpoint host:port, a configured relay name, or a connection string with
+    /// EntityPath. Repeatable.
+    #[arg(long = "forward", value_name = "LISTEN=TARGET")]
+    pub forwards: Vec<String>,
+    /// Hostname mode: every configured endpoint host gets a loopback address (127.77.x.y)
+    /// listening on the endpoint's port, and hosts-file entries map the names to them.
+    #[arg(long)]
+    pub hostnames: bool,
+    /// File to write hostname mode's entries into (a marked block, removed on exit).
+    #[arg(long, value_name = "FILE")]
+    pub hosts_file: Option<PathBuf>,
+    /// Write hostname mode's entries into /etc/hosts.
+    #[arg(long)]
+    pub system_hosts: bool,
+    /// Serve a SOCKS5 proxy on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub socks5: Option<SocketAddr>,
+    /// Serve an HTTP CONNECT proxy on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http_proxy: Option<SocketAddr>,
+    /// Proxies connect requests that match no endpoint directly instead of refusing them.
+    #[arg(long)]
+    pub allow_direct: bool,
+    /// Enforce an App Service plan's hybrid connection limit.
+    #[arg(long, value_enum)]
+    pub plan: Option<Plan>,
+    /// Seconds live tunnels may run on after a stop signal.
+    #[arg(long, default_value_t = 10.0)]
+    pub grace: f64,
+}
+
+fn load(cli: &Cli) -> anyhow::Result<ShimConfig> {
+    match &cli.config {
+        Some(path) => ShimConfig::load(path),
+        None => Ok(ShimConfig::default()),
+    }
+}
+
+/// Runs one verb.
+pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Result<bool> {
+    let config = load(&cli)?;
+    match &cli.command {
+        Command::Tcpping { endpoint, count, interval } => {
+            let targets = config.targets(None, cli.ca_file.as_deref())?;
+            let target = find(&targets, endpoint)?;
+            Ok(tcpping::run(&target, *count, Duration::from_secs_f64(interval.max(0.0))).await)
+        }
+        Command::Run(args) => {
+            let targets = config.targets(args.plan, cli.ca_file.as_deref())?;
+            run(&cli, args, targets, shutdown).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The configured target for `host:port` or a relay name.
+fn find(targets: &[Arc<Target>], what: &str) -> anyhow::Result<Arc<Target>> {
+    let what = what.to_ascii_lowercase();
+    let found: Vec<&Arc<Target>> = targets.iter().filter(|t| t.endpoint() == what || t.hc.path().eq_ignore_ascii_case(&what)).collect();
+    match found.as_slice() {
+        [t] => Ok((*t).clone()),
+        [] => {
+            let known: Vec<String> = targets.iter().map(|t| t.endpoint()).collect();
+            bail!(
+                "'{what}' is not a configured endpoint or relay name (configured: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        }
+        _ => bail!("'{what}' names several hybrid connections; use host:port"),
+    }
+}
+
+fn forward_target(cli: &Cli, targets: &[Arc<Target>], listen: SocketAddr, spec: &str) -> anyhow::Result<Arc<Target>> {
+    if spec.len() > 9 && spec[..9].eq_ignore_ascii_case("endpoint=") {
+        let tls = hc_client::tls::client_config(cli.ca_file.as_deref())?;
+        let hc = HybridConnection::from_connection_string(spec, tls)?;
+        return Ok(Arc::new(Target { hostname: listen.ip().to_string(), port: listen.port(), hc }));
+    }
+    find(targets, spec)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
+async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if args.forwards.is_empty() && !args.hostnames && args.socks5.is_none() && args.http_proxy.is_none() {
+        bail!("nothing to do: give --forward LISTEN=TARGET, --hostnames, --socks5 ADDR or --http-proxy ADDR");
+    }
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    for spec in &args.forwards {
+        let (listen, target) = spec.split_once('=').with_context(|| format!("--forward '{spec}' is not LISTEN=TARGET"))?;
+        let listen: SocketAddr =
+            listen.parse().with_context(|| format!("--forward '{listen}' is not an address such as 127.0.0.1:15432"))?;
+        let target = forward_target(cli, &targets, listen, target)?;
+        let listener = bind(listen).await?;
+        println!("Forwarding {} -> {} through {}", listener.local_addr()?, target.endpoint(), target.describe());
+        tokio::spawn(forward::serve(listener, target, tracker.clone(), cancel.clone()));
+    }
+    let _hosts = if args.hostnames { Some(hostname_mode(args, &targets, &tracker, &cancel).await?) } else { None };
+    let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
+    if let Some(addr) = args.socks5 {
+        let listener = bind(addr).await?;
+        println!("SOCKS5 proxy on {}", listener.local_addr()?);
+        tokio::spawn(proxy::serve_socks5(listener, router.clone(), tracker.clone(), cancel.clone()));
+    }
+    if let Some(addr) = args.http_proxy {
+        let listener = bind(addr).await?;
+        println!("HTTP CONNECT proxy on {}", listener.local_addr()?);
+        tokio::spawn(proxy::serve_http_connect(listener, router.clone(), tracker.clone(), cancel.clone()));
+    }
+    println!("Ready.");
+    shutdown.await;
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs_f64(args.grace.max(0.0)), tracker.wait()).await.is_err() {
+        warn!(remaining = tracker.len(), "grace period over; dropping live tunnels");
+    }
+    Ok(())
+}
+
+async fn hostname_mode(
+    args: &RunArgs,
+    targets: &[Arc<Target>],
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<HostsBlock> {
+    let path = match (&args.hosts_file, args.system_hosts) {
+        (Some(p), false) => p.clone(),
+        (None, true) => PathBuf::from("/etc/hosts"),
+        (Some(_), true) => bail!("give either --hosts-file or --system-hosts, not both"),
+        (None, false) => bail!("hostname mode needs --hosts-file FILE (or --system-hosts to edit /etc/hosts)"),
+    };
+    if targets.is_empty() {
+        bail!("hostname mode needs hybrid connections in the configuration file");
+    }
+    let plan = forward::hostname_plan(targets);
+    let mut entries = Vec::new();
+    for (ip, target) in &plan {
+        let listener = bind(SocketAddr::new(*ip, target.port)).await?;
+        println!("Hostname {} -> {} through {}", target.endpoint(), listener.local_addr()?, target.describe());
+        tokio::spawn(forward::serve(listener, target.clone(), tracker.clone(), cancel.clone()));
+        if !entries.iter().any(|(_, n): &(std::net::IpAddr, String)| *n == target.hostname) {
+            entries.push((*ip, target.hostname.clone()));
+        }
+    }
+    let block = HostsBlock::write(&path, &entries).with_context(|| format!("cannot write hosts entries to {}", path.display()))?;
+    println!("Hosts entries written to {}", path.display());
+    Ok(block)
+}

@@ -1,0 +1,89 @@
+//! Local listeners whose connections flow through a hybrid connection: explicit
+//! (`--forward 127.0.0.1:15432=db`) and hostname mode (one loopback address per endpoint
+//! host name, on the endpoint's port). One log line per tunnel; keys never logged.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Target;
+
+/// Tunnels one accepted connection; a failed connect resets the client's connection.
+pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
+    let started = std::time::Instant::now();
+    let ws = match target.hc.connect_ws().await {
+        Ok(ws) => ws,
+        Err(e) => {
+            warn!(endpoint = %target.endpoint(), hybrid_connection = %target.describe(), %peer, error = %e, "cannot open a tunnel");
+            let _ = tcp.set_zero_linger();
+            return;
+        }
+    };
+    let report = hc_client::bridge::bridge(ws, tcp, 32 * 1024).await;
+    info!(
+        endpoint = %target.endpoint(),
+        hybrid_connection = %target.describe(),
+        %peer,
+        to_endpoint = report.from_tcp,
+        from_endpoint = report.to_tcp,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome = report.aborted.as_deref().unwrap_or("closed"),
+        "tunnel"
+    );
+}
+
+/// Accepts on `listener` until `cancel`, tunnelling each connection to `target`.
+pub async fn serve(listener: TcpListener, target: Arc<Target>, tracker: TaskTracker, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tracker.spawn(tunnel(tcp, target.clone(), peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// The loopback address hostname mode gives the `index`-th distinct host name:
+/// 127.77.0.1, 127.77.0.2, … (all of 127.0.0.0/8 is loopback on Linux).
+pub fn loopback_for(index: usize) -> Ipv4Addr {
+    let n = index as u32 + 1;
+    Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// Hostname mode's plan: one address per distinct host name, one listener per endpoint.
+pub fn hostname_plan(targets: &[Arc<Target>]) -> Vec<(IpAddr, Arc<Target>)> {
+    let mut names: Vec<&str> = Vec::new();
+    targets
+        .iter()
+        .map(|t| {
+            let i = names.iter().position(|n| *n == t.hostname).unwrap_or_else(|| {
+                names.push(&t.hostname);
+                names.len() - 1
+            });
+            (IpAddr::V4(loopback_for(i)), t.clone())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        assert_eq!(loopback_for(0), Ipv4Addr::new(127, 77, 0, 1));
+        assert_eq!(loopback_for(255), Ipv4Addr::new(127, 77, 1, 0));
+    }
+}

@@ -1,0 +1,369 @@
+//! The shim through the real relay and the real HCM to a real HTTP server
+//! (`python3 -m http.server`), with `curl` as the unchanged client program in every mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use app_side_shim::HybridConnection;
+use relay_server::{ConfigFile, Emulator, RelayOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const BODY: &str = "hello through the hybrid connection\n";
+const HOST: &str = "api.corp.example";
+
+/// Relay, HCM, HTTP server; hybrid connections `api` (served), `down` (served, endpoint
+/// closed), `idle` (no listener).
+struct Chain {
+    emulator: Emulator,
+    dir: tempfile::TempDir,
+    http: Child,
+    http_port: u16,
+    hcm_stop: CancellationToken,
+    hcm: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Chain {
+    async fn start() -> Chain {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, http_port) = http_server(dir.path());
+        let emulator = Emulator::start(&ConfigFile::default(), true, RelayOptions::default()).await.unwrap();
+        std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem.as_ref().unwrap()).unwrap();
+        for hc in ["api", "down", "idle"] {
+            emulator.relay.put_hybrid_connection("default", hc, true, None).unwrap();
+        }
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let hcm_dir = dir.path().join("hcm");
+        let mut config = hcm::config::Config::default();
+        for (hc, endpoint) in [("api", format!("127.0.0.1:{http_port}")), ("down", closed.to_string())] {
+            let cs = emulator.relay.connection_string("default", Some(hc), "defaultListener", &emulator.authority()).unwrap().expose();
+            config.connections.push(hcm::config::Entry::new(&cs, Some(endpoint), 1, Some(dir.path().join("ca.pem"))).unwrap());
+        }
+        config.save(&hcm_dir).unwrap();
+        let hcm_stop = CancellationToken::new();
+        let options = hcm::service::ServiceOptions {
+            data_dir: hcm_dir,
+            worker: hcm::worker::WorkerOptions {
+                backoff_base: Duration::from_millis(50),
+                backoff_cap: Duration::from_millis(300),
+                ..Default::default()
+            },
+            grace: Duration::from_secs(2),
+            reload_interval: Duration::from_millis(100),
+            exit_on_failure: None,
+        };
+        let stop = hcm_stop.clone();
+        let hcm = tokio::spawn(async move { hcm::service::run(options, async move { stop.cancelled().await }).await });
+        let chain = Chain { emulator, dir, http, http_port, hcm_stop, hcm };
+        for _ in 0..1000 {
+            if chain.emulator.relay.listener_count("default", "api") == 1 && chain.emulator.relay.listener_count("default", "down") == 1 {
+                return chain;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the HCM did not connect");
+    }
+
+    fn send_string(&self, hc: &str) -> String {
+        self.emulator.relay.connection_string("default", Some(hc), "defaultSender", &self.emulator.authority()).unwrap().expose()
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A shim config: `api` at api.corp.example:{http port}, plus the failure cases.
+    fn shim_config(&self) -> PathBuf {
+        let wrong_key = self.send_string("api").replace("SharedAccessKey=", "SharedAccessKey=x");
+        let dead_relay = self.send_string("api").replace(&format!(":{}/", self.emulator.addr.port()), ":1/");
+        let nope = self.send_string("api").replace("EntityPath=api", "EntityPath=nope");
+        let entries = serde_json::json!({
+            "caFile": self.ca(),
+            "hybridConnections": [
+                {"connectionString": self.send_string("api"), "hostname": HOST, "port": self.http_port},
+                {"connectionString": self.send_string("down"), "hostname": "down.corp.example", "port": 80},
+                {"connectionString": self.send_string("idle"), "hostname": "idle.corp.example", "port": 80},
+                {"connectionString": wrong_key, "hostname": "badkey.corp.example", "port": 80},
+                {"connectionString": dead_relay, "hostname": "norelay.corp.example", "port": 80},
+                {"connectionString": nope, "hostname": "nope.corp.example", "port": 80},
+            ]
+        });
+        let path = self.dir.path().join("shim.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&entries).unwrap()).unwrap();
+        path
+    }
+
+    async fn stop(mut self) {
+        self.hcm_stop.cancel();
+        self.hcm.await.unwrap().unwrap();
+        let _ = self.http.kill();
+        let _ = self.http.wait();
+        self.emulator.stop().await.unwrap();
+    }
+}
+
+/// `python3 -m http.server` on a free port, serving `hello.txt`.
+fn http_server(dir: &Path) -> (Child, u16) {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), BODY).unwrap();
+    let mut child = Command::new("python3")
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 is needed for the HTTP endpoint");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).expect(&line);
+    (child, port)
+}
+
+/// The shim binary; stdout lines up to "Ready." are returned, stderr goes to a file.
+struct Shim {
+    child: Child,
+    lines: Vec<String>,
+    log: PathBuf,
+}
+
+impl Shim {
+    fn start(dir: &Path, args: &[&str]) -> Shim {
+        let log = dir.join(format!("shim-{}.log", rand_suffix()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in out.by_ref() {
+            let line = line.unwrap();
+            let ready = line == "Ready.";
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in out {});
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("Ready."),
+            "shim did not start: {lines:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Shim { child, lines, log }
+    }
+
+    /// The address printed on the line starting with `prefix` (after "-> " for hostnames).
+    fn addr(&self, prefix: &str) -> String {
+        let line = self.lines.iter().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in {:?}", self.lines));
+        let rest = line.split(" -> ").nth(if prefix.starts_with("Hostname") { 1 } else { 0 }).unwrap();
+        rest.trim_start_matches(prefix).split_whitespace().next().unwrap().to_owned()
+    }
+
+    fn stop(&mut self) -> String {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(self.child.wait().unwrap().success());
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+async fn curl(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("curl").args(["-sS", "--max-time", "20"]).args(&args).output().expect("curl is needed")
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_streams_with_half_close_and_tells_errors_apart() {
+    let chain = Chain::start().await;
+    let tls = hc_client::tls::client_config(Some(&chain.ca())).unwrap();
+    let hc = HybridConnection::from_connection_string(&chain.send_string("api"), tls.clone()).unwrap();
+    let mut stream = hc.connect().await.unwrap();
+    stream.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: api\r\n\r\n").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.0 200") && reply.ends_with(BODY), "{reply}");
+
+    let connect = |cs: String| {
+        let tls = tls.clone();
+        async move { HybridConnection::from_connection_string(&cs, tls).unwrap().connect().await.unwrap_err() }
+    };
+    assert!(connect(chain.send_string("idle")).await.is_no_listener());
+    assert!(connect(chain.send_string("api").replace("EntityPath=api", "EntityPath=nope")).await.is_endpoint_not_found());
+    assert!(connect(chain.send_string("api").replace("SharedAccessKey=", "SharedAccessKey=x")).await.is_unauthorized());
+    let rejected = connect(chain.send_string("down")).await;
+    assert!(rejected.is_rejected() && rejected.status() == Some(502) && rejected.to_string().contains("is unreachable"), "{rejected}");
+    assert!(connect(chain.send_string("api").replace(&format!(":{}/", chain.emulator.addr.port()), ":1/")).await.is_network());
+    chain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_forwards_with_curl() {
+    let chain = Chain::start().await;
+    let config = chain.shim_config();
+    let by_endpoint = format!("127.0.0.1:0={HOST}:{}", chain.http_port);
+    let by_string = format!("127.0.0.1:0={}", chain.send_string("api"));
+    let ca = chain.ca();
+    let mut shim = Shim::start(
+        chain.dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "run",
+            "--forward",
+            &by_endpoint,
+            "--forward",
+            &by_string,
+        ],
+    );
+    let forwards: Vec<String> =
+        shim.lines.iter().filter(|l| l.starts_with("Forwarding ")).map(|l| l.split_whitespace().nth(1).unwrap().to_owned()).collect();
+    assert_eq!(forwards.len(), 2);
+    for addr in forwards {
+        let out = curl(vec![format!("http://{addr}/hello.txt")]).await;
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    }
+    let log = shim.stop();
+    assert!(log.contains("tunnel") && log.contains("from_endpoint="), "{log}");
+    assert!(!log.contains("SharedAccessKey="), "keys never logged");
+    chain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_mode_lets_unchanged_curl_use_the_real_name() {
+    let chain = Chain::start().await;
+    let config = chain.shim_config();
+    let hosts = chain.dir.path().join("hosts");
+    std::fs::copy("/etc/hosts", &hosts).unwrap();
+    let before = std::fs::read_to_string(&hosts).unwrap();
+    let mut shim = Shim::start(
+        chain.dir.path(),
+        &["--config", config.to_str().unwrap(), "run", "--hostnames", "--hosts-file", hosts.to_str().unwrap()],
+    );
+    let written = std::fs::read_to_string(&hosts).unwrap();
+    assert!(written.contains(&format!("127.77.0.1\t{HOST}")), "{written}");
+    assert_eq!(shim.addr(&format!("Hostname {HOST}")), format!("127.77.0.1:{}", chain.http_port));
+    // curl resolves the name through the hosts file, in a private mount namespace.
+    let script =
+        format!("mount --bind {} /etc/hosts && exec curl -sS --max-time 20 http://{HOST}:{}/hello.txt", hosts.display(), chain.http_port);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    shim.stop();
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before, "the block is removed on exit");
+    chain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_tunnels_names_and_refuses_others() {
+    let chain = Chain::start().await;
+    let config = chain.shim_config();
+    let mut shim = Shim::start(
+        chain.dir.path(),
+        &["--config", config.to_str().unwrap(), "run", "--socks5", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0"],
+    );
+    let socks = shim.addr("SOCKS5 proxy on ");
+    let http = shim.addr("HTTP CONNECT proxy on ");
+    let url = format!("http://{HOST}:{}/hello.txt", chain.http_port);
+    let out = curl(vec!["--socks5-hostname".into(), socks.clone(), url.clone()]).await;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    let out = curl(vec!["-p".into(), "-x".into(), format!("http://{http}"), url]).await;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    // Refused: another host, and the endpoint's IP literal.
+    let other = curl(vec!["--socks5-hostname".into(), socks.clone(), format!("http://other.example:{}/", chain.http_port)]).await;
+    assert!(!other.status.success());
+    let literal = curl(vec!["--socks5-hostname".into(), socks, format!("http://127.0.0.1:{}/hello.txt", chain.http_port)]).await;
+    assert!(!literal.status.success());
+    let mut tcp = tokio::net::TcpStream::connect(&http).await.unwrap();
+    tcp.write_all(format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", chain.http_port).as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("is an IP address; hybrid connections match endpoint host names"),
+        "{answer}"
+    );
+    let log = shim.stop();
+    assert!(log.contains("other.example") && log.contains("not the endpoint of any configured hybrid connection"), "{log}");
+    assert!(log.contains("is an IP address"), "{log}");
+    chain.stop().await;
+}
+
+async fn tcpping(config: &Path, endpoint: &str) -> (bool, String) {
+    let (config, endpoint) = (config.to_owned(), endpoint.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
+            .args(["--config", config.to_str().unwrap(), "tcpping", &endpoint, "-n", "2", "--interval", "0"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (out.status.success(), text(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcpping_reports_success_or_the_failing_hop() {
+    let chain = Chain::start().await;
+    let config = chain.shim_config();
+    let (ok, out) = tcpping(&config, &format!("{HOST}:{}", chain.http_port)).await;
+    assert!(ok && out.contains("time=") && out.contains("2 tunnels: 2 succeeded, 0 failed"), "{out}");
+    for (endpoint, says) in [
+        ("norelay.corp.example:80", "relay unreachable"),
+        ("badkey.corp.example:80", "unauthorized"),
+        ("nope.corp.example:80", "hybrid connection does not exist"),
+        ("idle.corp.example:80", "no listener: no Hybrid Connection Manager is connected"),
+        ("down.corp.example:80", "endpoint refused: the Hybrid Connection Manager could not connect to down.corp.example:80"),
+    ] {
+        let (ok, out) = tcpping(&config, endpoint).await;
+        assert!(!ok && out.contains(says) && out.contains("0 succeeded, 2 failed"), "{endpoint}: {out}");
+    }
+    let (ok, out) = tcpping(&config, "unknown.example:1").await;
+    assert!(!ok && out.contains("not a configured endpoint"), "{out}");
+    chain.stop().await;
+}
+
+#[test]
+fn plan_limits_are_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<serde_json::Value> = (0..6)
+        .map(|i| serde_json::json!({"serviceBusNamespace": "contoso", "relayName": format!("hc{i}"), "hostname": format!("h{i}.corp"), "port": 5432, "sendKeyName": "s", "sendKeyValue": "k"}))
+        .collect();
+    let path = dir.path().join("shim.json");
+    std::fs::write(&path, serde_json::json!({"hybridConnections": entries}).to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
+        .args(["--config", path.to_str().unwrap(), "run", "--plan", "basic", "--socks5", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("the Basic plan allows 5 hybrid connections, but 6 are configured"), "{}", text(&out));
+}
