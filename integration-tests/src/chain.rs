@@ -109,6 +109,10 @@ pub struct Chain {
     pub forward: SocketAddr,
     /// The relay's port.
     pub relay_port: u16,
+    /// The printed Send connection string of the chain's hybrid connection.
+    pub send_cs: String,
+    /// The relay's CA file.
+    pub ca: PathBuf,
 }
 
 /// Name of the chain's hybrid connection.
@@ -158,7 +162,7 @@ impl Chain {
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .context("forward address")?
             .parse()?;
-        let chain = Chain { dir, relay, hcm: Some(hcm), shim, forward, relay_port };
+        let chain = Chain { dir, relay, hcm: Some(hcm), shim, forward, relay_port, send_cs, ca };
         chain.wait_hcm_connected()?;
         Ok(chain)
     }
