@@ -178,15 +178,16 @@ async fn the_official_client_sees_the_documented_statuses() {
     let (sn, sk) = key(&relay, "sample", "defaultSender");
     let (ln, lk) = key(&relay, "sample", "defaultListener");
     let (on, ok) = key(&relay, "other", "defaultListener");
-    let cases: [(&str, &str, (&str, &str), &[(&str, &str)], u64, &str); 6] = [
-        ("wrong key", &connect_url, (&sn, "bm90IHRoZSBrZXk="), &[], 401, "InvalidSignature:"),
-        ("expired token", &connect_url, (&sn, &sk), &[("HC_TOKEN_SECONDS", "-3600")], 401, "ExpiredToken:"),
-        ("Send-only rule used to listen", &listen_url, (&sn, &sk), &[], 403, "Unauthorized access. 'Listen' claim(s) are required"),
-        ("other hybrid connection's rule", &listen_url, (&on, &ok), &[], 401, "InvalidSignature:"),
-        ("no listener", &connect_url, (&sn, &sk), &[], 404, "There are no listeners connected for the endpoint."),
-        ("valid listen token", &listen_url, (&ln, &lk), &[], 101, ""),
+    struct Case<'a>(&'a str, &'a str, (&'a str, &'a str), &'a [(&'a str, &'a str)], u64, &'a str);
+    let cases = [
+        Case("wrong key", &connect_url, (&sn, "bm90IHRoZSBrZXk="), &[], 401, "InvalidSignature:"),
+        Case("expired token", &connect_url, (&sn, &sk), &[("HC_TOKEN_SECONDS", "-3600")], 401, "ExpiredToken:"),
+        Case("Send-only rule used to listen", &listen_url, (&sn, &sk), &[], 403, "Unauthorized access. 'Listen' claim(s) are required"),
+        Case("other hybrid connection's rule", &listen_url, (&on, &ok), &[], 401, "InvalidSignature:"),
+        Case("no listener", &connect_url, (&sn, &sk), &[], 404, "There are no listeners connected for the endpoint."),
+        Case("valid listen token", &listen_url, (&ln, &lk), &[], 101, ""),
     ];
-    for (what, url, key, env, status, reason) in cases {
+    for Case(what, url, key, env, status, reason) in cases {
         let mut peer = Peer::start("status", url, &ca, key, env);
         let e = peer.until("status").await;
         let e = e.last().unwrap();
