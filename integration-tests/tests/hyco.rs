@@ -16,9 +16,20 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// `integration-tests/node`, with hyco-ws installed there (by `npm install`, once, when missing).
 fn node_dir() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
-    assert!(dir.join("node_modules/hyco-ws").exists(), "hyco-ws is not installed: run `npm install` in {} (.ci/run does)", dir.display());
+    let installed = INSTALLED.get_or_init(|| {
+        if dir.join("node_modules/hyco-ws/index.js").exists() {
+            return Ok(());
+        }
+        let out = Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir).output().map_err(|e| format!("npm: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    });
+    if let Err(e) = installed {
+        panic!("cannot install hyco-ws in {}: {e}", dir.display());
+    }
     dir
 }
 
