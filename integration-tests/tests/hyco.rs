@@ -24,7 +24,8 @@ fn node_dir() -> PathBuf {
         if dir.join("node_modules/hyco-ws/index.js").exists() {
             return Ok(());
         }
-        let out = Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir).output().map_err(|e| format!("npm: {e}"))?;
+        let out =
+            Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir).output().map_err(|e| format!("npm: {e}"))?;
         if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
     });
     if let Err(e) = installed {
