@@ -6,92 +6,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+
+use serde_json::Value;
 
 use hc_protocol::{ConnectionString, Credential};
 use integration_tests::TestRelay;
 use integration_tests::chain::{self, Chain};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-/// `integration-tests/node`, with hyco-ws installed there (by `npm install`, once, when missing).
-fn node_dir() -> PathBuf {
-    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
-    let installed = INSTALLED.get_or_init(|| {
-        if dir.join("node_modules/hyco-ws/index.js").exists() {
-            return Ok(());
-        }
-        let out =
-            Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir).output().map_err(|e| format!("npm: {e}"))?;
-        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
-    });
-    if let Err(e) = installed {
-        panic!("cannot install hyco-ws in {}: {e}", dir.display());
-    }
-    dir
-}
-
-/// A running `node peer.js MODE URL`, whose JSON lines arrive on a channel.
-struct Peer {
-    child: Child,
-    events: mpsc::UnboundedReceiver<Value>,
-}
+/// A hyco-ws peer.
+struct Peer;
 
 impl Peer {
-    fn start(mode: &str, url: &str, ca: &std::path::Path, key: (&str, &str), env: &[(&str, &str)]) -> Peer {
-        let mut child = Command::new("node")
-            .current_dir(node_dir())
-            .args(["peer.js", mode, url])
-            .env("NODE_EXTRA_CA_CERTS", ca)
-            .env("HC_KEY_NAME", key.0)
-            .env("HC_KEY", key.1)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node is needed for the hyco-ws conformance tests");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, events) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        Peer { child, events }
-    }
-
-    /// The next event (30 s at most).
-    async fn next(&mut self) -> Value {
-        tokio::time::timeout(Duration::from_secs(30), self.events.recv())
-            .await
-            .expect("hyco-ws peer said nothing for 30 s")
-            .expect("hyco-ws peer exited")
-    }
-
-    /// Events until one whose `event` is `name`.
-    async fn until(&mut self, name: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let e = self.next().await;
-            let done = e["event"] == name;
-            seen.push(e);
-            if done {
-                return seen;
-            }
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start(mode: &str, url: &str, ca: &std::path::Path, key: (&str, &str), env: &[(&str, &str)]) -> integration_tests::node::Peer {
+        integration_tests::node::Peer::start("node", &[mode, url], ca, key, env)
     }
 }
 

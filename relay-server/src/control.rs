@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hc_protocol::control::{Incoming, ListenerCommand};
+use hc_protocol::control::{Incoming, ListenerCommand, ResponseCommand};
 use hc_protocol::frame::{CloseFrame, OpCode, close_code};
 use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
 use hc_protocol::{AuthError, Right};
@@ -21,6 +21,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::RelayState;
+use crate::http::{Delivery, PendingHttp};
 use crate::registry::{ConnectionPermit, ControlOut, HcKey, ListenerGuard, RendezvousReply};
 use crate::target::Target;
 use crate::ws::{self, Message, MessageReader, ReadError};
@@ -42,6 +43,8 @@ pub struct ControlChannel {
     pub permit: ConnectionPermit,
     /// Commands from the relay.
     pub rx: mpsc::Receiver<ControlOut>,
+    /// A `response` with `body: true` whose body message comes next.
+    pub awaiting_body: Option<(ResponseCommand, PendingHttp)>,
 }
 
 /// What ended the loop, and what to send the listener.
@@ -93,6 +96,13 @@ impl ControlChannel {
                 m = reader.next() => self.on_message(m, w).await,
                 out = self.rx.recv() => match out {
                     Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => write(w, OpCode::Text, json.as_bytes()).await,
+                    Some(ControlOut::Request { json, body, .. }) => match write(w, OpCode::Text, json.as_bytes()).await {
+                        None => match body {
+                            Some(b) => write(w, OpCode::Binary, &b).await,
+                            None => None,
+                        },
+                        exit => exit,
+                    },
                     Some(ControlOut::Close(code, reason)) => Some(Exit::Close(code, reason)),
                     None => Some(Exit::Close(close_code::INTERNAL_ERROR, "relay dropped the listener".into())),
                 },
@@ -111,10 +121,26 @@ impl ControlChannel {
     }
 
     async fn on_message<W: AsyncWrite + Unpin>(&mut self, m: Result<Option<Message>, ReadError>, w: &mut W) -> Option<Exit> {
+        if let Ok(Some(message)) = &m {
+            let (kind, len) = match message {
+                Message::Text(t) => ("text", t.len()),
+                Message::Binary(b) => ("binary", b.len()),
+                Message::Ping(p) => ("ping", p.len()),
+                Message::Pong => ("pong", 0),
+                Message::Close(_) => ("close", 0),
+            };
+            tracing::trace!(tracking_id = %self.tracking_id, kind, len, "control message");
+        }
         match m {
             Ok(Some(Message::Text(text))) => self.on_command(&text),
             Ok(Some(Message::Binary(b))) => {
-                debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel");
+                match self.awaiting_body.take() {
+                    Some((response, pending)) => {
+                        let _ = pending.reply.send(Delivery::Control(response, Some(b)));
+                    }
+                    // Node sends an empty binary message after a body:false response (§5.3).
+                    None => debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel"),
+                }
                 None
             }
             Ok(Some(Message::Ping(payload))) => write(w, OpCode::Pong, &payload).await,
@@ -133,7 +159,18 @@ impl ControlChannel {
         match ListenerCommand::parse(text) {
             Ok(Incoming::Known(ListenerCommand::RenewToken(renew))) => self.renew(&renew.token),
             Ok(Incoming::Known(ListenerCommand::Response(r))) => {
-                debug!(tracking_id = %self.tracking_id, request_id = %r.request_id, "response without a pending HTTP request ignored");
+                if let Some((response, pending)) = self.awaiting_body.take() {
+                    let _ = pending.reply.send(Delivery::Control(response, None));
+                }
+                match self.state.registry.take_http(&r.request_id) {
+                    Some(pending) if r.body => self.awaiting_body = Some((r, pending)),
+                    Some(pending) => {
+                        let _ = pending.reply.send(Delivery::Control(r, None));
+                    }
+                    None => {
+                        debug!(tracking_id = %self.tracking_id, request_id = %r.request_id, "response without a pending HTTP request ignored")
+                    }
+                }
                 None
             }
             Ok(Incoming::Unknown(name)) => {
@@ -169,11 +206,19 @@ async fn write<W: AsyncWrite + Unpin>(w: &mut W, op: OpCode, payload: &[u8]) -> 
 fn fail_undelivered(state: &RelayState, rx: &mut mpsc::Receiver<ControlOut>) {
     rx.close();
     while let Ok(out) = rx.try_recv() {
-        if let ControlOut::Accept { id, .. } = out
-            && let Some(p) = state.registry.take_pending(&id)
-        {
-            let description = "The listener disconnected before it was offered the connection.".to_owned();
-            let _ = p.reply.send(RendezvousReply::Rejected { status: 502, description });
+        match out {
+            ControlOut::Accept { id, .. } => {
+                if let Some(p) = state.registry.take_pending(&id) {
+                    let description = "The listener disconnected before it was offered the connection.".to_owned();
+                    let _ = p.reply.send(RendezvousReply::Rejected { status: 502, description });
+                }
+            }
+            ControlOut::Request { id, .. } => {
+                if let Some(p) = state.registry.take_http(&id) {
+                    let _ = p.reply.send(Delivery::Failed("The listener disconnected before it was sent the request.".into()));
+                }
+            }
+            _ => {}
         }
     }
 }

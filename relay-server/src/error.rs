@@ -25,6 +25,12 @@ pub enum RelayError {
     /// A sender connected while no listener is (§6.1).
     #[error("There are no listeners connected for the endpoint.")]
     NoListeners,
+    /// An HTTP request arrived while no listener is; the status is configurable (§8.1).
+    #[error("There are no listeners connected for the endpoint.")]
+    NoListenersHttp(u16),
+    /// The listener did not answer an HTTP request in time (§8.2).
+    #[error("The request was routed to the listener but the listener did not respond in the required time.")]
+    HttpTimeout,
     /// Token refused (401) or right missing (403).
     #[error("{0}")]
     Auth(AuthError),
@@ -70,7 +76,8 @@ impl RelayError {
             RelayError::UnknownHost(_) | RelayError::EndpointNotFound | RelayError::NoListeners => 404,
             RelayError::Auth(e) => e.status(),
             RelayError::TooManyListeners(_) | RelayError::TooManyConnections(_) | RelayError::RendezvousExpired => 403,
-            RelayError::ListenerTimeout => 504,
+            RelayError::ListenerTimeout | RelayError::HttpTimeout => 504,
+            RelayError::NoListenersHttp(status) => *status,
             RelayError::Rejected { status, .. } => *status,
             RelayError::SenderGone => 410,
             RelayError::Busy | RelayError::ShuttingDown => 503,

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod http;
 pub mod model;
 pub mod pump;
 pub mod registry;
@@ -54,6 +55,14 @@ pub struct RelayOptions {
     pub shutdown_grace: Duration,
     /// Read buffer per tunnel direction, allocated only while data flows.
     pub tunnel_buffer_size: usize,
+    /// HTTP request mode: first response deadline, and the idle limit of a response body (§8.2).
+    pub http_response_timeout: Duration,
+    /// HTTP request mode: status when no listener is connected (404 as seen in the field, or
+    /// 502 as the docs say, §8.1).
+    pub http_no_listener_status: u16,
+    /// HTTP request mode: how long a small body may take to arrive before the request goes
+    /// by rendezvous instead of the control channel.
+    pub small_body_wait: Duration,
 }
 
 impl Default for RelayOptions {
@@ -66,6 +75,9 @@ impl Default for RelayOptions {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             tunnel_buffer_size: 32 * 1024,
+            http_response_timeout: hc_protocol::limits::HTTP_RESPONSE_TIMEOUT,
+            http_no_listener_status: 404,
+            small_body_wait: Duration::from_secs(2),
         }
     }
 }

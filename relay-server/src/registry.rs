@@ -30,6 +30,15 @@ pub enum ControlOut {
         /// The command's JSON.
         json: String,
     },
+    /// A full HTTP `request`, then its body as one binary message, nothing in between (§5.2).
+    Request {
+        /// The request id.
+        id: String,
+        /// The command's JSON.
+        json: String,
+        /// The body, when `body` is true.
+        body: Option<Vec<u8>>,
+    },
     /// Close the channel with this code and reason.
     Close(u16, String),
 }
@@ -81,6 +90,7 @@ pub struct Pending {
 pub struct Registry {
     listeners: DashMap<HcKey, Vec<ListenerHandle>>,
     pending: DashMap<String, Pending>,
+    http: DashMap<String, crate::http::PendingHttp>,
     connections: DashMap<String, usize>,
     next_id: AtomicU64,
 }
@@ -162,7 +172,26 @@ impl Registry {
 
     /// Rendezvous currently waiting.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.http.len()
+    }
+
+    /// Records an HTTP request waiting for its listener.
+    pub fn insert_http(self: &Arc<Self>, id: &str, pending: crate::http::PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
+        if self.pending.len() + self.http.len() >= max {
+            return Err(RelayError::Busy);
+        }
+        match self.http.entry(id.to_owned()) {
+            dashmap::Entry::Occupied(_) => Err(RelayError::BadRequest(format!("A request with tracking id '{id}' is already waiting."))),
+            dashmap::Entry::Vacant(v) => {
+                v.insert(pending);
+                Ok(HttpGuard { registry: self.clone(), id: id.to_owned() })
+            }
+        }
+    }
+
+    /// Removes and returns the waiting HTTP request `id`.
+    pub fn take_http(&self, id: &str) -> Option<crate::http::PendingHttp> {
+        self.http.remove(id).map(|(_, p)| p)
     }
 }
 
@@ -196,6 +225,19 @@ impl Drop for ConnectionPermit {
             *count = count.saturating_sub(1);
             *count == 0
         });
+    }
+}
+
+/// Removes its HTTP request when dropped (answered, timed out, client gone).
+#[derive(Debug)]
+pub struct HttpGuard {
+    registry: Arc<Registry>,
+    id: String,
+}
+
+impl Drop for HttpGuard {
+    fn drop(&mut self) {
+        self.registry.http.remove(&self.id);
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
         Ok(Action::Listen) => listen(&state, &mut r).await,
         Ok(Action::Connect) => connect(&state, &mut r).await,
         Ok(Action::Accept) => accept(&state, &mut r),
-        Ok(Action::Request) => Err(RelayError::NotImplemented("HTTP request rendezvous is not supported by this version of the emulator.")),
+        Ok(Action::Request) => request(&state, &mut r),
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| {
@@ -105,6 +105,7 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         guard,
         permit,
         rx,
+        awaiting_body: None,
     };
     info!(tracking_id = %r.tracking.id, namespace = %target.namespace, hybrid_connection = %target.hc_name, peer = %r.peer, "listener connected");
     let span = debug_span!("control", tracking_id = %r.tracking.id);
@@ -226,6 +227,16 @@ fn accept(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayE
         .send(RendezvousReply::Accepted { upgrade: on_upgrade, protocol: protocol.clone() })
         .map_err(|_| RelayError::SenderGone)?;
     Ok(ws::switching_protocols(&upgrade.key, protocol.as_deref()))
+}
+
+/// `sb-hc-action=request`: the listener joins an HTTP request's rendezvous (§8.1).
+fn request(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+    let target = r.target(state)?;
+    let id = address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
+    let upgrade = ws::check_upgrade(r.req.headers())?;
+    let on_upgrade = r.take_upgrade()?;
+    crate::http::rendezvous(state, &id, &target, on_upgrade)?;
+    Ok(ws::switching_protocols(&upgrade.key, upgrade.protocols.first().map(String::as_str)))
 }
 
 /// `sb-hc-statusCode` / `sb-hc-statusDescription`, or the unprefixed spelling hyco-ws uses

@@ -26,12 +26,14 @@ use crate::rendezvous::{self, WsRequest};
 use crate::target::{Target, find_token};
 
 /// Facts about the TCP connection a request came on, added by the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub peer: SocketAddr,
     /// Whether TLS is in use.
     pub tls: bool,
+    /// HTTP request mode: the listener's rendezvous kept for this connection's next requests.
+    pub slot: crate::http::ChannelSlot,
 }
 
 /// The relay's router.
@@ -40,7 +42,11 @@ pub fn router(state: Arc<RelayState>) -> Router {
 }
 
 async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Response {
-    let conn = req.extensions().get::<ConnInfo>().copied().unwrap_or(ConnInfo { peer: SocketAddr::from(([0, 0, 0, 0], 0)), tls: false });
+    let conn = req.extensions().get::<ConnInfo>().cloned().unwrap_or_else(|| ConnInfo {
+        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        tls: false,
+        slot: Default::default(),
+    });
     let host = req
         .headers()
         .get(header::HOST)
@@ -64,10 +70,7 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     if is_management_get(&req, &query) {
         return runtime_info(&state, &req, &host, &hc_path, &query, &tracking);
     }
-    RelayError::NotImplemented(
-        "HTTP request mode is not supported by this version of the emulator; use WebSocket connections on /$hc/{path}.",
-    )
-    .into_response(&tracking)
+    crate::http::handle(state, req, conn, host, hc_path, query).await
 }
 
 fn banner() -> Response {

@@ -62,12 +62,12 @@ async fn serve_connection(state: Arc<RelayState>, router: axum::Router, stream: 
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(state, router, tls_stream, ConnInfo { peer, tls: true }).await,
+                Ok(Ok(tls_stream)) => serve_http(state, router, tls_stream, ConnInfo { peer, tls: true, slot: Default::default() }).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => serve_http(state, router, stream, ConnInfo { peer, tls: false }).await,
+        None => serve_http(state, router, stream, ConnInfo { peer, tls: false, slot: Default::default() }).await,
     }
 }
 
@@ -75,8 +75,9 @@ async fn serve_http<IO>(state: Arc<RelayState>, router: axum::Router, io: IO, co
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn.peer;
     let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(conn);
+        req.extensions_mut().insert(conn.clone());
         router.clone().oneshot(req)
     });
     let mut builder = http1::Builder::new();
@@ -88,7 +89,7 @@ where
     let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
-        r = connection.as_mut() => if let Err(e) = r { debug!(peer = %conn.peer, error = %e, "http connection ended with an error") },
+        r = connection.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "http connection ended with an error") },
         _ = state.cancel.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;

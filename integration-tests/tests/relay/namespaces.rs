@@ -114,7 +114,11 @@ async fn runtime_info_for_any_right_with_atom_entry() {
     let (status, _, body) = get(&relay, "contoso.localhost", "/nothing?api-version=2016-07", &[("ServiceBusAuthorization", &token)]).await;
     assert_eq!(status, 404);
     assert!(body.starts_with("<Error><Code>404</Code><Detail>Endpoint does not exist."), "{body}");
-    // Without the management markers it is an HTTP-mode request, which this version refuses.
-    let (status, _, _) = get(&relay, "contoso.localhost", "/db?api-version=abc", &[("ServiceBusAuthorization", &token)]).await;
-    assert_eq!(status, 501);
+    // Without the management markers it is an HTTP-mode request: relayed, here to no listener.
+    let send = contoso_token(&relay, "contoso.localhost", "team/api", "defaultSender");
+    let (status, head, body) = get(&relay, "contoso.localhost", "/team/api/x?api-version=abc", &[("ServiceBusAuthorization", &send)]).await;
+    assert_eq!(status, 404, "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["error"]["message"].as_str().unwrap().starts_with("There are no listeners connected for the endpoint."), "{body}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("SystemTracker:contoso.localhost:team/api/x"), "{body}");
 }

@@ -1,0 +1,470 @@
+//! HTTP request mode (PROTOCOL.md §8, §5.2–§5.3, §15 MUST 6, 7, 11): plain HTTP(S) requests
+//! to `/{hybrid connection}/...` are carried to a listener and its answer back.
+//!
+//! Small requests (body complete and ≤ 64 KiB, headers ≤ 32 KiB) go as a full `request` on
+//! the control channel, followed at once by the body as one binary message. Others send the
+//! address-only `request`; the listener opens the rendezvous (`sb-hc-action=request`) and the
+//! relay sends the full request and streams the body there. A response may come on the
+//! control channel or on a rendezvous the listener opens for it; the relay never resends a
+//! request it delivered on the control channel. A rendezvous stays attached to the client's
+//! TCP connection and carries that connection's later requests (§8.1 step 2).
+//!
+//! The client's handler drives it all: it registers a [`PendingHttp`], and gets back either a
+//! response from the control channel or the rendezvous socket ([`Delivery`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::response::Response;
+use futures_util::StreamExt as _;
+use hc_protocol::address::{self, Action};
+use hc_protocol::control::{
+    self, Headers, Incoming, ListenerCommand, RemoteEndpoint, RequestCommand, RequestHead, ResponseCommand, ServiceCommand,
+};
+use hc_protocol::frame::{self, CloseFrame, FrameHeader, OpCode, close_code};
+use hc_protocol::limits::{MAX_CONTROL_BODY_BYTES, MAX_CONTROL_HEADER_BYTES, MAX_CONTROL_MESSAGE_BYTES};
+use hc_protocol::{Right, tracking};
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::RelayState;
+use crate::error::{RelayError, Tracking};
+use crate::registry::{ControlOut, HcKey};
+use crate::routes::ConnInfo;
+use crate::target::{Target, TokenSource, find_token};
+use crate::ws::{FrameReader, Peer};
+
+/// Headers never passed on (hop-by-hop, framing, the token carriers).
+const STRIPPED_REQUEST: [&str; 10] =
+    ["connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "close", "keep-alive", "proxy-connection", "expect"];
+const STRIPPED_RESPONSE: [&str; 8] =
+    ["connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"];
+
+/// How a pending request was answered.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The response (and its body, if any) came on the control channel.
+    Control(ResponseCommand, Option<Vec<u8>>),
+    /// The listener opened a rendezvous for this request.
+    Channel(RequestChannel),
+    /// The listener went away first.
+    Failed(String),
+}
+
+/// A request waiting for its listener.
+#[derive(Debug)]
+pub struct PendingHttp {
+    /// The hybrid connection.
+    pub hc: HcKey,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Delivery>,
+}
+
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A request rendezvous socket (the listener is the WebSocket client).
+pub struct RequestChannel {
+    reader: FrameReader<ReadHalf<Io>>,
+    writer: WriteHalf<Io>,
+    hc: HcKey,
+}
+
+impl std::fmt::Debug for RequestChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestChannel").field("hc", &self.hc).finish_non_exhaustive()
+    }
+}
+
+/// The rendezvous kept for a client TCP connection, reused by its next requests.
+pub type ChannelSlot = Arc<std::sync::Mutex<Option<RequestChannel>>>;
+
+impl RequestChannel {
+    async fn write(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
+        let mut head = [0u8; frame::MAX_HEADER_LEN];
+        let n = FrameHeader::new(fin, opcode, payload.len() as u64).encode(&mut head);
+        self.writer.write_all(&head[..n]).await?;
+        self.writer.write_all(payload).await
+    }
+
+    /// Sends the full `request` and, when present, its body as one binary message in pieces.
+    async fn send_request(&mut self, json: &str, body: Option<Body>) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("writing the request to the listener: {e}");
+        self.write(true, OpCode::Text, json.as_bytes()).await.map_err(fail)?;
+        if let Some(body) = body {
+            let mut stream = body.into_data_stream();
+            let mut first = true;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("reading the client's body: {e}"))?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                self.write(false, if first { OpCode::Binary } else { OpCode::Continuation }, &chunk).await.map_err(fail)?;
+                first = false;
+            }
+            self.write(true, if first { OpCode::Binary } else { OpCode::Continuation }, &[]).await.map_err(fail)?;
+        }
+        self.writer.flush().await.map_err(fail)
+    }
+
+    /// Reads until the `response` command (answering pings, skipping stray binary messages).
+    async fn read_response(&mut self) -> Result<ResponseCommand, String> {
+        let mut text = Vec::new();
+        loop {
+            let h = self.reader.header().await.map_err(|e| e.to_string())?.ok_or("the listener closed the rendezvous")?;
+            let payload = self.payload(&h).await?;
+            match h.opcode {
+                OpCode::Ping => self.pong(&payload).await?,
+                OpCode::Pong => {}
+                OpCode::Close => return Err("the listener closed the rendezvous".into()),
+                OpCode::Text | OpCode::Continuation if h.opcode == OpCode::Text || !text.is_empty() => {
+                    text.extend_from_slice(&payload);
+                    if text.len() > MAX_CONTROL_MESSAGE_BYTES {
+                        return Err("response command larger than 64 KiB".into());
+                    }
+                    if h.fin {
+                        return match ListenerCommand::parse(&String::from_utf8_lossy(&text)) {
+                            Ok(Incoming::Known(ListenerCommand::Response(r))) => Ok(r),
+                            Ok(other) => Err(format!("expected a response, got {other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                    }
+                }
+                _ => {} // a stray binary message (Node sends an empty one after body:false)
+            }
+        }
+    }
+
+    async fn payload(&mut self, h: &FrameHeader) -> Result<Vec<u8>, String> {
+        if h.payload_len > MAX_CONTROL_MESSAGE_BYTES as u64 {
+            return Err("frame too large for a command".into());
+        }
+        self.reader.payload(h).await.map_err(|e| e.to_string())
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> Result<(), String> {
+        self.write(true, OpCode::Pong, payload).await.map_err(|e| e.to_string())?;
+        self.writer.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Streams the body message's payload into `tx` until its last frame; `idle` bounds the
+    /// wait for each piece. Returns false when the channel cannot be reused.
+    async fn stream_body(&mut self, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, idle: Duration) -> bool {
+        let broken = |why: String| std::io::Error::other(why);
+        loop {
+            let h = match tokio::time::timeout(idle, self.reader.header()).await {
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    let _ = tx.send(Err(broken("the listener closed the rendezvous during the body".into()))).await;
+                    return false;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(broken("the listener's body was idle for too long".into()))).await;
+                    return false;
+                }
+            };
+            match h.opcode {
+                OpCode::Binary | OpCode::Continuation | OpCode::Text => {
+                    let mut left = h.payload_len;
+                    let mut offset = 0;
+                    while left > 0 {
+                        let range = match tokio::time::timeout(idle, self.reader.chunk(left)).await {
+                            Ok(Ok(r)) => r,
+                            _ => {
+                                let _ = tx.send(Err(broken("the listener's body stopped".into()))).await;
+                                return false;
+                            }
+                        };
+                        left -= range.len() as u64;
+                        let buf = self.reader.buf_mut();
+                        if let Some(mask) = h.mask {
+                            frame::apply_mask(&mut buf[range.clone()], mask, offset);
+                        }
+                        offset += range.len() as u64;
+                        if tx.send(Ok(Bytes::copy_from_slice(&buf[range]))).await.is_err() {
+                            return false;
+                        }
+                    }
+                    if h.fin {
+                        return true;
+                    }
+                }
+                OpCode::Ping => {
+                    let Ok(p) = self.payload(&h).await else { return false };
+                    if self.pong(&p).await.is_err() {
+                        return false;
+                    }
+                }
+                OpCode::Pong => {
+                    let _ = self.payload(&h).await;
+                }
+                OpCode::Close => {
+                    let _ = tx.send(Err(broken("the listener closed the rendezvous during the body".into()))).await;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Closes the rendezvous (relay side).
+    async fn close(mut self) {
+        let close = CloseFrame::new(close_code::NORMAL, "");
+        let _ = self.write(true, OpCode::Close, &close.payload()).await;
+        let _ = self.writer.flush().await;
+    }
+}
+
+/// Serves `sb-hc-action=request`: hands the socket to the waiting request.
+pub fn rendezvous(state: &Arc<RelayState>, id: &str, target: &Target, upgrade: hyper::upgrade::OnUpgrade) -> Result<(), RelayError> {
+    let pending = state.registry.take_http(id).ok_or(RelayError::RendezvousExpired)?;
+    if pending.hc != target.key {
+        let _ = pending.reply.send(Delivery::Failed("the listener used another endpoint's address".into()));
+        return Err(RelayError::RendezvousExpired);
+    }
+    let buffer = state.options.tunnel_buffer_size;
+    state.tracker.spawn(async move {
+        match upgrade.await {
+            Ok(io) => {
+                let (r, w) = tokio::io::split(TokioIo::new(io));
+                let channel = RequestChannel { reader: FrameReader::new(r, Peer::Client, buffer), writer: w, hc: pending.hc.clone() };
+                if let Err(Delivery::Channel(ch)) = pending.reply.send(Delivery::Channel(channel)) {
+                    ch.close().await;
+                }
+            }
+            Err(e) => {
+                let _ = pending.reply.send(Delivery::Failed(format!("the listener's rendezvous failed: {e}")));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What an HTTP-mode request failed with, as the JSON error body of §8.2/§8.3.
+fn error_response(e: RelayError, tracking: &Tracking) -> Response {
+    let status = e.status();
+    let code = match status {
+        401 => "TokenMissingOrInvalid",
+        403 => "Forbidden",
+        404 => "EndpointNotFound",
+        405 => "MethodNotAllowed",
+        502 => "BadGateway",
+        503 => "ServerBusy",
+        504 => "GatewayTimeout",
+        _ => "BadRequest",
+    };
+    let message = tracking.decorate(&e.to_string());
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut r = crate::error::text_response(status, &message);
+    *r.body_mut() = Body::from(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+/// Serves one HTTP-mode request.
+pub async fn handle(state: Arc<RelayState>, req: Request, conn: ConnInfo, host: String, hc_path: String, query: String) -> Response {
+    let now = crate::now_unix();
+    let client_id = address::query_value(&query, address::QUERY_ID);
+    let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
+    let ns_host = crate::model::host_without_port(&host);
+    let tracking = Tracking { id: id.clone(), system_tracker: format!("{ns_host}:{hc_path}"), now };
+    match serve(&state, req, conn, &host, &hc_path, &query, &id).await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(tracking_id = %id, status = e.status(), error = %e, "http request refused");
+            error_response(e, &tracking)
+        }
+    }
+}
+
+/// The `request` head: target with the filtered query, headers without hop-by-hop and token
+/// carriers, multi-valued ones joined (§5.2).
+fn request_head(req: &Request, id: &str, conn: &ConnInfo, query: &str, strip_authorization: bool) -> RequestHead {
+    let app_query = address::app_query(query);
+    let target =
+        if app_query.trim_matches('&').is_empty() { req.uri().path().to_owned() } else { format!("{}?{app_query}", req.uri().path()) };
+    let mut headers = Headers::default();
+    for (name, value) in req.headers() {
+        let n = name.as_str();
+        if STRIPPED_REQUEST.contains(&n)
+            || n.eq_ignore_ascii_case(address::HEADER_SB_AUTHORIZATION)
+            || (strip_authorization && n == "authorization")
+        {
+            continue;
+        }
+        headers.append(n, &String::from_utf8_lossy(value.as_bytes()));
+    }
+    RequestHead {
+        id: id.to_owned(),
+        request_target: target,
+        method: req.method().as_str().to_owned(),
+        remote_endpoint: RemoteEndpoint { address: conn.peer.ip().to_canonical().to_string(), port: conn.peer.port() },
+        request_headers: headers,
+    }
+}
+
+/// Whether the request has a body, and its length when known.
+fn body_kind(req: &Request) -> (bool, Option<u64>) {
+    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    (chunked || length.is_some_and(|l| l > 0), if chunked { None } else { length })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    state: &Arc<RelayState>,
+    req: Request,
+    conn: ConnInfo,
+    host: &str,
+    hc_path: &str,
+    query: &str,
+    id: &str,
+) -> Result<Response, RelayError> {
+    if req.method() == Method::CONNECT {
+        return Err(RelayError::BadRequest("CONNECT is not supported on hybrid connection HTTP endpoints.".into()));
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(RelayError::BadRequest("Protocol upgrades are not allowed here; WebSocket connections use /$hc/{path}.".into()));
+    }
+    let target = Target::resolve(&state.store.read(), host, hc_path)?;
+    let token = find_token(req.headers(), query);
+    let mut strip_authorization = false;
+    if target.requires_client_authorization {
+        target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, crate::now_unix())?;
+        strip_authorization = token.as_ref().is_some_and(|t| t.1 == TokenSource::Authorization);
+    }
+    let ns_host = crate::model::host_without_port(host);
+    let head = request_head(&req, id, &conn, query, strip_authorization);
+    let (has_body, length) = body_kind(&req);
+    let reused = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|c| c.hc == target.key);
+    let (_parts, body) = req.into_parts();
+    let deadline = state.options.http_response_timeout;
+    if let Some(mut channel) = reused {
+        let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head, has_body)));
+        channel.send_request(&json, has_body.then_some(body)).await.map_err(|e| RelayError::Rejected { status: 502, description: e })?;
+        return respond_on_channel(state, channel, &conn, &ns_host, deadline).await;
+    }
+    let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
+    let address = address::rendezvous_address(&listener.base_url, &target.hc_name, "", Action::Request, id);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let _guard =
+        state.registry.insert_http(id, PendingHttp { hc: target.key.clone(), reply: reply_tx }, state.options.max_pending_rendezvous)?;
+    let headers_small = serde_json::to_string(&head.request_headers).map(|j| j.len()).unwrap_or(usize::MAX) <= MAX_CONTROL_HEADER_BYTES;
+    let (small_body, body) = match (has_body, length) {
+        (false, _) => (Some(Vec::new()), body),
+        (true, Some(l)) if l as usize <= MAX_CONTROL_BODY_BYTES && headers_small => {
+            collect_small(body, state.options.small_body_wait).await
+        }
+        _ => (None, body),
+    };
+    let (delivered, body) = match small_body {
+        Some(bytes) => {
+            let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(address, head, has_body)));
+            let out = ControlOut::Request { id: id.to_owned(), json, body: has_body.then_some(bytes) };
+            listener.tx.send(out).await.map_err(|_| RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
+            (true, None)
+        }
+        None => {
+            let json = control::to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only(address.clone(), id.to_owned())));
+            listener
+                .tx
+                .send(ControlOut::Text(json))
+                .await
+                .map_err(|_| RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
+            (false, Some((RequestCommand::full(address, head, has_body), has_body.then_some(body))))
+        }
+    };
+    let delivery = tokio::select! {
+        d = tokio::time::timeout(deadline, reply_rx) => match d {
+            Ok(Ok(d)) => d,
+            Ok(Err(_)) => Delivery::Failed("the listener went away".into()),
+            Err(_) => return Err(RelayError::HttpTimeout),
+        },
+        _ = state.cancel.cancelled() => return Err(RelayError::ShuttingDown),
+    };
+    match delivery {
+        Delivery::Control(response, body) => Ok(build_response(response, body.map(Body::from), &ns_host)),
+        Delivery::Failed(why) => Err(RelayError::Rejected { status: 502, description: why }),
+        Delivery::Channel(mut channel) => {
+            if !delivered && let Some((command, body)) = body {
+                let json = control::to_json(&ServiceCommand::Request(command));
+                channel.send_request(&json, body).await.map_err(|e| RelayError::Rejected { status: 502, description: e })?;
+            }
+            respond_on_channel(state, channel, &conn, &ns_host, deadline).await
+        }
+    }
+}
+
+/// Reads a small body whole. When it does not arrive within `wait`, the request goes by
+/// rendezvous with what arrived so far followed by the rest.
+async fn collect_small(body: Body, wait: Duration) -> (Option<Vec<u8>>, Body) {
+    let mut stream = body.into_data_stream();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => got.extend_from_slice(&chunk),
+            Ok(None) => return (Some(got), Body::empty()),
+            Ok(Some(Err(_))) => return (None, Body::from(got)),
+            Err(_) => {
+                let prefix = futures_util::stream::once(async move { Ok::<Bytes, axum::Error>(Bytes::from(got)) });
+                return (None, Body::from_stream(prefix.chain(stream)));
+            }
+        }
+    }
+}
+
+/// Reads the response head from `channel` and streams its body; the channel goes back to the
+/// client connection's slot when the body ended cleanly.
+async fn respond_on_channel(
+    state: &Arc<RelayState>,
+    mut channel: RequestChannel,
+    conn: &ConnInfo,
+    ns_host: &str,
+    deadline: Duration,
+) -> Result<Response, RelayError> {
+    let response = match tokio::time::timeout(deadline, channel.read_response()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => return Err(RelayError::Rejected { status: 502, description: why }),
+        Err(_) => return Err(RelayError::HttpTimeout),
+    };
+    if !response.body {
+        conn.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
+        return Ok(build_response(response, None, ns_host));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let slot = conn.slot.clone();
+    state.tracker.spawn(async move {
+        if channel.stream_body(&tx, deadline).await {
+            slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(build_response(response, Some(Body::from_stream(stream)), ns_host))
+}
+
+/// The client's response: the listener's status and reason phrase exactly, its headers minus
+/// hop-by-hop ones, `Via: 1.1 {namespace host}` (§8.2).
+fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Response {
+    let mut response = Response::new(body.unwrap_or_else(Body::empty));
+    *response.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(reason) = r.status_description.as_deref().and_then(|d| hyper::ext::ReasonPhrase::try_from(d.as_bytes().to_vec()).ok()) {
+        response.extensions_mut().insert(reason);
+    }
+    let headers = response.headers_mut();
+    for (k, v) in r.response_headers.map(|h| h.0).unwrap_or_default() {
+        if STRIPPED_RESPONSE.contains(&k.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            headers.append(name, value);
+        }
+    }
+    if let Ok(via) = HeaderValue::from_str(&format!("1.1 {ns_host}")) {
+        headers.append(header::VIA, via);
+    }
+    response
+}
