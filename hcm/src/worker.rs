@@ -300,6 +300,7 @@ async fn serve_channel(ctx: &Arc<Ctx>, endpoint: &Endpoint, mut channel: Control
                 last_heard = Instant::now();
                 match event {
                     Ok(ControlEvent::Accept(accept)) => spawn_tunnel(ctx, endpoint, accept),
+                    Ok(ControlEvent::Request(command)) => if let Err(e) = refuse_http(ctx, &mut channel, command).await { return e.to_string() },
                     Ok(ControlEvent::Ping(p)) => if let Err(e) = channel.pong(&p).await { return e.to_string() },
                     Ok(ControlEvent::Closed { code, reason }) => return format!("relay closed the control channel: {} {reason}", code.unwrap_or(1005)),
                     Ok(ControlEvent::Ignored(what)) => debug!(hybrid_connection = %ctx.key, %what, "ignored"),
@@ -328,6 +329,26 @@ async fn serve_channel(ctx: &Arc<Ctx>, endpoint: &Endpoint, mut channel: Control
             }
         }
     }
+}
+
+/// The answer to HTTP request mode: the HCM forwards WebSocket connections only, so it
+/// answers as a .NET listener without a request handler does (PROTOCOL.md §8.2).
+fn not_served() -> hc_client::http::HttpResponse {
+    hc_client::http::HttpResponse {
+        status: 501,
+        reason: Some("The listener RequestHandler has not been configured.".into()),
+        ..Default::default()
+    }
+}
+
+async fn refuse_http(ctx: &Arc<Ctx>, channel: &mut ControlChannel, command: hc_protocol::control::RequestCommand) -> Result<(), Error> {
+    if command.is_full() {
+        let request = channel.read_request(command).await?;
+        return channel.respond(&ctx.relay, &request, &not_served()).await;
+    }
+    let relay = ctx.relay.clone();
+    tokio::spawn(async move { hc_client::http::serve_rendezvous(&relay, &command.address, |_| not_served()).await });
+    Ok(())
 }
 
 /// Dial the endpoint first; join the rendezvous only if it answered, else reject with 502 and

@@ -239,3 +239,56 @@ async fn auth_failures_are_401_with_an_error_body() {
         assert!(e["error"]["message"].as_str().unwrap().starts_with(starts), "{e}");
     }
 }
+
+/// Our listener (hc-client): echoes with "From Rust", or 1 MiB of 9s for `/big`.
+fn our_handler(req: hc_client::http::HttpRequest) -> hc_client::http::HttpResponse {
+    let mut headers = hc_protocol::control::Headers::default();
+    headers.append("X-Target", &req.target);
+    let body = if req.target.contains("/big") { vec![9u8; 1024 * 1024] } else { req.body };
+    hc_client::http::HttpResponse { status: 200, reason: Some("From Rust".into()), headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_crate_serves_http_requests() {
+    use hc_client::listener::{ControlChannel, ControlEvent, ListenerConfig};
+    let s = setup(RelayOptions::default(), false).await;
+    let tls = hc_client::tls::client_config(Some(&s.ca)).unwrap();
+    let endpoint = hc_client::RelayEndpoint::from_endpoint(&format!("sb://{}/", s.relay.emulator.authority()), tls).unwrap();
+    let cs = s.relay.emulator.relay.connection_string("default", Some("sample"), "defaultListener", &s.relay.emulator.authority()).unwrap();
+    let tokens = hc_client::token::TokenProvider::from_connection_string(&cs, Duration::from_secs(3600));
+    let config = ListenerConfig { endpoint: endpoint.clone(), path: "sample".into(), tokens, tracking_id: "our-http-listener".into() };
+    let mut channel = ControlChannel::open(&config).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            match channel.next_event().await {
+                Ok(ControlEvent::Request(command)) if command.is_full() => {
+                    let request = channel.read_request(command).await.unwrap();
+                    let response = our_handler(request.clone());
+                    channel.respond(&endpoint, &request, &response).await.unwrap();
+                }
+                Ok(ControlEvent::Request(command)) => {
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move { hc_client::http::serve_rendezvous(&endpoint, &command.address, our_handler).await });
+                }
+                Ok(ControlEvent::Ping(p)) => channel.pong(&p).await.unwrap(),
+                Ok(ControlEvent::Closed { .. }) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let auth = format!("ServiceBusAuthorization: {}", s.relay.send_token("sample"));
+    let a = curl(&s.ca, s.dir.path(), vec!["-H".into(), auth.clone(), s.url("/sample/x?y=1")]).await;
+    assert_eq!((a.status, a.reason.as_str(), a.header("x-target")), (200, "From Rust", Some("/sample/x?y=1")));
+    let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 89) as u8).collect();
+    let file = s.dir.path().join("post");
+    std::fs::write(&file, &data).unwrap();
+    let a = curl(
+        &s.ca,
+        s.dir.path(),
+        vec!["-H".into(), auth.clone(), "--data-binary".into(), format!("@{}", file.display()), s.url("/sample/echo")],
+    )
+    .await;
+    assert!(a.status == 200 && a.body == data, "1 MiB request by rendezvous, echoed");
+    let a = curl(&s.ca, s.dir.path(), vec!["-H".into(), auth, s.url("/sample/big")]).await;
+    assert!(a.status == 200 && a.body.len() == 1024 * 1024 && a.body.iter().all(|b| *b == 9), "1 MiB response by rendezvous");
+}

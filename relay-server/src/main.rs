@@ -36,6 +36,13 @@ struct Args {
     /// Connections (listeners and tunnels) allowed per namespace.
     #[arg(long, default_value_t = hc_protocol::limits::DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE)]
     max_connections_per_namespace: usize,
+    /// HTTP request mode: seconds a listener has to start its response (then 504), and the
+    /// longest pause in a response body.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    http_timeout: u64,
+    /// HTTP request mode: status when no listener is connected (404 as seen from Azure, or 502 as documented).
+    #[arg(long, default_value_t = 404, value_parser = clap::value_parser!(u16).range(400..600))]
+    http_no_listener_status: u16,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -85,6 +92,8 @@ fn options(args: &Args) -> RelayOptions {
         token_grace: Duration::from_secs(args.token_grace),
         max_connections_per_namespace: args.max_connections_per_namespace,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        http_response_timeout: Duration::from_secs(args.http_timeout.max(1)),
+        http_no_listener_status: args.http_no_listener_status,
         ..RelayOptions::default()
     }
 }

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod bridge;
 pub mod error;
 pub mod handshake;
+pub mod http;
 pub mod listener;
 pub mod relay;
 pub mod runtime;

@@ -2,7 +2,7 @@
 //! the token, answer pings; then join a rendezvous (accept) or refuse it (reject, §6.2).
 
 use hc_protocol::address::{self, Action, HEADER_SB_AUTHORIZATION};
-use hc_protocol::control::{self, AcceptCommand, Incoming, ListenerCommand, RenewTokenCommand, ServiceCommand};
+use hc_protocol::control::{self, AcceptCommand, Incoming, ListenerCommand, RenewTokenCommand, RequestCommand, ServiceCommand};
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
 use hc_ws::{Message, MessageReader, Peer};
@@ -31,6 +31,9 @@ pub struct ListenerConfig {
 pub enum ControlEvent {
     /// A sender waits.
     Accept(AcceptCommand),
+    /// An HTTP request: a full one (read its body with [`ControlChannel::read_request`]) or an
+    /// address-only one (serve it with [`crate::http::serve_rendezvous`]).
+    Request(RequestCommand),
     /// The relay pinged; answer with [`ControlChannel::pong`].
     Ping(Vec<u8>),
     /// The relay closed the channel.
@@ -88,7 +91,7 @@ impl ControlChannel {
         Ok(match message {
             Message::Text(text) => match ServiceCommand::parse(&text) {
                 Ok(Incoming::Known(ServiceCommand::Accept(a))) => ControlEvent::Accept(a),
-                Ok(Incoming::Known(ServiceCommand::Request(_))) => ControlEvent::Ignored("HTTP request".into()),
+                Ok(Incoming::Known(ServiceCommand::Request(r))) => ControlEvent::Request(r),
                 Ok(Incoming::Unknown(name)) => ControlEvent::Ignored(format!("unknown command '{name}'")),
                 Err(e) => return Err(Error::new(ErrorKind::Protocol, e.to_string())),
             },
@@ -115,6 +118,36 @@ impl ControlChannel {
         hc_ws::write_masked(&mut self.writer, OpCode::Text, json.as_bytes(), rand::random()).await?;
         self.expires_at = token.expires_at;
         Ok(())
+    }
+
+    /// For a full request: reads the body message that follows it (when `body` is true).
+    pub async fn read_request(&mut self, command: RequestCommand) -> Result<crate::http::HttpRequest, Error> {
+        let body = if command.body == Some(true) {
+            match self.reader.next().await? {
+                Some(Message::Binary(b)) => b,
+                Some(Message::Text(t)) => t.into_bytes(),
+                other => return Err(Error::new(ErrorKind::Protocol, format!("expected the request body, got {other:?}"))),
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(crate::http::HttpRequest::from_command(command, body))
+    }
+
+    /// Answers a request: on this control channel when the body fits in 64 KiB, else through
+    /// a rendezvous with the request's address.
+    pub async fn respond(
+        &mut self,
+        endpoint: &RelayEndpoint,
+        request: &crate::http::HttpRequest,
+        response: &crate::http::HttpResponse,
+    ) -> Result<(), Error> {
+        if crate::http::needs_rendezvous(response) {
+            let (endpoint, request, response) = (endpoint.clone(), request.clone(), response.clone());
+            tokio::spawn(async move { crate::http::respond_via_rendezvous(&endpoint, &request, &response).await });
+            return Ok(());
+        }
+        crate::http::write_response(&mut self.writer, &request.id, response).await
     }
 
     /// Closes the channel (Close frame, then TCP).
