@@ -19,6 +19,7 @@ async fn main() -> std::process::ExitCode {
         use tracing_subscriber::util::SubscriberInitExt as _;
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
         tracing_subscriber::registry().with(fmt).with(filter).init();
+        raise_fd_limit();
     }
     match hcm::cli::execute(cli, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -26,6 +27,14 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit (each tunnel holds two sockets) and logs it.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
 }
 

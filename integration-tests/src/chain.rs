@@ -15,17 +15,27 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Path of a workspace binary built next to the running test.
+/// Path of a workspace binary built next to the running program (a test in `deps/`, or a
+/// binary such as `bench` in the profile directory itself).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds the relay-server, hcm and app-side-shim binaries",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let here = exe.parent().expect("executable directory");
+    let candidates = [here.join(name), here.parent().map(|p| p.join(name)).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    found.unwrap_or_else(|| {
+        panic!("{name} is missing next to {}: build the workspace's binaries first (`cargo test --workspace` does; for `bench`: `cargo build --release --workspace`)", exe.display())
+    })
+}
+
+/// How to run a chain.
+#[derive(Debug, Clone, Default)]
+pub struct ChainOptions {
+    /// Plain `ws://` between the parts instead of TLS.
+    pub plain: bool,
+    /// Extra `relay-server` arguments.
+    pub relay_args: Vec<String>,
+    /// Log filter for the three processes (default `info`).
+    pub log: Option<String>,
 }
 
 /// A child process killed on drop, with its stderr in a log file.
@@ -39,9 +49,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `program args`, logging stderr to `log`; returns stdout lines up to `until`.
     pub fn start(program: &Path, args: &[&str], log: PathBuf, until: Option<&str>) -> anyhow::Result<(Proc, Vec<String>)> {
+        Self::start_logging(program, args, log, until, "info")
+    }
+
+    /// [`Proc::start`] with a log filter.
+    pub fn start_logging(
+        program: &Path,
+        args: &[&str],
+        log: PathBuf,
+        until: Option<&str>,
+        filter: &str,
+    ) -> anyhow::Result<(Proc, Vec<String>)> {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -69,6 +90,17 @@ impl Proc {
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory of the process, KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Open file descriptors (sockets included) of the process.
@@ -123,24 +155,32 @@ fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
 }
 
 impl Chain {
-    /// Starts the three processes; returns once the HCM is connected.
+    /// Starts the three processes over TLS; returns once the HCM is connected.
     pub fn start(endpoint: &str) -> anyhow::Result<Chain> {
+        Self::start_with(endpoint, &ChainOptions::default())
+    }
+
+    /// Starts the three processes with `options`; returns once the HCM is connected.
+    pub fn start_with(endpoint: &str, options: &ChainOptions) -> anyhow::Result<Chain> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
+        let log = options.log.clone().unwrap_or_else(|| "info".into());
         let relay_config = serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": [{"name": HC, "endpoint": endpoint}]}]});
         std::fs::write(d.join("relay.json"), relay_config.to_string())?;
         let relay_data = d.join("relay");
-        let (relay, lines) = Proc::start(
-            &binary("relay-server"),
-            &["--data-dir", path(&relay_data), "--listen", "127.0.0.1:0", "--config", path(&d.join("relay.json"))],
-            d.join("relay.log"),
-            Some("Ready."),
-        )?;
+        let config = d.join("relay.json");
+        let mut relay_args = vec!["--data-dir", path(&relay_data), "--listen", "127.0.0.1:0", "--config", path(&config)];
+        if options.plain {
+            relay_args.push("--plain");
+        }
+        relay_args.extend(options.relay_args.iter().map(String::as_str));
+        let (relay, lines) = Proc::start_logging(&binary("relay-server"), &relay_args, d.join("relay.log"), Some("Ready."), &log)?;
         let listening = banner_value(&lines, "Azure Relay Hybrid Connections emulator listening on ").context("relay banner")?;
         let relay_port: u16 =
             listening.split_whitespace().next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).context("relay port")?;
-        let listen_cs = banner_value(&lines, "Listen ").context("Listen connection string")?;
-        let send_cs = banner_value(&lines, "Send ").context("Send connection string")?;
+        let scheme = |cs: String| if options.plain { cs.replacen("Endpoint=sb://", "Endpoint=ws://", 1) } else { cs };
+        let listen_cs = scheme(banner_value(&lines, "Listen ").context("Listen connection string")?);
+        let send_cs = scheme(banner_value(&lines, "Send ").context("Send connection string")?);
         let ca = relay_data.join("ca.pem");
 
         let hcm_dir = d.join("hcm");
@@ -148,16 +188,14 @@ impl Chain {
         if !add.status.success() {
             bail!("hcm add failed: {}", String::from_utf8_lossy(&add.stderr));
         }
-        let hcm = Self::run_hcm(d)?;
+        let hcm = Self::run_hcm(d, &log)?;
 
-        let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": endpoint.rsplit_once(':').map(|h| h.0).unwrap_or(endpoint), "port": endpoint.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0)}]});
+        let (host, port) = endpoint.rsplit_once(':').context("endpoint is host:port")?;
+        let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
         std::fs::write(d.join("shim.json"), shim_config.to_string())?;
-        let (shim, lines) = Proc::start(
-            &binary("app-side-shim"),
-            &["--config", path(&d.join("shim.json")), "run", "--forward", &format!("127.0.0.1:0={endpoint}")],
-            d.join("shim.log"),
-            Some("Ready."),
-        )?;
+        let (shim_json, forward_spec) = (d.join("shim.json"), format!("127.0.0.1:0={endpoint}"));
+        let shim_args = ["--config", path(&shim_json), "run", "--forward", &forward_spec];
+        let (shim, lines) = Proc::start_logging(&binary("app-side-shim"), &shim_args, d.join("shim.log"), Some("Ready."), &log)?;
         let forward = banner_value(&lines, "Forwarding ")
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .context("forward address")?
@@ -167,13 +205,10 @@ impl Chain {
         Ok(chain)
     }
 
-    fn run_hcm(d: &Path) -> anyhow::Result<Proc> {
-        let (p, _) = Proc::start(
-            &binary("hcm"),
-            &["--data-dir", path(&d.join("hcm")), "run", "--min-backoff", "0.05", "--max-backoff", "0.5"],
-            d.join("hcm.log"),
-            None,
-        )?;
+    fn run_hcm(d: &Path, log: &str) -> anyhow::Result<Proc> {
+        let data = d.join("hcm");
+        let args = ["--data-dir", path(&data), "run", "--min-backoff", "0.05", "--max-backoff", "0.5"];
+        let (p, _) = Proc::start_logging(&binary("hcm"), &args, d.join("hcm.log"), None, log)?;
         Ok(p)
     }
 
@@ -203,7 +238,7 @@ impl Chain {
 
     /// Starts the HCM again and waits until it is connected.
     pub fn restart_hcm(&mut self) -> anyhow::Result<()> {
-        self.hcm = Some(Self::run_hcm(self.dir.path())?);
+        self.hcm = Some(Self::run_hcm(self.dir.path(), "info")?);
         self.wait_hcm_connected()
     }
 

@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     tracing_subscriber::registry().with(fmt).with(filter).init();
 
+    raise_fd_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let model = load_model(&args, &data_dir)?;
@@ -84,6 +85,14 @@ async fn main() -> anyhow::Result<()> {
     print_banner(&relay, bound, args.plain, &data_dir);
     relay.serve(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Raises the open-file soft limit to the hard limit (each tunnel holds two sockets) and logs it.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 fn options(args: &Args) -> RelayOptions {
