@@ -23,7 +23,7 @@ pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
             return;
         }
     };
-    let report = hc_client::bridge::bridge(ws, tcp, 32 * 1024).await;
+    let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
     info!(
         endpoint = %target.endpoint(),
         hybrid_connection = %target.describe(),

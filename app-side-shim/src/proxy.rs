@@ -209,7 +209,7 @@ async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
 
 async fn bridge(ws: hc_client::handshake::WsStream, tcp: TcpStream, target: &Target, peer: SocketAddr) {
     let started = std::time::Instant::now();
-    let report = hc_client::bridge::bridge(ws, tcp, 32 * 1024).await;
+    let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
     info!(
         endpoint = %target.endpoint(),
         hybrid_connection = %target.describe(),

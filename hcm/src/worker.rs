@@ -56,7 +56,7 @@ impl Default for WorkerOptions {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(30),
             endpoint_timeout: Duration::from_secs(5),
-            buffer_size: 32 * 1024,
+            buffer_size: 64 * 1024,
             ca_file: None,
         }
     }

@@ -74,7 +74,7 @@ impl Default for RelayOptions {
             max_pending_rendezvous: 10_000,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            tunnel_buffer_size: 32 * 1024,
+            tunnel_buffer_size: 64 * 1024,
             http_response_timeout: hc_protocol::limits::HTTP_RESPONSE_TIMEOUT,
             http_no_listener_status: 404,
             small_body_wait: Duration::from_secs(2),

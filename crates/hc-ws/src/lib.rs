@@ -75,12 +75,24 @@ pub struct FrameReader<R> {
     pos: usize,
     len: usize,
     capacity: usize,
+    /// The last read filled the buffer, so more data is probably waiting: keep the buffer
+    /// across frame boundaries instead of freeing it (bulk transfers would otherwise pay an
+    /// extra read and a fresh allocation per frame).
+    busy: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader of `from`'s frames whose buffer holds up to `capacity` bytes once allocated.
     pub fn new(io: R, from: Peer, capacity: usize) -> Self {
-        FrameReader { io, from, buf: Vec::new(), pos: HEADROOM, len: HEADROOM, capacity: capacity.max(frame::MAX_HEADER_LEN * 2) }
+        FrameReader {
+            io,
+            from,
+            buf: Vec::new(),
+            pos: HEADROOM,
+            len: HEADROOM,
+            capacity: capacity.max(frame::MAX_HEADER_LEN * 2),
+            busy: false,
+        }
     }
 
     /// The socket half it reads from.
@@ -101,7 +113,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn fill(&mut self, lean: bool) -> std::io::Result<usize> {
         if self.pos == self.len {
             (self.pos, self.len) = (HEADROOM, HEADROOM);
-            if lean {
+            if lean && !self.busy {
                 self.buf = Vec::new();
             }
         }
@@ -128,6 +140,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let n = self.io.read(&mut self.buf[self.len..]).await?;
         self.len += n;
+        self.busy = self.len == self.buf.len();
         Ok(n)
     }
 
