@@ -14,15 +14,18 @@ use crate::config::Target;
 
 /// Tunnels one accepted connection; a failed connect resets the client's connection.
 pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
-    let started = std::time::Instant::now();
-    let ws = match target.hc.connect_ws().await {
-        Ok(ws) => ws,
+    match target.hc.connect_ws().await {
+        Ok(ws) => bridge_logged(ws, tcp, &target, peer).await,
         Err(e) => {
             warn!(endpoint = %target.endpoint(), hybrid_connection = %target.describe(), %peer, error = %e, "cannot open a tunnel");
             let _ = tcp.set_zero_linger();
-            return;
         }
-    };
+    }
+}
+
+/// Bridges an open tunnel and writes its one log line (bytes each way, duration, outcome).
+pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, target: &Target, peer: SocketAddr) {
+    let started = std::time::Instant::now();
     let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
     info!(
         endpoint = %target.endpoint(),

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::Target;
 
@@ -196,7 +196,7 @@ async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
         Decision::Tunnel(target) => match target.hc.connect_ws().await {
             Ok(ws) => {
                 if socks_reply(&mut tcp, reply::SUCCEEDED).await.is_ok() {
-                    bridge(ws, tcp, &target, peer).await;
+                    crate::forward::bridge_logged(ws, tcp, &target, peer).await;
                 }
             }
             Err(e) => {
@@ -205,21 +205,6 @@ async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
             }
         },
     }
-}
-
-async fn bridge(ws: hc_client::handshake::WsStream, tcp: TcpStream, target: &Target, peer: SocketAddr) {
-    let started = std::time::Instant::now();
-    let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
-    info!(
-        endpoint = %target.endpoint(),
-        hybrid_connection = %target.describe(),
-        %peer,
-        to_endpoint = report.from_tcp,
-        from_endpoint = report.to_tcp,
-        duration_ms = started.elapsed().as_millis() as u64,
-        outcome = report.aborted.as_deref().unwrap_or("closed"),
-        "tunnel"
-    );
 }
 
 async fn http_answer(tcp: &mut TcpStream, status: &str, body: &str) {
@@ -274,7 +259,7 @@ async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>)
         Decision::Tunnel(target) => match target.hc.connect_ws().await {
             Ok(ws) => {
                 if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
-                    bridge(ws, tcp, &target, peer).await;
+                    crate::forward::bridge_logged(ws, tcp, &target, peer).await;
                 }
             }
             Err(e) => {

@@ -111,22 +111,13 @@ pub struct RunArgs {
     pub endpoint_timeout: f64,
 }
 
-/// The default data directory.
-pub fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("hcm")
-}
-
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
 /// Runs one verb.
 pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    let dir = cli.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir("hcm"));
     match cli.command {
         Command::Add { connection_string, endpoint, listeners, ca_file, no_verify } => {
             add(&dir, &connection_string, endpoint, listeners, ca_file, no_verify).await

@@ -73,17 +73,7 @@ impl TestRelay {
             hc_ws::write_masked(&mut ws.io, OpCode::Binary, chunk, rand_mask()).await.unwrap();
         }
         hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-        let mut reader = FrameReader::new(ws.io, Peer::Server, 64 * 1024);
-        let mut out = Vec::new();
-        loop {
-            let h = reader.header().await.unwrap().expect("relay closed without a close frame");
-            let payload = if h.payload_len > 0 { read_payload(&mut reader, h.payload_len).await } else { Vec::new() };
-            match h.opcode {
-                OpCode::Close => return Ok(out),
-                OpCode::Binary | OpCode::Continuation | OpCode::Text => out.extend_from_slice(&payload),
-                _ => {}
-            }
-        }
+        Ok(read_until_close(ws.io).await)
     }
 
     async fn connect(&self, hc: &str) -> Result<hc_client::handshake::WsStream, hc_client::Error> {
@@ -92,6 +82,21 @@ impl TestRelay {
         let cs = self.relay.connection_string("default", Some(hc), "defaultSender", &self.authority()).unwrap();
         let tokens = TokenProvider::from_connection_string(&cs, Duration::from_secs(600));
         hc_client::sender::connect(&endpoint, hc, &tokens, &hc_protocol::tracking::guid_from_bytes(rand_bytes())).await
+    }
+}
+
+/// The data received until the relay's Close (control frames skipped).
+async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(io: R) -> Vec<u8> {
+    let mut reader = FrameReader::new(io, Peer::Server, 64 * 1024);
+    let mut got = Vec::new();
+    loop {
+        let h = reader.header().await.unwrap().expect("relay closed without a close frame");
+        let payload = read_payload(&mut reader, h.payload_len).await;
+        match h.opcode {
+            OpCode::Close => return got,
+            OpCode::Binary | OpCode::Continuation | OpCode::Text => got.extend(payload),
+            _ => {}
+        }
     }
 }
 
@@ -295,16 +300,7 @@ async fn add_and_remove_while_running_leave_other_tunnels_alone() {
     // The tunnel on 'a' still works.
     hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" second", rand_mask()).await.unwrap();
     hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-    let mut reader = FrameReader::new(ws.io, Peer::Server, 65536);
-    let mut got = Vec::new();
-    loop {
-        let h = reader.header().await.unwrap().unwrap();
-        let p = read_payload(&mut reader, h.payload_len).await;
-        if h.opcode == OpCode::Close {
-            break;
-        }
-        got.extend(p);
-    }
+    let got = read_until_close(ws.io).await;
     assert_eq!(got, b"first second");
 }
 
@@ -463,16 +459,7 @@ async fn sigterm_lets_live_tunnels_finish() {
     // The live tunnel still carries data, then ends cleanly and the process exits 0.
     hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" after", rand_mask()).await.unwrap();
     hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-    let mut reader = FrameReader::new(ws.io, Peer::Server, 65536);
-    let mut got = Vec::new();
-    loop {
-        let h = reader.header().await.unwrap().unwrap();
-        let p = read_payload(&mut reader, h.payload_len).await;
-        if h.opcode == OpCode::Close {
-            break;
-        }
-        got.extend(p);
-    }
+    let got = read_until_close(ws.io).await;
     assert_eq!(got, b"before after");
     let exit = tokio::task::spawn_blocking(move || service.0.wait().unwrap()).await.unwrap();
     assert!(exit.success());

@@ -11,6 +11,9 @@ use relay_server::model::{LISTENER_RULE, Model, SENDER_RULE};
 use relay_server::{ConfigFile, Relay, RelayOptions, Store, TlsMaterial, certs, config, now_unix};
 use tokio::net::TcpListener;
 
+/// Data directory name under $XDG_DATA_HOME (shared with `up`).
+const DATA_DIR_NAME: &str = "hc-emulator";
+
 /// A local, offline Azure Relay Hybrid Connections emulator.
 #[derive(Debug, Parser)]
 #[command(name = "relay-server", version)]
@@ -51,26 +54,13 @@ struct Args {
     log: String,
 }
 
-fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("hc-emulator")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter: tracing_subscriber::filter::Targets = args.log.parse().with_context(|| format!("invalid log filter '{}'", args.log))?;
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry().with(fmt).with(filter).init();
+    hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
 
-    raise_fd_limit();
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    hc_process::raise_fd_limit();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir(DATA_DIR_NAME));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let model = load_model(&args, &data_dir)?;
     let material = TlsMaterial::load_or_create(&data_dir, &model.all_hosts()).context("preparing TLS certificates")?;
@@ -83,16 +73,8 @@ async fn main() -> anyhow::Result<()> {
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)"))?;
     let bound = listener.local_addr()?;
     print_banner(&relay, bound, args.plain, &data_dir);
-    relay.serve(listener, shutdown_signal()).await?;
+    relay.serve(listener, hc_process::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Raises the open-file soft limit to the hard limit (each tunnel holds two sockets) and logs it.
-fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
 }
 
 fn options(args: &Args) -> RelayOptions {
@@ -161,26 +143,4 @@ fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::pa
 
 fn rights_text(rights: hc_protocol::Rights) -> String {
     rights.to_vec().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("signal received, shutting down");
 }

@@ -3,9 +3,10 @@
 //! `kill -9` keeps every namespace, hybrid connection and key. Without a data directory
 //! (in-process test emulators) the model lives in memory only.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
+
+pub use hc_process::write_atomically;
 
 use crate::model::{Model, ModelError};
 
@@ -88,24 +89,6 @@ impl Store {
         let json = serde_json::to_vec_pretty(model).map_err(|e| io(std::io::Error::other(e)))?;
         write_atomically(path, &json).map_err(io)
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new file, and the
-/// file is readable by its owner only (it holds keys).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

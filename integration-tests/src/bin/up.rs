@@ -45,23 +45,13 @@ struct Args {
     log: String,
 }
 
-fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("hc-emulator")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter: tracing_subscriber::filter::Targets = args.log.parse().with_context(|| format!("invalid log filter '{}'", args.log))?;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(filter).init();
+    hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
+    hc_process::raise_fd_limit();
     let endpoint = Endpoint::parse(&args.endpoint).with_context(|| format!("--endpoint '{}'", args.endpoint))?;
-    let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir("hc-emulator"));
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let cancel = CancellationToken::new();
 
@@ -80,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("Tunnel       connect to {listen}");
     println!("Ready. Ctrl-C stops everything.");
-    shutdown_signal().await;
+    hc_process::shutdown_signal().await;
     cancel.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
@@ -181,25 +171,4 @@ async fn start_shim(
     let tracker = TaskTracker::new();
     tokio::spawn(app_side_shim::forward::serve(listener, target, tracker.clone(), cancel));
     Ok((addr, tracker))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
