@@ -92,7 +92,7 @@ mod tests {
         #[cfg(unix)]
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions()) & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(init_logging("not a [filter").is_err());
+        assert!(init_logging("relay_server=loud").is_err(), "an unknown level is refused");
         assert!(default_data_dir("x").ends_with("x"));
     }
 }
