@@ -15,7 +15,7 @@ use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::metadata::Endpoint;
 use hc_ws::{FrameReader, Peer};
 use hcm::status::{HcStatus, State, StatusFile};
-use relay_server::{Relay, RelayOptions, Store, TlsMaterial};
+use relay_server::{Relay, RelayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -29,10 +29,7 @@ struct TestRelay {
 
 impl TestRelay {
     async fn start(dir: &Path, listener: TcpListener, options: RelayOptions) -> TestRelay {
-        let mut model = Store::load(dir).unwrap();
-        relay_server::config::ensure_default_namespace(&mut model, relay_server::now_unix()).unwrap();
-        let material = TlsMaterial::load_or_create(dir, &model.all_hosts()).unwrap();
-        let relay = Relay::new(Store::persistent(dir, model).unwrap(), Some(material.server_config().unwrap()), options);
+        let relay = Relay::open(dir, None, false, options).unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = relay.clone();
         let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });

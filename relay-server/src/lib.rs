@@ -118,6 +118,22 @@ impl Relay {
         Relay { state: Arc::new(state) }
     }
 
+    /// A relay over a data directory, as `relay-server` runs: `state.json` (created when
+    /// missing), `config` applied on top, the default namespace when there is none, and the CA
+    /// and server certificate kept there (TLS unless `plain`).
+    pub fn open(data_dir: &std::path::Path, config: Option<&ConfigFile>, plain: bool, options: RelayOptions) -> anyhow::Result<Relay> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let mut model = Store::load(data_dir)?;
+        if let Some(config) = config {
+            config.apply(&mut model, now_unix())?;
+        }
+        config::ensure_default_namespace(&mut model, now_unix())?;
+        let material = TlsMaterial::load_or_create(data_dir, &model.all_hosts()).context("preparing TLS certificates")?;
+        let tls = if plain { None } else { Some(material.server_config()?) };
+        Ok(Relay::new(Store::persistent(data_dir, model)?, tls, options))
+    }
+
     /// Serves on an already bound listener until `shutdown` completes, then closes every
     /// connection (listeners and tunnels get Close 1001) within the shutdown grace period.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use relay_server::model::{LISTENER_RULE, Model, SENDER_RULE};
-use relay_server::{ConfigFile, Relay, RelayOptions, Store, TlsMaterial, certs, config, now_unix};
+use relay_server::model::{LISTENER_RULE, SENDER_RULE};
+use relay_server::{ConfigFile, Relay, RelayOptions, certs};
 use tokio::net::TcpListener;
 
 /// Data directory name under $XDG_DATA_HOME (shared with `up`).
@@ -61,12 +61,8 @@ async fn main() -> anyhow::Result<()> {
 
     hc_process::raise_fd_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir(DATA_DIR_NAME));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let model = load_model(&args, &data_dir)?;
-    let material = TlsMaterial::load_or_create(&data_dir, &model.all_hosts()).context("preparing TLS certificates")?;
-    let tls = if args.plain { None } else { Some(material.server_config()?) };
-    let store = Store::persistent(&data_dir, model)?;
-    let relay = Relay::new(store, tls, options(&args));
+    let config = read_config(&args)?;
+    let relay = Relay::open(&data_dir, config.as_ref(), args.plain, options(&args))?;
 
     let addr = args.listen.unwrap_or_else(|| if args.plain { ([127, 0, 0, 1], 9080).into() } else { ([127, 0, 0, 1], 9443).into() });
     let listener =
@@ -89,16 +85,11 @@ fn options(args: &Args) -> RelayOptions {
     }
 }
 
-/// state.json, then the config file on top, then the default namespace if none exists.
-fn load_model(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Model> {
-    let mut model = Store::load(data_dir)?;
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file = ConfigFile::parse(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
-        file.apply(&mut model, now_unix()).with_context(|| format!("config file {}", path.display()))?;
-    }
-    config::ensure_default_namespace(&mut model, now_unix())?;
-    Ok(model)
+/// The declarative config file, if one was named.
+fn read_config(args: &Args) -> anyhow::Result<Option<ConfigFile>> {
+    let Some(path) = &args.config else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    ConfigFile::parse(&text).map(Some).with_context(|| format!("config file {} is invalid", path.display()))
 }
 
 /// How to reach every namespace: connection strings, the CA and how to trust it.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use app_side_shim::{HybridConnection, Target};
 use clap::Parser;
 use hc_protocol::metadata::Endpoint;
-use relay_server::{Relay, RelayOptions, Store, TlsMaterial};
+use relay_server::{Relay, RelayOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,10 +84,7 @@ async fn start_relay(
     endpoint: &Endpoint,
     cancel: CancellationToken,
 ) -> anyhow::Result<(Relay, SocketAddr)> {
-    let mut model = Store::load(data)?;
-    relay_server::config::ensure_default_namespace(&mut model, relay_server::now_unix())?;
-    let material = TlsMaterial::load_or_create(data, &model.all_hosts())?;
-    let relay = Relay::new(Store::persistent(data, model)?, Some(material.server_config()?), RelayOptions::default());
+    let relay = Relay::open(data, None, false, RelayOptions::default())?;
     relay.put_hybrid_connection("default", &args.hybrid_connection, true, Some(endpoint.to_user_metadata()))?;
     let listener = TcpListener::bind(args.relay_listen).await.with_context(|| format!("cannot listen on {}", args.relay_listen))?;
     let addr = listener.local_addr()?;
