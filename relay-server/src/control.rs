@@ -89,11 +89,26 @@ impl ControlChannel {
 
     async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut MessageReader<R>, w: &mut W) -> Exit {
         let cancel = self.state.cancel.clone();
+        let keepalive = self.state.options.listener_keepalive;
+        let mut unanswered = 0u32;
+        let mut ping_at = Instant::now() + keepalive.unwrap_or_default();
         loop {
             let deadline = self.deadline();
             let expired = self.expired_reason();
             let step = tokio::select! {
-                m = reader.next() => self.on_message(m, w).await,
+                m = reader.next() => {
+                    unanswered = 0;
+                    self.on_message(m, w).await
+                }
+                _ = sleep_until(ping_at), if keepalive.is_some() => {
+                    ping_at = Instant::now() + keepalive.unwrap_or_default();
+                    if unanswered >= 2 {
+                        Some(Exit::Drop("the listener did not answer two keep-alive pings".into()))
+                    } else {
+                        unanswered += 1;
+                        write(w, OpCode::Ping, b"relay").await
+                    }
+                }
                 out = self.rx.recv() => match out {
                     Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => write(w, OpCode::Text, json.as_bytes()).await,
                     Some(ControlOut::Request { json, body, .. }) => match write(w, OpCode::Text, json.as_bytes()).await {

@@ -55,6 +55,11 @@ pub struct RelayOptions {
     pub shutdown_grace: Duration,
     /// Read buffer per tunnel direction, allocated only while data flows.
     pub tunnel_buffer_size: usize,
+    /// Ping listeners' control channels this often and drop one that leaves two pings in a row
+    /// unanswered (anything it sends counts), so a listener whose host vanished without closing
+    /// TCP stops being chosen.
+    /// `None` turns it off.
+    pub listener_keepalive: Option<Duration>,
     /// HTTP request mode: first response deadline, and the idle limit of a response body (§8.2).
     pub http_response_timeout: Duration,
     /// HTTP request mode: status when no listener is connected (404 as seen in the field, or
@@ -75,6 +80,7 @@ impl Default for RelayOptions {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             tunnel_buffer_size: 64 * 1024,
+            listener_keepalive: Some(Duration::from_secs(30)),
             http_response_timeout: hc_protocol::limits::HTTP_RESPONSE_TIMEOUT,
             http_no_listener_status: 404,
             small_body_wait: Duration::from_secs(2),

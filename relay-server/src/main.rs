@@ -46,6 +46,9 @@ struct Args {
     /// HTTP request mode: status when no listener is connected (404 as seen from Azure, or 502 as documented).
     #[arg(long, default_value_t = 404, value_parser = clap::value_parser!(u16).range(400..600))]
     http_no_listener_status: u16,
+    /// Seconds between keep-alive pings to listeners (one that answers none of two is dropped); 0 turns them off.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    listener_keepalive: u64,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -81,6 +84,7 @@ fn options(args: &Args) -> RelayOptions {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         http_response_timeout: Duration::from_secs(args.http_timeout.max(1)),
         http_no_listener_status: args.http_no_listener_status,
+        listener_keepalive: (args.listener_keepalive > 0).then(|| Duration::from_secs(args.listener_keepalive)),
         ..RelayOptions::default()
     }
 }

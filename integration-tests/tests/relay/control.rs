@@ -136,3 +136,38 @@ async fn shutdown_closes_listeners_and_tunnels_with_1001() {
     relay.emulator.stop().await.unwrap();
     assert!(started.elapsed() < RelayOptions::default().shutdown_grace, "clean closes end the tunnel before the grace period");
 }
+
+#[tokio::test]
+async fn listeners_that_stop_answering_pings_are_dropped() {
+    use futures_util::StreamExt as _;
+    let options = RelayOptions { listener_keepalive: Some(Duration::from_millis(250)), ..Default::default() };
+    let relay = TestRelay::start("{}", true, options).await;
+    // tokio-tungstenite answers pings while it is read: this listener stays.
+    let alive = relay.listen("sample").await;
+    let watcher = tokio::spawn(async move {
+        let mut control = alive.control;
+        let mut pings = 0;
+        while let Some(Ok(m)) = control.next().await {
+            if m.is_ping() {
+                pings += 1;
+                if pings == 4 {
+                    break;
+                }
+            }
+        }
+        (pings, control)
+    });
+    // The raw client answers nothing: the relay pings it twice, then drops it.
+    let url = relay.url("localhost", "/$hc/sample?sb-hc-action=listen");
+    let mut silent = relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &relay.listen_token("sample"))]).await.unwrap();
+    assert_eq!(silent.status, 101);
+    let mut pings = 0;
+    while let Ok(Some(frame)) = silent.client.recv().await {
+        assert_eq!(frame.opcode, hc_protocol::frame::OpCode::Ping);
+        pings += 1;
+    }
+    assert_eq!(pings, 2, "two unanswered pings, then the connection is dropped");
+    let (answered, _control) = watcher.await.unwrap();
+    assert_eq!(answered, 4);
+    assert_eq!(relay.emulator.relay.listener_count("default", "sample"), 1, "the answering listener is still there");
+}
