@@ -292,3 +292,27 @@ async fn our_client_crate_serves_http_requests() {
     let a = curl(&s.ca, s.dir.path(), vec!["-H".into(), auth, s.url("/sample/big")]).await;
     assert!(a.status == 200 && a.body.len() == 1024 * 1024 && a.body.iter().all(|b| *b == 9), "1 MiB response by rendezvous");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(RelayOptions { http_response_timeout: Duration::from_millis(600), ..Default::default() }, true).await;
+    let mut stream = s.relay.stream("localhost").await.unwrap();
+    let head = format!(
+        "POST /sample/echo HTTP/1.1\r\nHost: localhost:{}\r\nServiceBusAuthorization: {}\r\nContent-Length: 100000\r\n\r\n",
+        s.relay.port(),
+        s.relay.send_token("sample")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[1u8; 70_000]).await.unwrap();
+    // ... and the remaining 30,000 bytes never come.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.expect("an answer, not a hang").unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 The request body stopped arriving"), "{text}");
+}

@@ -28,6 +28,9 @@ pub enum RelayError {
     /// An HTTP request arrived while no listener is; the status is configurable (§8.1).
     #[error("There are no listeners connected for the endpoint.")]
     NoListenersHttp(u16),
+    /// An HTTP client's request body paused longer than the HTTP timeout.
+    #[error("The request body stopped arriving for longer than the allowed time.")]
+    RequestBodyTimeout,
     /// The listener did not answer an HTTP request in time (§8.2).
     #[error("The request was routed to the listener but the listener did not respond in the required time.")]
     HttpTimeout,
@@ -78,6 +81,7 @@ impl RelayError {
             RelayError::TooManyListeners(_) | RelayError::TooManyConnections(_) | RelayError::RendezvousExpired => 403,
             RelayError::ListenerTimeout | RelayError::HttpTimeout => 504,
             RelayError::NoListenersHttp(status) => *status,
+            RelayError::RequestBodyTimeout => 408,
             RelayError::Rejected { status, .. } => *status,
             RelayError::SenderGone => 410,
             RelayError::Busy | RelayError::ShuttingDown => 503,

@@ -91,15 +91,17 @@ impl RequestChannel {
         self.writer.write_all(payload).await
     }
 
-    /// Sends the full `request` and, when present, its body as one binary message in pieces.
-    async fn send_request(&mut self, json: &str, body: Option<Body>) -> Result<(), String> {
-        let fail = |e: std::io::Error| format!("writing the request to the listener: {e}");
+    /// Sends the full `request` and, when present, its body as one binary message in pieces;
+    /// a body that pauses longer than `idle` ends it with 408.
+    async fn send_request(&mut self, json: &str, body: Option<Body>, idle: Duration) -> Result<(), RelayError> {
+        let fail =
+            |e: std::io::Error| RelayError::Rejected { status: 502, description: format!("writing the request to the listener: {e}") };
         self.write(true, OpCode::Text, json.as_bytes()).await.map_err(fail)?;
         if let Some(body) = body {
             let mut stream = body.into_data_stream();
             let mut first = true;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| format!("reading the client's body: {e}"))?;
+            while let Some(chunk) = tokio::time::timeout(idle, stream.next()).await.map_err(|_| RelayError::RequestBodyTimeout)? {
+                let chunk = chunk.map_err(|e| RelayError::BadRequest(format!("reading the request body failed: {e}")))?;
                 if chunk.is_empty() {
                     continue;
                 }
@@ -251,6 +253,7 @@ fn error_response(e: RelayError, tracking: &Tracking) -> Response {
         403 => "Forbidden",
         404 => "EndpointNotFound",
         405 => "MethodNotAllowed",
+        408 => "RequestTimeout",
         502 => "BadGateway",
         503 => "ServerBusy",
         504 => "GatewayTimeout",
@@ -344,7 +347,7 @@ async fn serve(
     let deadline = state.options.http_response_timeout;
     if let Some(mut channel) = reused {
         let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head, has_body)));
-        channel.send_request(&json, has_body.then_some(body)).await.map_err(|e| RelayError::Rejected { status: 502, description: e })?;
+        channel.send_request(&json, has_body.then_some(body), deadline).await?;
         return respond_on_channel(state, channel, &conn, &ns_host, deadline).await;
     }
     let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
@@ -391,7 +394,7 @@ async fn serve(
         Delivery::Channel(mut channel) => {
             if !delivered && let Some((command, body)) = body {
                 let json = control::to_json(&ServiceCommand::Request(command));
-                channel.send_request(&json, body).await.map_err(|e| RelayError::Rejected { status: 502, description: e })?;
+                channel.send_request(&json, body, deadline).await?;
             }
             respond_on_channel(state, channel, &conn, &ns_host, deadline).await
         }
