@@ -36,6 +36,8 @@ pub struct ChainOptions {
     pub relay_args: Vec<String>,
     /// Log filter for the three processes (default `info`).
     pub log: Option<String>,
+    /// Extra `hcm run` arguments.
+    pub hcm_args: Vec<String>,
 }
 
 /// A child process killed on drop, with its stderr in a log file.
@@ -188,7 +190,7 @@ impl Chain {
         if !add.status.success() {
             bail!("hcm add failed: {}", String::from_utf8_lossy(&add.stderr));
         }
-        let hcm = Self::run_hcm(d, &log)?;
+        let hcm = Self::run_hcm(d, &log, &options.hcm_args)?;
 
         let (host, port) = endpoint.rsplit_once(':').context("endpoint is host:port")?;
         let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
@@ -205,9 +207,10 @@ impl Chain {
         Ok(chain)
     }
 
-    fn run_hcm(d: &Path, log: &str) -> anyhow::Result<Proc> {
+    fn run_hcm(d: &Path, log: &str, extra: &[String]) -> anyhow::Result<Proc> {
         let data = d.join("hcm");
-        let args = ["--data-dir", path(&data), "run", "--min-backoff", "0.05", "--max-backoff", "0.5"];
+        let mut args = vec!["--data-dir", path(&data), "run", "--min-backoff", "0.05", "--max-backoff", "0.5"];
+        args.extend(extra.iter().map(String::as_str));
         let (p, _) = Proc::start_logging(&binary("hcm"), &args, d.join("hcm.log"), None, log)?;
         Ok(p)
     }
@@ -229,6 +232,15 @@ impl Chain {
         hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"))?.connections.values().next().cloned()
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the relay process.
+    pub fn signal_relay(&self, signal: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.relay.pid().to_string()]).status()?.success();
+        if !ok {
+            bail!("kill -{signal} failed");
+        }
+        Ok(())
+    }
+
     /// Kills the HCM with SIGKILL.
     pub fn kill_hcm(&mut self) {
         if let Some(mut p) = self.hcm.take() {
@@ -238,7 +250,7 @@ impl Chain {
 
     /// Starts the HCM again and waits until it is connected.
     pub fn restart_hcm(&mut self) -> anyhow::Result<()> {
-        self.hcm = Some(Self::run_hcm(self.dir.path(), "info")?);
+        self.hcm = Some(Self::run_hcm(self.dir.path(), "info", &[])?);
         self.wait_hcm_connected()
     }
 

@@ -271,8 +271,12 @@ async fn idle_memory(chain: &Chain, n: usize) -> Value {
 }
 
 async fn chained(server: SocketAddr, plain: bool, plan: Plan) -> anyhow::Result<Value> {
-    let options =
-        ChainOptions { plain, relay_args: vec!["--max-connections-per-namespace".into(), "100000".into()], log: Some("warn".into()) };
+    let options = ChainOptions {
+        plain,
+        relay_args: vec!["--max-connections-per-namespace".into(), "100000".into()],
+        log: Some("warn".into()),
+        hcm_args: vec![],
+    };
     let endpoint = server.to_string();
     let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await??;
     let mut figures = measure(chain.forward, plan).await?;
