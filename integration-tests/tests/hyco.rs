@@ -135,3 +135,50 @@ async fn the_official_client_sees_the_documented_statuses() {
         assert!(e["reason"].as_str().unwrap_or_default().starts_with(reason), "{what}: {e}");
     }
 }
+
+/// Open descriptors of this process (the in-process relay's sockets are among them).
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_from_a_bad_key_leaves_the_relay_healthy() {
+    let relay = TestRelay::default_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(&relay, &dir);
+    let baseline = fd_count();
+    // hyco-ws reconnects at once after every refusal: about a thousand attempts a second.
+    let mut storm = Peer::start(
+        "listen-echo",
+        &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
+        &ca,
+        ("defaultListener", "d3JvbmcgbGlzdGVuIGtleQ=="),
+        &[],
+    );
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut refused = 0;
+    while let Ok(event) = tokio::time::timeout_at(until, storm.next()).await {
+        refused += usize::from(event["event"] == "error");
+    }
+    drop(storm);
+    eprintln!("{refused} refused listen attempts in 2 s");
+    assert!(refused > 100, "the storm happened: {refused} attempts");
+    // Still serving: a good listener and sender work.
+    let (ln, lk) = key(&relay, "sample", "defaultListener");
+    let (sn, sk) = key(&relay, "sample", "defaultSender");
+    let mut listener = Peer::start("listen-echo", &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"), &ca, (&ln, &lk), &[]);
+    listener.until("listening").await;
+    let mut sender = Peer::start("send", &relay.url("localhost", "/$hc/sample?sb-hc-action=connect"), &ca, (&sn, &sk), &[]);
+    let events = sender.until("close").await;
+    assert_eq!(events.iter().filter(|e| e["event"] == "echo" && e["ok"] == true).count(), 3, "{events:?}");
+    drop((listener, sender));
+    // Nothing leaked: descriptors go back to where they were.
+    for _ in 0..500 {
+        if fd_count() <= baseline + 2 {
+            assert_eq!(relay.emulator.relay.connection_count("default"), 0);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("descriptors {baseline} -> {}", fd_count());
+}
