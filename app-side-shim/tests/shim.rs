@@ -315,6 +315,13 @@ async fn proxy_mode_tunnels_names_and_refuses_others() {
     let log = shim.stop();
     assert!(log.contains("other.example") && log.contains("not the endpoint of any configured hybrid connection"), "{log}");
     assert!(log.contains("is an IP address"), "{log}");
+    // With --allow-direct, a request that matches no endpoint is connected directly.
+    let mut direct =
+        Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--socks5", "127.0.0.1:0", "--allow-direct"]);
+    let socks = direct.addr("SOCKS5 proxy on ");
+    let out = curl(vec!["--socks5-hostname".into(), socks, format!("http://127.0.0.1:{}/hello.txt", chain.http_port)]).await;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    direct.stop();
     chain.stop().await;
 }
 
