@@ -316,3 +316,43 @@ async fn a_stalled_request_body_gets_a_408() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408 The request body stopped arriving"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_survives_a_listener_that_closes_its_rendezvous() {
+    use hc_client::listener::{ControlChannel, ControlEvent, ListenerConfig};
+    let s = setup(RelayOptions::default(), false).await;
+    let tls = hc_client::tls::client_config(Some(&s.ca)).unwrap();
+    let endpoint = hc_client::RelayEndpoint::from_endpoint(&format!("sb://{}/", s.relay.emulator.authority()), tls).unwrap();
+    let cs = s.relay.emulator.relay.connection_string("default", Some("sample"), "defaultListener", &s.relay.emulator.authority()).unwrap();
+    let tokens = hc_client::token::TokenProvider::from_connection_string(&cs, Duration::from_secs(3600));
+    let config = ListenerConfig { endpoint: endpoint.clone(), path: "sample".into(), tokens, tracking_id: "closing-listener".into() };
+    let mut channel = ControlChannel::open(&config).await.unwrap();
+    // Like the .NET listener: a large response goes through a rendezvous that is closed after it.
+    tokio::spawn(async move {
+        while let Ok(event) = channel.next_event().await {
+            if let ControlEvent::Request(command) = event
+                && command.is_full()
+            {
+                let request = channel.read_request(command).await.unwrap();
+                channel.respond(&endpoint, &request, &our_handler(request.clone())).await.unwrap();
+            }
+        }
+    });
+    let stream = s.relay.stream("localhost").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let host = format!("localhost:{}", s.relay.port());
+    let token = s.relay.send_token("sample");
+    for (path, size) in [("/sample/big", 1024 * 1024), ("/sample/after", 0), ("/sample/big", 1024 * 1024), ("/sample/again", 0)] {
+        sender.ready().await.unwrap();
+        let req = hyper::Request::builder()
+            .uri(path)
+            .header("host", &host)
+            .header("ServiceBusAuthorization", &token)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), size, "{path}");
+    }
+}

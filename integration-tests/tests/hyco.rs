@@ -174,11 +174,10 @@ async fn a_reconnect_storm_from_a_bad_key_leaves_the_relay_healthy() {
     drop((listener, sender));
     // Nothing leaked: descriptors go back to where they were.
     for _ in 0..500 {
-        if fd_count() <= baseline + 2 {
-            assert_eq!(relay.emulator.relay.connection_count("default"), 0);
+        if fd_count() <= baseline + 2 && relay.emulator.relay.connection_count("default") == 0 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("descriptors {baseline} -> {}", fd_count());
+    panic!("descriptors {baseline} -> {}, connections {}", fd_count(), relay.emulator.relay.connection_count("default"));
 }

@@ -343,12 +343,25 @@ async fn serve(
     let head = request_head(&req, id, &conn, query, strip_authorization);
     let (has_body, length) = body_kind(&req);
     let reused = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|c| c.hc == target.key);
-    let (_parts, body) = req.into_parts();
+    let (_parts, mut body) = req.into_parts();
     let deadline = state.options.http_response_timeout;
-    if let Some(mut channel) = reused {
-        let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head, has_body)));
-        channel.send_request(&json, has_body.then_some(body), deadline).await?;
-        return respond_on_channel(state, channel, &conn, &ns_host, deadline).await;
+    if let Some(channel) = reused {
+        // Reuse only when the body can be kept: the listener may have closed the rendezvous
+        // after its last response (.NET does), and then the request goes the normal way.
+        let small = !has_body || length.is_some_and(|l| l as usize <= MAX_CONTROL_BODY_BYTES);
+        if small {
+            let (collected, rest) =
+                if has_body { collect_small(body, state.options.small_body_wait).await } else { (Some(Vec::new()), Body::empty()) };
+            body = rest;
+            if let Some(bytes) = collected {
+                let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head.clone(), has_body)));
+                match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await {
+                    Ok((channel, response)) => return Ok(finish_on_channel(state, channel, response, &conn, &ns_host, deadline)),
+                    Err(why) => debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way"),
+                }
+                body = if has_body { Body::from(bytes) } else { Body::empty() };
+            }
+        }
     }
     let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
     let address = address::rendezvous_address(&listener.base_url, &target.hc_name, "", Action::Request, id);
@@ -420,8 +433,23 @@ async fn collect_small(body: Body, wait: Duration) -> (Option<Vec<u8>>, Body) {
     }
 }
 
-/// Reads the response head from `channel` and streams its body; the channel goes back to the
-/// client connection's slot when the body ended cleanly.
+/// Sends a request on a kept rendezvous and reads the response head; any failure before the
+/// head means the socket is gone.
+async fn try_channel(
+    mut channel: RequestChannel,
+    json: &str,
+    body: Option<Vec<u8>>,
+    deadline: Duration,
+) -> Result<(RequestChannel, ResponseCommand), String> {
+    channel.send_request(json, body.map(Body::from), deadline).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(deadline, channel.read_response()).await {
+        Ok(Ok(response)) => Ok((channel, response)),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("no response within the deadline".into()),
+    }
+}
+
+/// Reads the response head from `channel` and streams its body.
 async fn respond_on_channel(
     state: &Arc<RelayState>,
     mut channel: RequestChannel,
@@ -434,9 +462,22 @@ async fn respond_on_channel(
         Ok(Err(why)) => return Err(RelayError::Rejected { status: 502, description: why }),
         Err(_) => return Err(RelayError::HttpTimeout),
     };
+    Ok(finish_on_channel(state, channel, response, conn, ns_host, deadline))
+}
+
+/// The response for a head read from `channel`: its body streams from the channel, which goes
+/// back to the client connection's slot when the body ended cleanly.
+fn finish_on_channel(
+    state: &Arc<RelayState>,
+    mut channel: RequestChannel,
+    response: ResponseCommand,
+    conn: &ConnInfo,
+    ns_host: &str,
+    deadline: Duration,
+) -> Response {
     if !response.body {
         conn.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
-        return Ok(build_response(response, None, ns_host));
+        return build_response(response, None, ns_host);
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let slot = conn.slot.clone();
@@ -446,7 +487,7 @@ async fn respond_on_channel(
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(build_response(response, Some(Body::from_stream(stream)), ns_host))
+    build_response(response, Some(Body::from_stream(stream)), ns_host)
 }
 
 /// The client's response: the listener's status and reason phrase exactly, its headers minus
