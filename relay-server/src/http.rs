@@ -355,7 +355,7 @@ async fn serve(
             body = rest;
             if let Some(bytes) = collected {
                 let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head.clone(), has_body)));
-                match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await {
+                match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await? {
                     Ok((channel, response)) => return Ok(finish_on_channel(state, channel, response, &conn, &ns_host, deadline)),
                     Err(why) => debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way"),
                 }
@@ -433,19 +433,22 @@ async fn collect_small(body: Body, wait: Duration) -> (Option<Vec<u8>>, Body) {
     }
 }
 
-/// Sends a request on a kept rendezvous and reads the response head; any failure before the
-/// head means the socket is gone.
+/// Sends a request on a kept rendezvous and reads the response head. `Ok(Err(why))` means the
+/// socket is gone (the listener closed it), so the request may go the normal way; a listener
+/// that is only slow gets the usual 504, never a second copy of the request.
 async fn try_channel(
     mut channel: RequestChannel,
     json: &str,
     body: Option<Vec<u8>>,
     deadline: Duration,
-) -> Result<(RequestChannel, ResponseCommand), String> {
-    channel.send_request(json, body.map(Body::from), deadline).await.map_err(|e| e.to_string())?;
+) -> Result<Result<(RequestChannel, ResponseCommand), String>, RelayError> {
+    if let Err(e) = channel.send_request(json, body.map(Body::from), deadline).await {
+        return Ok(Err(e.to_string()));
+    }
     match tokio::time::timeout(deadline, channel.read_response()).await {
-        Ok(Ok(response)) => Ok((channel, response)),
-        Ok(Err(why)) => Err(why),
-        Err(_) => Err("no response within the deadline".into()),
+        Ok(Ok(response)) => Ok(Ok((channel, response))),
+        Ok(Err(why)) => Ok(Err(why)),
+        Err(_) => Err(RelayError::HttpTimeout),
     }
 }
 
