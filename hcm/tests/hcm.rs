@@ -78,7 +78,7 @@ impl TestRelay {
         let endpoint = RelayEndpoint::from_endpoint(&format!("sb://{}/", self.authority()), tls).unwrap();
         let cs = self.relay.connection_string("default", Some(hc), "defaultSender", &self.authority()).unwrap();
         let tokens = TokenProvider::from_connection_string(&cs, Duration::from_secs(600));
-        hc_client::sender::connect(&endpoint, hc, &tokens, &hc_protocol::tracking::guid_from_bytes(rand_bytes())).await
+        hc_client::sender::connect(&endpoint, hc, &tokens, &hc_protocol::tracking::guid_from_bytes(rand::random())).await
     }
 }
 
@@ -104,12 +104,6 @@ async fn read_payload<R: tokio::io::AsyncRead + Unpin>(reader: &mut FrameReader<
         out.extend_from_slice(&reader.buf_mut()[range]);
     }
     out
-}
-
-fn rand_bytes() -> [u8; 16] {
-    std::array::from_fn(|i| {
-        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() >> (i % 4)) as u8 ^ i as u8
-    })
 }
 
 fn rand_mask() -> [u8; 4] {
@@ -206,6 +200,17 @@ async fn relay_with(options: RelayOptions) -> (TestRelay, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(dir.path(), TcpListener::bind("127.0.0.1:0").await.unwrap(), options).await;
     (relay, dir)
+}
+
+/// A relay whose hybrid connection `db` names a TCP echo server, and an HCM data directory
+/// (`home`) with `db` added, as most tests start.
+async fn relay_with_db(options: RelayOptions) -> (TestRelay, tempfile::TempDir, tempfile::TempDir, tokio::task::JoinHandle<()>) {
+    let (relay, relay_dir) = relay_with(options).await;
+    let (echo, echo_task) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    assert!(add(home.path(), &relay, "db", &[]).status.success());
+    (relay, relay_dir, home, echo_task)
 }
 
 fn add(dir: &Path, relay: &TestRelay, hc: &str, extra: &[&str]) -> Output {
@@ -379,12 +384,8 @@ async fn an_unreachable_endpoint_is_rejected_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_renewal_keeps_the_listener_past_its_first_token() {
     let options = RelayOptions { token_grace: Duration::from_millis(300), ..Default::default() };
-    let (relay, _rd) = relay_with(options).await;
-    let (echo, _e) = echo_server().await;
-    relay.hybrid_connection("db", echo);
-    let home = tempfile::tempdir().unwrap();
+    let (relay, _rd, home, _e) = relay_with_db(options).await;
     let dir = home.path();
-    assert!(add(dir, &relay, "db", &[]).status.success());
     let _service = Service::start(dir, &["--token-ttl", "2"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
     // Without renewal the relay closes the channel at 2 s + 0.3 s; wait well past that.
@@ -398,12 +399,8 @@ async fn token_renewal_keeps_the_listener_past_its_first_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_hybrid_connection_stops_retrying_and_exits_on_failure() {
-    let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
-    relay.hybrid_connection("db", echo);
-    let home = tempfile::tempdir().unwrap();
+    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
     let dir = home.path();
-    assert!(add(dir, &relay, "db", &[]).status.success());
     let mut service = Service::start(dir, &["--exit-on-failure"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
     relay.relay.delete_hybrid_connection("default", "db").unwrap();
@@ -441,12 +438,8 @@ async fn wrong_key_is_reported_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_live_tunnels_finish() {
-    let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
-    relay.hybrid_connection("db", echo);
-    let home = tempfile::tempdir().unwrap();
+    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
     let dir = home.path();
-    assert!(add(dir, &relay, "db", &[]).status.success());
     let mut service = Service::start(dir, &["--grace", "10"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
     let mut ws = relay.connect("db").await.unwrap();

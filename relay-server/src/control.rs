@@ -94,7 +94,6 @@ impl ControlChannel {
         let mut ping_at = Instant::now() + keepalive.unwrap_or_default();
         loop {
             let deadline = self.deadline();
-            let expired = self.expired_reason();
             let step = tokio::select! {
                 m = reader.next() => {
                     unanswered = 0;
@@ -121,7 +120,7 @@ impl ControlChannel {
                     Some(ControlOut::Close(code, reason)) => Some(Exit::Close(code, reason)),
                     None => Some(Exit::Close(close_code::INTERNAL_ERROR, "relay dropped the listener".into())),
                 },
-                _ = sleep_until(deadline) => Some(Exit::Close(close_code::POLICY_VIOLATION, expired)),
+                _ = sleep_until(deadline) => Some(Exit::Close(close_code::POLICY_VIOLATION, self.expired_reason())),
                 _ = cancel.cancelled() => Some(Exit::Close(close_code::GOING_AWAY, "The relay is shutting down.".into())),
             };
             if let Some(exit) = step {

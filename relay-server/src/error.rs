@@ -66,9 +66,6 @@ pub enum RelayError {
     /// The relay is stopping.
     #[error("The relay is shutting down.")]
     ShuttingDown,
-    /// A capability of a later milestone.
-    #[error("{0}")]
-    NotImplemented(&'static str),
 }
 
 impl RelayError {
@@ -85,7 +82,6 @@ impl RelayError {
             RelayError::Rejected { status, .. } => *status,
             RelayError::SenderGone => 410,
             RelayError::Busy | RelayError::ShuttingDown => 503,
-            RelayError::NotImplemented(_) => 501,
         }
     }
 

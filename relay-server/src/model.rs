@@ -200,6 +200,13 @@ impl Namespace {
         hosts
     }
 
+    /// Whether `host` (lower-case, no port, not a loopback name) is one of this namespace's
+    /// names; the same set as [`Namespace::hosts`] without building it (every request asks).
+    pub fn answers_to(&self, host: &str) -> bool {
+        let own = host.strip_suffix(LOCALHOST_SUFFIX).is_some_and(|n| n.eq_ignore_ascii_case(&self.name));
+        own || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(host))
+    }
+
     /// The hybrid connection owning `path` (hybrid connection name plus suffix): the longest
     /// registered prefix on `/` boundaries, case-insensitive (§2.2). Returns it with the
     /// suffix (empty or starting with `/`).
@@ -227,7 +234,7 @@ impl Model {
         if is_loopback_name(&host) {
             return self.default_namespace();
         }
-        self.namespaces.values().find(|ns| ns.hosts().contains(&host))
+        self.namespaces.values().find(|ns| ns.answers_to(&host))
     }
 
     /// The namespace marked default, else the first one.

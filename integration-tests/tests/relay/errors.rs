@@ -3,6 +3,12 @@
 use hc_protocol::{SasKey, SasToken};
 use integration_tests::TestRelay;
 
+/// A raw listen request for `sample` with a valid token; returns the relay's answer.
+async fn listen_attempt(relay: &TestRelay) -> integration_tests::raw::Handshake {
+    let url = relay.url("localhost", "/$hc/sample?sb-hc-action=listen");
+    relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &relay.listen_token("sample"))]).await.unwrap()
+}
+
 fn assert_tracked(reason: &str, starts: &str, path: &str) {
     assert!(reason.starts_with(starts), "reason {reason:?} should start with {starts:?}");
     assert!(
@@ -81,13 +87,7 @@ async fn the_26th_listener_is_refused() {
     for _ in 0..25 {
         listeners.push(relay.listen("sample").await);
     }
-    let r = relay
-        .raw_upgrade(
-            &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
-            &[("ServiceBusAuthorization", &relay.listen_token("sample"))],
-        )
-        .await
-        .unwrap();
+    let r = listen_attempt(&relay).await;
     assert_eq!(r.status, 403);
     assert!(r.reason.starts_with("QuotaExceeded: MaximumListenersPerEndpoint"), "{}", r.reason);
     drop(listeners.pop());
@@ -108,13 +108,7 @@ async fn namespace_connection_quota() {
     let relay = TestRelay::start("{}", true, options).await;
     let _a = relay.listen("sample").await;
     let _b = relay.listen("sample").await;
-    let r = relay
-        .raw_upgrade(
-            &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
-            &[("ServiceBusAuthorization", &relay.listen_token("sample"))],
-        )
-        .await
-        .unwrap();
+    let r = listen_attempt(&relay).await;
     assert_eq!(r.status, 403);
     assert!(r.reason.starts_with("QuotaExceeded: the namespace already has 2 connections."), "{}", r.reason);
 }
