@@ -169,6 +169,29 @@ fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
     headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
+impl TestRelay {
+    /// Opens TCP with a receive buffer of about `rcvbuf` bytes (to make a peer that stops
+    /// reading block the relay's writes quickly), then TLS when the relay has it.
+    pub async fn stream_with_rcvbuf(&self, host: &str, rcvbuf: u32) -> anyhow::Result<Box<dyn Io>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let tcp = socket.connect(self.emulator.addr).await?;
+        match self.tls.clone() {
+            None => Ok(Box::new(tcp)),
+            Some(config) => {
+                Ok(Box::new(tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from(host.to_owned())?, tcp).await?))
+            }
+        }
+    }
+
+    /// Sends raw `request` bytes (with `Connection: close`) on a new connection and reads the
+    /// whole answer.
+    pub async fn http_raw(&self, request: &[u8]) -> anyhow::Result<raw::HttpAnswer> {
+        let stream = self.stream("localhost").await?;
+        raw::http_exchange(stream, request).await
+    }
+}
+
 /// Opens TCP to `addr`, then TLS with `host` as server name when `tls` is set.
 pub async fn connect_stream(
     addr: std::net::SocketAddr,
@@ -202,18 +225,32 @@ impl std::fmt::Debug for TestListener {
 impl TestListener {
     /// The next `accept` command (skipping pings), or an error when the channel closes.
     pub async fn next_accept(&mut self) -> anyhow::Result<AcceptCommand> {
+        match self.next_command().await? {
+            ServiceCommand::Accept(a) => Ok(a),
+            other => bail!("unexpected control message {other:?}"),
+        }
+    }
+
+    /// The next command (skipping pings), or an error when the channel closes.
+    pub async fn next_command(&mut self) -> anyhow::Result<ServiceCommand> {
         use futures_util::StreamExt as _;
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.control.next()).await.context("no accept within 10 s")?;
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.control.next()).await.context("no command within 10 s")?;
             match msg {
                 Some(Ok(Message::Text(text))) => match ServiceCommand::parse(&text)? {
-                    Incoming::Known(ServiceCommand::Accept(a)) => return Ok(a),
+                    Incoming::Known(c) => return Ok(c),
                     other => bail!("unexpected control message {other:?}"),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => bail!("control channel ended: {other:?}"),
             }
         }
+    }
+
+    /// Sends a text message (a JSON command) on the control channel.
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        use futures_util::SinkExt as _;
+        Ok(self.control.send(Message::text(text)).await?)
     }
 
     /// Joins the rendezvous of `accept`, asking for `protocol`.

@@ -145,3 +145,47 @@ impl RawClient {
         }
     }
 }
+
+/// An HTTP answer read to EOF.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase exactly as sent.
+    pub reason: String,
+    /// Response headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Everything after the head (still chunk-encoded if it was).
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// First value of a response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes `request` whole, then reads the answer until EOF; the request should say
+/// `Connection: close`.
+pub async fn http_exchange(mut stream: Box<dyn Io>, request: &[u8]) -> anyhow::Result<HttpAnswer> {
+    stream.write_all(request).await.context("writing the request")?;
+    stream.flush().await?;
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).await.context("reading the answer")?;
+    parse_answer(&all)
+}
+
+/// Splits an HTTP answer into status line, headers and the rest.
+pub fn parse_answer(all: &[u8]) -> anyhow::Result<HttpAnswer> {
+    let end =
+        all.windows(4).position(|w| w == b"\r\n\r\n").with_context(|| format!("no complete head in {:?}", String::from_utf8_lossy(all)))?;
+    let text = String::from_utf8_lossy(&all[..end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut status_parts = lines.next().unwrap_or_default().splitn(3, ' ');
+    let _version = status_parts.next();
+    let status = status_parts.next().context("status line has no code")?.parse()?;
+    let reason = status_parts.next().unwrap_or_default().to_owned();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    Ok(HttpAnswer { status, reason, headers, body: all[end + 4..].to_vec() })
+}

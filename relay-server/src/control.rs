@@ -1,17 +1,22 @@
-//! One listener's control channel (PROTOCOL.md §5): the relay writes `accept` commands,
-//! the listener writes `renewToken` (and, later, `response`), either side pings.
+//! One listener's control channel (PROTOCOL.md §5): the relay writes `accept` and `request`
+//! commands, the listener writes `renewToken` and `response`, either side pings.
 //!
 //! The channel closes with 1008 when its token expired more than the grace period ago
 //! without a valid renewal (§3.5, §15 MUST 3) or when a renewal is invalid; with 1001 when
-//! its hybrid connection is deleted or the relay shuts down (§5.5); with 1002/1009 on
-//! protocol errors or oversize messages. A Close from the listener is echoed. Accepts that
-//! were queued but never written when the channel ends are failed at once, so their senders
-//! do not wait for the rendezvous timeout.
+//! its hybrid connection is deleted or the relay shuts down (§5.5); with 1002/1007/1009 on
+//! protocol errors, text that is not UTF-8 or oversize messages. A Close from the listener is
+//! echoed.
+//!
+//! A listener that stops reading is dropped: every write must complete within the write
+//! deadline (the keep-alive period), otherwise the channel ends without waiting for the
+//! socket. When the channel ends, accepts and requests that were queued but never written
+//! are failed at once, and so are the HTTP requests this listener was given and has not
+//! answered, so their clients do not wait for a timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hc_protocol::control::{Incoming, ListenerCommand, ResponseCommand};
+use hc_protocol::control::{ControlError, Incoming, ListenerCommand, ResponseCommand};
 use hc_protocol::frame::{CloseFrame, OpCode, close_code};
 use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
 use hc_protocol::{AuthError, Right};
@@ -25,6 +30,18 @@ use crate::http::{Delivery, PendingHttp};
 use crate::registry::{ConnectionPermit, ControlOut, HcKey, ListenerGuard, RendezvousReply};
 use crate::target::Target;
 use crate::ws::{self, Message, MessageReader, ReadError};
+
+/// Write deadline when keep-alive pings are off.
+const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// Token expiries further away than this are treated as this far (a signed `se` may be any
+/// 64-bit number; deadlines must stay representable).
+pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The instant `secs` seconds after now, clamped to [`MAX_EXPIRY_HORIZON`].
+pub fn instant_in(secs: u64) -> Instant {
+    let wait = Duration::from_secs(secs).min(MAX_EXPIRY_HORIZON);
+    Instant::now() + wait
+}
 
 /// Everything a control channel task owns.
 #[derive(Debug)]
@@ -53,7 +70,7 @@ enum Exit {
     Close(u16, String),
     /// The listener closed: echo its code.
     Echo(CloseFrame),
-    /// TCP is gone or broken: just drop it.
+    /// TCP is gone, broken or stuck: just drop it.
     Drop(String),
 }
 
@@ -63,6 +80,7 @@ impl ControlChannel {
         let (r, mut w) = tokio::io::split(io);
         let mut reader = MessageReader::new(r, ws::Peer::Client, MAX_CONTROL_MESSAGE_BYTES);
         let exit = self.serve(&mut reader, &mut w).await;
+        let listener_id = self.guard.id();
         drop(self.guard);
         let why = match exit {
             Exit::Close(code, reason) => {
@@ -76,15 +94,19 @@ impl ControlChannel {
             Exit::Drop(why) => why,
         };
         let _ = timeout(Duration::from_secs(1), w.shutdown()).await;
-        fail_undelivered(&self.state, &mut self.rx);
+        fail_undelivered(&self.state, &self.hc, &mut self.rx);
+        fail_unanswered(&self.state, &self.hc, listener_id, self.awaiting_body.take());
         drop(self.permit);
         info!(tracking_id = %self.tracking_id, namespace = %self.hc.0, hybrid_connection = %self.hc.1, %why, "listener disconnected");
     }
 
     fn deadline(&self) -> Instant {
-        let now = crate::now_unix();
-        let left = Duration::from_secs(self.expires_at.saturating_sub(now));
-        Instant::now() + left + self.state.options.token_grace
+        instant_in(self.expires_at.saturating_sub(crate::now_unix())) + self.state.options.token_grace
+    }
+
+    /// How long one write may take before the listener counts as stuck.
+    fn write_deadline(&self) -> Duration {
+        self.state.options.listener_keepalive.unwrap_or(DEFAULT_WRITE_DEADLINE)
     }
 
     async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut MessageReader<R>, w: &mut W) -> Exit {
@@ -105,14 +127,14 @@ impl ControlChannel {
                         Some(Exit::Drop("the listener did not answer two keep-alive pings".into()))
                     } else {
                         unanswered += 1;
-                        write(w, OpCode::Ping, b"relay").await
+                        self.write(w, OpCode::Ping, b"relay").await
                     }
                 }
                 out = self.rx.recv() => match out {
-                    Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => write(w, OpCode::Text, json.as_bytes()).await,
-                    Some(ControlOut::Request { json, body, .. }) => match write(w, OpCode::Text, json.as_bytes()).await {
+                    Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => self.write(w, OpCode::Text, json.as_bytes()).await,
+                    Some(ControlOut::Request { json, body, .. }) => match self.write(w, OpCode::Text, json.as_bytes()).await {
                         None => match body {
-                            Some(b) => write(w, OpCode::Binary, &b).await,
+                            Some(b) => self.write(w, OpCode::Binary, &b).await,
                             None => None,
                         },
                         exit => exit,
@@ -126,6 +148,19 @@ impl ControlChannel {
             if let Some(exit) = step {
                 return exit;
             }
+        }
+    }
+
+    /// Writes one frame, bounded by the write deadline and by shutdown.
+    async fn write<W: AsyncWrite + Unpin>(&self, w: &mut W, op: OpCode, payload: &[u8]) -> Option<Exit> {
+        let limit = self.write_deadline();
+        tokio::select! {
+            r = timeout(limit, ws::write_frame(w, op, payload)) => match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Exit::Drop(format!("write failed: {e}"))),
+                Err(_) => Some(Exit::Drop(format!("the listener did not take a write within {} s", limit.as_secs_f32()))),
+            },
+            _ = self.state.cancel.cancelled() => Some(Exit::Drop("the relay stopped during a write".into())),
         }
     }
 
@@ -157,13 +192,14 @@ impl ControlChannel {
                 }
                 None
             }
-            Ok(Some(Message::Ping(payload))) => write(w, OpCode::Pong, &payload).await,
+            Ok(Some(Message::Ping(payload))) => self.write(w, OpCode::Pong, &payload).await,
             Ok(Some(Message::Pong)) => None,
             Ok(Some(Message::Close(close))) => Some(Exit::Echo(close)),
             Ok(None) => Some(Exit::Drop("listener closed TCP without a close frame".into())),
             Err(ReadError::TooLarge(max)) => {
                 Some(Exit::Close(close_code::MESSAGE_TOO_BIG, format!("control message larger than {max} bytes")))
             }
+            Err(ReadError::InvalidUtf8) => Some(Exit::Close(close_code::INVALID_PAYLOAD, ReadError::InvalidUtf8.to_string())),
             Err(e @ (ReadError::Io(_) | ReadError::UnexpectedEof)) => Some(Exit::Drop(e.to_string())),
             Err(e) => Some(Exit::Close(close_code::PROTOCOL_ERROR, e.to_string())),
         }
@@ -173,26 +209,45 @@ impl ControlChannel {
         match ListenerCommand::parse(text) {
             Ok(Incoming::Known(ListenerCommand::RenewToken(renew))) => self.renew(&renew.token),
             Ok(Incoming::Known(ListenerCommand::Response(r))) => {
-                if let Some((response, pending)) = self.awaiting_body.take() {
-                    let _ = pending.reply.send(Delivery::Control(response, None));
-                }
-                match self.state.registry.take_http(&r.request_id) {
-                    Some(pending) if r.body => self.awaiting_body = Some((r, pending)),
-                    Some(pending) => {
-                        let _ = pending.reply.send(Delivery::Control(r, None));
-                    }
-                    None => {
-                        debug!(tracking_id = %self.tracking_id, request_id = %r.request_id, "response without a pending HTTP request ignored")
-                    }
-                }
+                self.on_response(r);
                 None
             }
             Ok(Incoming::Unknown(name)) => {
                 debug!(tracking_id = %self.tracking_id, command = %name, "ignored unknown control command");
                 None
             }
+            // A response that cannot be read fails its request at once (502); the channel
+            // stays, since the listener's other requests are not affected.
+            Err(ControlError::BadCommand { command, reason, request_id: Some(id) }) if command == "response" => {
+                if let Some(pending) = self.take_own_request(&id) {
+                    let _ = pending.reply.send(Delivery::Failed(format!("The listener sent an invalid response: {reason}")));
+                }
+                None
+            }
             Err(e) => Some(Exit::Close(close_code::PROTOCOL_ERROR, e.to_string())),
         }
+    }
+
+    /// A `response` on the control channel answers a request only if this listener was given
+    /// that request; anything else is ignored and the request stays where it is.
+    fn on_response(&mut self, r: ResponseCommand) {
+        if let Some((response, pending)) = self.awaiting_body.take() {
+            let _ = pending.reply.send(Delivery::Control(response, None));
+        }
+        match self.take_own_request(&r.request_id) {
+            Some(pending) if r.body => self.awaiting_body = Some((r, pending)),
+            Some(pending) => {
+                let _ = pending.reply.send(Delivery::Control(r, None));
+            }
+            None => {
+                debug!(tracking_id = %self.tracking_id, request_id = %r.request_id, "response without a pending request of this listener ignored")
+            }
+        }
+    }
+
+    fn take_own_request(&self, id: &str) -> Option<PendingHttp> {
+        let me = self.guard.id();
+        self.state.registry.take_http_if(&self.hc, id, |p| p.listener == me)
     }
 
     /// `renewToken`: a valid Listen token moves the expiry; anything else closes with 1008.
@@ -212,27 +267,48 @@ impl ControlChannel {
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(w: &mut W, op: OpCode, payload: &[u8]) -> Option<Exit> {
-    ws::write_frame(w, op, payload).await.err().map(|e| Exit::Drop(format!("write failed: {e}")))
-}
-
-/// Accepts still queued were never seen by the listener: tell their senders now.
-fn fail_undelivered(state: &RelayState, rx: &mut mpsc::Receiver<ControlOut>) {
+/// Accepts and requests still queued were never seen by the listener: tell them now.
+fn fail_undelivered(state: &RelayState, hc: &HcKey, rx: &mut mpsc::Receiver<ControlOut>) {
     rx.close();
     while let Ok(out) = rx.try_recv() {
         match out {
             ControlOut::Accept { id, .. } => {
-                if let Some(p) = state.registry.take_pending(&id) {
+                if let Some(p) = state.registry.take_pending(hc, &id) {
                     let description = "The listener disconnected before it was offered the connection.".to_owned();
-                    let _ = p.reply.send(RendezvousReply::Rejected { status: 502, description });
+                    let _ = p.send(RendezvousReply::Rejected { status: 502, description });
                 }
             }
             ControlOut::Request { id, .. } => {
-                if let Some(p) = state.registry.take_http(&id) {
+                if let Some(p) = state.registry.take_http_if(hc, &id, |_| true) {
                     let _ = p.reply.send(Delivery::Failed("The listener disconnected before it was sent the request.".into()));
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// Requests this listener was given but has not answered (or opened a rendezvous for) get
+/// 502 now instead of waiting for the HTTP timeout.
+fn fail_unanswered(state: &RelayState, hc: &HcKey, listener: u64, awaiting: Option<(ResponseCommand, PendingHttp)>) {
+    let why = "The listener disconnected before it answered the request.";
+    if let Some((_, pending)) = awaiting {
+        let _ = pending.reply.send(Delivery::Failed(format!("{why} (the response body never came)")));
+    }
+    for pending in state.registry.take_http_all(hc, |p| p.listener == listener) {
+        let _ = pending.reply.send(Delivery::Failed(why.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_expiries_are_clamped() {
+        let now = Instant::now();
+        let far = instant_in(u64::MAX);
+        assert!(far >= now + MAX_EXPIRY_HORIZON && far <= Instant::now() + MAX_EXPIRY_HORIZON);
+        let _ = far + Duration::from_secs(u32::MAX as u64);
     }
 }

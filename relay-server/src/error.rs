@@ -9,7 +9,7 @@ use hc_protocol::tracking;
 use http::{StatusCode, header};
 
 /// Everything a request to the relay can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RelayError {
     /// The request is not what this endpoint takes.
     #[error("{0}")]

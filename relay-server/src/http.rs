@@ -34,6 +34,7 @@ use tracing::debug;
 
 use crate::RelayState;
 use crate::error::{RelayError, Tracking};
+use crate::head_case::HeaderNames;
 use crate::registry::{ControlOut, HcKey};
 use crate::routes::ConnInfo;
 use crate::target::{Target, TokenSource, find_token};
@@ -56,11 +57,12 @@ pub enum Delivery {
     Failed(String),
 }
 
-/// A request waiting for its listener.
+/// A request waiting for its listener (kept in the registry under its hybrid connection and
+/// id).
 #[derive(Debug)]
 pub struct PendingHttp {
-    /// The hybrid connection.
-    pub hc: HcKey,
+    /// Registry id of the listener the request went to: only its control channel may answer.
+    pub listener: u64,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Delivery>,
 }
@@ -222,17 +224,15 @@ impl RequestChannel {
 
 /// Serves `sb-hc-action=request`: hands the socket to the waiting request.
 pub fn rendezvous(state: &Arc<RelayState>, id: &str, target: &Target, upgrade: hyper::upgrade::OnUpgrade) -> Result<(), RelayError> {
-    let pending = state.registry.take_http(id).ok_or(RelayError::RendezvousExpired)?;
-    if pending.hc != target.key {
-        let _ = pending.reply.send(Delivery::Failed("the listener used another endpoint's address".into()));
-        return Err(RelayError::RendezvousExpired);
-    }
+    // Keyed by this hybrid connection: another one's request id is unknown here.
+    let pending = state.registry.take_http_if(&target.key, id, |_| true).ok_or(RelayError::RendezvousExpired)?;
     let buffer = state.options.tunnel_buffer_size;
+    let hc = target.key.clone();
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(io) => {
                 let (r, w) = tokio::io::split(TokioIo::new(io));
-                let channel = RequestChannel { reader: FrameReader::new(r, Peer::Client, buffer), writer: w, hc: pending.hc.clone() };
+                let channel = RequestChannel { reader: FrameReader::new(r, Peer::Client, buffer), writer: w, hc };
                 if let Err(Delivery::Channel(ch)) = pending.reply.send(Delivery::Channel(channel)) {
                     ch.close().await;
                 }
@@ -268,29 +268,184 @@ fn error_response(e: RelayError, tracking: &Tracking) -> Response {
 }
 
 /// Serves one HTTP-mode request.
-pub async fn handle(state: Arc<RelayState>, req: Request, conn: ConnInfo, host: String, hc_path: String, query: String) -> Response {
+pub async fn handle(
+    state: Arc<RelayState>,
+    req: Request,
+    conn: ConnInfo,
+    host: String,
+    hc_path: String,
+    query: String,
+    names: HeaderNames,
+) -> Response {
     let now = crate::now_unix();
     let client_id = address::query_value(&query, address::QUERY_ID);
     let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
     let ns_host = crate::model::host_without_port(&host);
     let tracking = Tracking { id: id.clone(), system_tracker: format!("{ns_host}:{hc_path}"), now };
-    match serve(&state, req, conn, &host, &hc_path, &query, &id).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let call = Call { state: &state, parts: &parts, conn: &conn, host: &host, hc_path: &hc_path, query: &query, id: &id, names: &names };
+    match call.serve(&mut body).await {
         Ok(r) => r,
         Err(e) => {
             debug!(tracking_id = %id, status = e.status(), error = %e, "http request refused");
+            if let Some(body) = body {
+                drain_unread(&parts, body).await;
+            }
             error_response(e, &tracking)
         }
     }
 }
 
+/// At most this much of an unread request body is read and dropped before an early refusal
+/// is sent, so a client that writes its whole body before reading sees the refusal rather
+/// than a connection reset; a larger or slower body still gets the refusal, then the close.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// Time allowed for that.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the client is sending of a body nobody will use (not when the client
+/// waits for `100 Continue`: it has sent nothing and should not be invited to).
+pub(crate) async fn drain_unread(parts: &http::request::Parts, body: Body) {
+    let expects_continue =
+        parts.headers.get(header::EXPECT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if expects_continue {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen <= DRAIN_LIMIT {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// One HTTP-mode request on its way through the relay.
+struct Call<'a> {
+    state: &'a Arc<RelayState>,
+    parts: &'a http::request::Parts,
+    conn: &'a ConnInfo,
+    host: &'a str,
+    hc_path: &'a str,
+    query: &'a str,
+    id: &'a str,
+    names: &'a HeaderNames,
+}
+
+impl Call<'_> {
+    /// Refusals that need no body come first and leave `body` in place (the caller drains
+    /// it); from the first use of the body on, it is taken.
+    async fn serve(&self, body: &mut Option<Body>) -> Result<Response, RelayError> {
+        let (state, parts, conn, id) = (self.state, self.parts, self.conn, self.id);
+        if parts.method == Method::CONNECT {
+            return Err(RelayError::BadRequest("CONNECT is not supported on hybrid connection HTTP endpoints.".into()));
+        }
+        if parts.headers.contains_key(header::UPGRADE) {
+            return Err(RelayError::BadRequest("Protocol upgrades are not allowed here; WebSocket connections use /$hc/{path}.".into()));
+        }
+        let target = Target::resolve(&state.store.read(), self.host, self.hc_path)?;
+        let token = find_token(&parts.headers, self.query);
+        let mut strip_authorization = false;
+        if target.requires_client_authorization {
+            target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, crate::now_unix())?;
+            strip_authorization = token.as_ref().is_some_and(|t| t.1 == TokenSource::Authorization);
+        }
+        let ns_host = crate::model::host_without_port(self.host);
+        let head = request_head(parts, self.names, id, conn, self.query, strip_authorization);
+        let (has_body, length) = body_kind(parts);
+        let deadline = state.options.http_response_timeout;
+        let reused = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|c| c.hc == target.key);
+        if let Some(channel) = reused {
+            // Reuse only when the body can be kept: the listener may have closed the rendezvous
+            // after its last response (.NET does), and then the request goes the normal way.
+            let small = !has_body || length.is_some_and(|l| l as usize <= MAX_CONTROL_BODY_BYTES);
+            if small {
+                let taken = body.take().unwrap_or_default();
+                let (collected, rest) =
+                    if has_body { collect_small(taken, state.options.small_body_wait).await } else { (Some(Vec::new()), Body::empty()) };
+                *body = Some(rest);
+                if let Some(bytes) = collected {
+                    let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head.clone(), has_body)));
+                    match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await? {
+                        Ok((channel, response)) => return finish_on_channel(state, channel, response, conn, &ns_host, deadline),
+                        Err(why) => debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way"),
+                    }
+                    *body = Some(if has_body { Body::from(bytes) } else { Body::empty() });
+                }
+            }
+        }
+        let no_listener = RelayError::NoListenersHttp(state.options.http_no_listener_status);
+        let listener = state.registry.pick_listener(&target.key).ok_or_else(|| no_listener.clone())?;
+        let address = address::rendezvous_address(&listener.base_url, &target.hc_name, "", Action::Request, id);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let pending = PendingHttp { listener: listener.id, reply: reply_tx };
+        let _guard = state.registry.insert_http(&target.key, id, pending, state.options.max_pending_rendezvous)?;
+        let headers_small = serde_json::to_string(&head.request_headers).map(|j| j.len()).unwrap_or(usize::MAX) <= MAX_CONTROL_HEADER_BYTES;
+        let taken = body.take().unwrap_or_default();
+        let (small_body, rest) = match (has_body, length) {
+            (false, _) => (Some(Vec::new()), taken),
+            (true, Some(l)) if l as usize <= MAX_CONTROL_BODY_BYTES && headers_small => {
+                collect_small(taken, state.options.small_body_wait).await
+            }
+            _ => (None, taken),
+        };
+        // The listener's time starts now, before the command waits for room in its queue: a
+        // listener that stopped reading cannot hold the client longer than the deadline.
+        let until = tokio::time::Instant::now() + deadline;
+        let (out, later) = match small_body {
+            Some(bytes) => {
+                let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(address, head, has_body)));
+                (ControlOut::Request { id: id.to_owned(), json, body: has_body.then_some(bytes) }, None)
+            }
+            None => {
+                let json = control::to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only(address.clone(), id.to_owned())));
+                (ControlOut::Text(json), Some((RequestCommand::full(address, head, has_body), has_body.then_some(rest))))
+            }
+        };
+        let delivery = tokio::select! {
+            d = tokio::time::timeout_at(until, async {
+                listener.tx.send(out).await.map_err(|_| no_listener.clone())?;
+                Ok::<_, RelayError>(reply_rx.await.unwrap_or_else(|_| Delivery::Failed("the listener went away".into())))
+            }) => match d {
+                Ok(d) => d?,
+                Err(_) => return Err(RelayError::HttpTimeout),
+            },
+            _ = state.cancel.cancelled() => return Err(RelayError::ShuttingDown),
+        };
+        match delivery {
+            Delivery::Control(response, body) => build_response(response, body.map(Body::from), &ns_host),
+            Delivery::Failed(why) => Err(RelayError::Rejected { status: 502, description: why }),
+            Delivery::Channel(mut channel) => {
+                if let Some((command, body)) = later {
+                    let json = control::to_json(&ServiceCommand::Request(command));
+                    channel.send_request(&json, body, deadline).await?;
+                }
+                respond_on_channel(state, channel, conn, &ns_host, deadline).await
+            }
+        }
+    }
+}
+
 /// The `request` head: target with the filtered query, headers without hop-by-hop and token
-/// carriers, multi-valued ones joined (§5.2).
-fn request_head(req: &Request, id: &str, conn: &ConnInfo, query: &str, strip_authorization: bool) -> RequestHead {
+/// carriers, names as the client spelled them, multi-valued ones joined (§5.2).
+fn request_head(
+    parts: &http::request::Parts,
+    names: &HeaderNames,
+    id: &str,
+    conn: &ConnInfo,
+    query: &str,
+    strip_authorization: bool,
+) -> RequestHead {
     let app_query = address::app_query(query);
-    let target =
-        if app_query.trim_matches('&').is_empty() { req.uri().path().to_owned() } else { format!("{}?{app_query}", req.uri().path()) };
+    let path = parts.uri.path();
+    let target = if app_query.trim_matches('&').is_empty() { path.to_owned() } else { format!("{path}?{app_query}") };
     let mut headers = Headers::default();
-    for (name, value) in req.headers() {
+    for (name, value) in &parts.headers {
         let n = name.as_str();
         if STRIPPED_REQUEST.contains(&n)
             || n.eq_ignore_ascii_case(address::HEADER_SB_AUTHORIZATION)
@@ -298,120 +453,22 @@ fn request_head(req: &Request, id: &str, conn: &ConnInfo, query: &str, strip_aut
         {
             continue;
         }
-        headers.append(n, &String::from_utf8_lossy(value.as_bytes()));
+        headers.append(&names.spell(n), &String::from_utf8_lossy(value.as_bytes()));
     }
     RequestHead {
         id: id.to_owned(),
         request_target: target,
-        method: req.method().as_str().to_owned(),
+        method: parts.method.as_str().to_owned(),
         remote_endpoint: RemoteEndpoint { address: conn.peer.ip().to_canonical().to_string(), port: conn.peer.port() },
         request_headers: headers,
     }
 }
 
 /// Whether the request has a body, and its length when known.
-fn body_kind(req: &Request) -> (bool, Option<u64>) {
-    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+fn body_kind(parts: &http::request::Parts) -> (bool, Option<u64>) {
+    let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
     (chunked || length.is_some_and(|l| l > 0), if chunked { None } else { length })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    state: &Arc<RelayState>,
-    req: Request,
-    conn: ConnInfo,
-    host: &str,
-    hc_path: &str,
-    query: &str,
-    id: &str,
-) -> Result<Response, RelayError> {
-    if req.method() == Method::CONNECT {
-        return Err(RelayError::BadRequest("CONNECT is not supported on hybrid connection HTTP endpoints.".into()));
-    }
-    if req.headers().contains_key(header::UPGRADE) {
-        return Err(RelayError::BadRequest("Protocol upgrades are not allowed here; WebSocket connections use /$hc/{path}.".into()));
-    }
-    let target = Target::resolve(&state.store.read(), host, hc_path)?;
-    let token = find_token(req.headers(), query);
-    let mut strip_authorization = false;
-    if target.requires_client_authorization {
-        target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, crate::now_unix())?;
-        strip_authorization = token.as_ref().is_some_and(|t| t.1 == TokenSource::Authorization);
-    }
-    let ns_host = crate::model::host_without_port(host);
-    let head = request_head(&req, id, &conn, query, strip_authorization);
-    let (has_body, length) = body_kind(&req);
-    let reused = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|c| c.hc == target.key);
-    let (_parts, mut body) = req.into_parts();
-    let deadline = state.options.http_response_timeout;
-    if let Some(channel) = reused {
-        // Reuse only when the body can be kept: the listener may have closed the rendezvous
-        // after its last response (.NET does), and then the request goes the normal way.
-        let small = !has_body || length.is_some_and(|l| l as usize <= MAX_CONTROL_BODY_BYTES);
-        if small {
-            let (collected, rest) =
-                if has_body { collect_small(body, state.options.small_body_wait).await } else { (Some(Vec::new()), Body::empty()) };
-            body = rest;
-            if let Some(bytes) = collected {
-                let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head.clone(), has_body)));
-                match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await? {
-                    Ok((channel, response)) => return Ok(finish_on_channel(state, channel, response, &conn, &ns_host, deadline)),
-                    Err(why) => debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way"),
-                }
-                body = if has_body { Body::from(bytes) } else { Body::empty() };
-            }
-        }
-    }
-    let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
-    let address = address::rendezvous_address(&listener.base_url, &target.hc_name, "", Action::Request, id);
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let _guard =
-        state.registry.insert_http(id, PendingHttp { hc: target.key.clone(), reply: reply_tx }, state.options.max_pending_rendezvous)?;
-    let headers_small = serde_json::to_string(&head.request_headers).map(|j| j.len()).unwrap_or(usize::MAX) <= MAX_CONTROL_HEADER_BYTES;
-    let (small_body, body) = match (has_body, length) {
-        (false, _) => (Some(Vec::new()), body),
-        (true, Some(l)) if l as usize <= MAX_CONTROL_BODY_BYTES && headers_small => {
-            collect_small(body, state.options.small_body_wait).await
-        }
-        _ => (None, body),
-    };
-    let (delivered, body) = match small_body {
-        Some(bytes) => {
-            let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(address, head, has_body)));
-            let out = ControlOut::Request { id: id.to_owned(), json, body: has_body.then_some(bytes) };
-            listener.tx.send(out).await.map_err(|_| RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
-            (true, None)
-        }
-        None => {
-            let json = control::to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only(address.clone(), id.to_owned())));
-            listener
-                .tx
-                .send(ControlOut::Text(json))
-                .await
-                .map_err(|_| RelayError::NoListenersHttp(state.options.http_no_listener_status))?;
-            (false, Some((RequestCommand::full(address, head, has_body), has_body.then_some(body))))
-        }
-    };
-    let delivery = tokio::select! {
-        d = tokio::time::timeout(deadline, reply_rx) => match d {
-            Ok(Ok(d)) => d,
-            Ok(Err(_)) => Delivery::Failed("the listener went away".into()),
-            Err(_) => return Err(RelayError::HttpTimeout),
-        },
-        _ = state.cancel.cancelled() => return Err(RelayError::ShuttingDown),
-    };
-    match delivery {
-        Delivery::Control(response, body) => Ok(build_response(response, body.map(Body::from), &ns_host)),
-        Delivery::Failed(why) => Err(RelayError::Rejected { status: 502, description: why }),
-        Delivery::Channel(mut channel) => {
-            if !delivered && let Some((command, body)) = body {
-                let json = control::to_json(&ServiceCommand::Request(command));
-                channel.send_request(&json, body, deadline).await?;
-            }
-            respond_on_channel(state, channel, &conn, &ns_host, deadline).await
-        }
-    }
 }
 
 /// Reads a small body whole. When it does not arrive within `wait`, the request goes by
@@ -465,11 +522,12 @@ async fn respond_on_channel(
         Ok(Err(why)) => return Err(RelayError::Rejected { status: 502, description: why }),
         Err(_) => return Err(RelayError::HttpTimeout),
     };
-    Ok(finish_on_channel(state, channel, response, conn, ns_host, deadline))
+    finish_on_channel(state, channel, response, conn, ns_host, deadline)
 }
 
 /// The response for a head read from `channel`: its body streams from the channel, which goes
-/// back to the client connection's slot when the body ended cleanly.
+/// back to the client connection's slot when the body ended cleanly. A head with a status
+/// the client must not see is answered with 502 and the channel closed.
 fn finish_on_channel(
     state: &Arc<RelayState>,
     mut channel: RequestChannel,
@@ -477,7 +535,11 @@ fn finish_on_channel(
     conn: &ConnInfo,
     ns_host: &str,
     deadline: Duration,
-) -> Response {
+) -> Result<Response, RelayError> {
+    if let Err(e) = check_status(&response) {
+        state.tracker.spawn(channel.close());
+        return Err(e);
+    }
     if !response.body {
         conn.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
         return build_response(response, None, ns_host);
@@ -493,11 +555,28 @@ fn finish_on_channel(
     build_response(response, Some(Body::from_stream(stream)), ns_host)
 }
 
+/// A listener's status must be a final one (200..=599): an informational status such as
+/// `101 Switching Protocols` would change what the client's connection is, and anything else
+/// is not HTTP. Either is answered with 502 at once.
+fn check_status(r: &ResponseCommand) -> Result<(), RelayError> {
+    if (200..=599).contains(&r.status_code) {
+        return Ok(());
+    }
+    Err(RelayError::Rejected {
+        status: 502,
+        description: format!("The listener answered with status {}, which is not a final HTTP status.", r.status_code),
+    })
+}
+
 /// The client's response: the listener's status and reason phrase exactly, its headers minus
 /// hop-by-hop ones, `Via: 1.1 {namespace host}` (§8.2).
-fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Response {
+fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Result<Response, RelayError> {
+    check_status(&r)?;
     let mut response = Response::new(body.unwrap_or_else(Body::empty));
-    *response.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.status_mut() = StatusCode::from_u16(r.status_code).map_err(|_| RelayError::Rejected {
+        status: 502,
+        description: format!("The listener answered with status {}, which is not a final HTTP status.", r.status_code),
+    })?;
     if let Some(reason) = r.status_description.as_deref().and_then(|d| hyper::ext::ReasonPhrase::try_from(d.as_bytes().to_vec()).ok()) {
         response.extensions_mut().insert(reason);
     }
@@ -513,5 +592,5 @@ fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Resp
     if let Ok(via) = HeaderValue::from_str(&format!("1.1 {ns_host}")) {
         headers.append(header::VIA, via);
     }
-    response
+    Ok(response)
 }

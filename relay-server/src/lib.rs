@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod head_case;
 pub mod http;
 pub mod model;
 pub mod pump;

@@ -1,12 +1,19 @@
-//! Live, in-memory relay state: the listeners of each hybrid connection, the rendezvous
-//! waiting for a listener, and the connection count of each namespace.
+//! Live, in-memory relay state, one [`NamespaceLive`] per namespace: the listeners of each
+//! hybrid connection, the rendezvous and HTTP requests waiting for a listener, and the
+//! connection count that the namespace quota limits.
 //!
-//! Every entry is owned by a guard ([`ListenerGuard`], [`PendingGuard`], [`ConnectionPermit`])
-//! whose drop removes it, so a task that ends in any way (error, cancel, panic) cannot leave
-//! a stale listener, a stuck rendezvous or a leaked quota slot behind.
+//! Tenants are kept apart by construction: every waiting entry is keyed by its hybrid
+//! connection *and* id inside its own namespace, so an id reused in another namespace or on
+//! another hybrid connection is a different entry, and a lookup from the wrong hybrid
+//! connection finds nothing (it never removes someone else's entry).
+//!
+//! Every entry is owned by a guard ([`ListenerGuard`], [`PendingGuard`], [`HttpGuard`],
+//! [`ConnectionPermit`]) whose drop removes it, so a task that ends in any way (error,
+//! cancel, panic) cannot leave a stale listener, a stuck rendezvous or a leaked quota slot.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use hyper::upgrade::OnUpgrade;
@@ -52,8 +59,9 @@ pub struct ListenerHandle {
     pub tracking_id: String,
     /// `wss://host[:port]` as the listener reached the relay; rendezvous addresses use it.
     pub base_url: String,
-    /// Commands for its control-channel task. Bounded: a listener that stops reading slows
-    /// the senders that pick it instead of growing memory.
+    /// Commands for its control-channel task. Bounded: a listener that stops reading fills
+    /// it, is passed over by [`Registry::pick_listener`], and is dropped by its own task when
+    /// a write stalls.
     pub tx: mpsc::Sender<ControlOut>,
 }
 
@@ -76,22 +84,37 @@ pub enum RendezvousReply {
     },
 }
 
-/// A sender waiting for its listener.
-#[derive(Debug)]
-pub struct Pending {
-    /// The hybrid connection the rendezvous belongs to.
-    pub hc: HcKey,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<RendezvousReply>,
+/// A sender waiting for its listener; the outcome goes through `reply`.
+pub type Pending = oneshot::Sender<RendezvousReply>;
+
+/// The live state of one namespace. Locks are held for map operations only, never across an
+/// await.
+#[derive(Debug, Default)]
+pub struct NamespaceLive {
+    /// Listeners by hybrid connection (lower-case path).
+    listeners: Mutex<HashMap<String, Vec<ListenerHandle>>>,
+    /// Senders waiting for a listener, by (hybrid connection, id).
+    pending: Mutex<HashMap<(String, String), Pending>>,
+    /// HTTP requests waiting for a listener, by (hybrid connection, id).
+    http: Mutex<HashMap<(String, String), crate::http::PendingHttp>>,
+    /// Listeners plus tunnels, against the namespace quota.
+    connections: Mutex<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NamespaceLive {
+    fn waiting(&self) -> usize {
+        lock(&self.pending).len() + lock(&self.http).len()
+    }
 }
 
 /// All live state.
 #[derive(Debug, Default)]
 pub struct Registry {
-    listeners: DashMap<HcKey, Vec<ListenerHandle>>,
-    pending: DashMap<String, Pending>,
-    http: DashMap<String, crate::http::PendingHttp>,
-    connections: DashMap<String, usize>,
+    namespaces: DashMap<String, Arc<NamespaceLive>>,
     next_id: AtomicU64,
 }
 
@@ -101,156 +124,216 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a listener unless the hybrid connection already has `max`.
-    pub fn add_listener(self: &Arc<Self>, hc: HcKey, handle: ListenerHandle, max: usize) -> Result<ListenerGuard, RelayError> {
-        let id = handle.id;
-        let mut list = self.listeners.entry(hc.clone()).or_default();
-        if list.len() >= max {
-            return Err(RelayError::TooManyListeners(list.len()));
+    /// The live state of `namespace` (created on first use).
+    fn ns(&self, namespace: &str) -> Arc<NamespaceLive> {
+        if let Some(ns) = self.namespaces.get(namespace) {
+            return ns.clone();
         }
-        list.push(handle);
-        Ok(ListenerGuard { registry: self.clone(), hc, id })
+        self.namespaces.entry(namespace.to_owned()).or_default().clone()
     }
 
-    /// A listener chosen uniformly at random (§6.1 step 3).
-    pub fn pick_listener(&self, hc: &HcKey) -> Option<ListenerHandle> {
-        let list = self.listeners.get(hc)?;
-        if list.is_empty() {
-            return None;
+    fn existing(&self, namespace: &str) -> Option<Arc<NamespaceLive>> {
+        self.namespaces.get(namespace).map(|ns| ns.clone())
+    }
+
+    /// Registers a listener unless the hybrid connection already has `max`.
+    pub fn add_listener(&self, hc: &HcKey, handle: ListenerHandle, max: usize) -> Result<ListenerGuard, RelayError> {
+        let ns = self.ns(&hc.0);
+        let id = handle.id;
+        {
+            let mut all = lock(&ns.listeners);
+            let list = all.entry(hc.1.clone()).or_default();
+            if list.len() >= max {
+                return Err(RelayError::TooManyListeners(list.len()));
+            }
+            list.push(handle);
         }
-        let i = rand::rng().random_range(0..list.len());
-        Some(list[i].clone())
+        Ok(ListenerGuard { ns, hc: hc.1.clone(), id })
+    }
+
+    /// A listener chosen uniformly at random (§6.1 step 3) among those whose command queue
+    /// has room; only when every queue is full, among all of them.
+    pub fn pick_listener(&self, hc: &HcKey) -> Option<ListenerHandle> {
+        let ns = self.existing(&hc.0)?;
+        let all = lock(&ns.listeners);
+        let list = all.get(&hc.1).filter(|l| !l.is_empty())?;
+        let ready: Vec<&ListenerHandle> = list.iter().filter(|h| h.tx.capacity() > 0).collect();
+        let mut rng = rand::rng();
+        match ready.as_slice() {
+            [] => Some(list[rng.random_range(0..list.len())].clone()),
+            some => Some(some[rng.random_range(0..some.len())].clone()),
+        }
     }
 
     /// Connected listeners of a hybrid connection.
     pub fn listener_count(&self, hc: &HcKey) -> usize {
-        self.listeners.get(hc).map_or(0, |l| l.len())
+        self.existing(&hc.0).map_or(0, |ns| lock(&ns.listeners).get(&hc.1).map_or(0, Vec::len))
     }
 
     /// Asks every listener of `hc` to close (hybrid connection deleted: 1001, §5.5).
     pub fn close_listeners(&self, hc: &HcKey, code: u16, reason: &str) {
-        let handles = self.listeners.get(hc).map(|l| l.clone()).unwrap_or_default();
+        let Some(ns) = self.existing(&hc.0) else { return };
+        let handles = lock(&ns.listeners).get(&hc.1).cloned().unwrap_or_default();
         for h in handles {
-            // A full queue means the task is stuck writing; it is closed by its own end.
+            // A full queue means the task is stuck writing; its write deadline closes it.
             let _ = h.tx.try_send(ControlOut::Close(code, reason.to_owned()));
         }
     }
 
     /// Takes a quota slot of `namespace`, refusing past `max`.
-    pub fn acquire_connection(self: &Arc<Self>, namespace: &str, max: usize) -> Result<ConnectionPermit, RelayError> {
-        let mut count = self.connections.entry(namespace.to_owned()).or_default();
-        if *count >= max {
-            return Err(RelayError::TooManyConnections(*count));
+    pub fn acquire_connection(&self, namespace: &str, max: usize) -> Result<ConnectionPermit, RelayError> {
+        let ns = self.ns(namespace);
+        {
+            let mut count = lock(&ns.connections);
+            if *count >= max {
+                return Err(RelayError::TooManyConnections(*count));
+            }
+            *count += 1;
         }
-        *count += 1;
-        Ok(ConnectionPermit { registry: self.clone(), namespace: namespace.to_owned() })
+        Ok(ConnectionPermit { ns })
     }
 
     /// Connections currently counted for `namespace`.
     pub fn connection_count(&self, namespace: &str) -> usize {
-        self.connections.get(namespace).map_or(0, |c| *c)
+        self.existing(namespace).map_or(0, |ns| *lock(&ns.connections))
     }
 
-    /// Records a waiting sender under `id`; refuses a duplicate id or more than `max` waiting.
-    pub fn insert_pending(self: &Arc<Self>, id: &str, pending: Pending, max: usize) -> Result<PendingGuard, RelayError> {
-        if self.pending.len() >= max {
+    /// Records a sender waiting on `hc` under `id`; refuses a duplicate or more than `max`
+    /// waiting in the namespace.
+    pub fn insert_pending(&self, hc: &HcKey, id: &str, pending: Pending, max: usize) -> Result<PendingGuard, RelayError> {
+        let ns = self.ns(&hc.0);
+        if ns.waiting() >= max {
             return Err(RelayError::Busy);
         }
-        match self.pending.entry(id.to_owned()) {
-            dashmap::Entry::Occupied(_) => Err(RelayError::BadRequest(format!("A connection with tracking id '{id}' is already waiting."))),
-            dashmap::Entry::Vacant(v) => {
-                v.insert(pending);
-                Ok(PendingGuard { registry: self.clone(), id: id.to_owned() })
+        let key = (hc.1.clone(), id.to_owned());
+        {
+            let mut map = lock(&ns.pending);
+            if map.contains_key(&key) {
+                return Err(RelayError::BadRequest(format!("A connection with tracking id '{id}' is already waiting.")));
             }
+            map.insert(key.clone(), pending);
         }
+        Ok(PendingGuard { ns, key })
     }
 
-    /// Removes and returns the waiting sender `id` (single use).
-    pub fn take_pending(&self, id: &str) -> Option<Pending> {
-        self.pending.remove(id).map(|(_, p)| p)
+    /// Removes and returns the sender waiting on `hc` under `id` (single use). Entries of
+    /// other hybrid connections and namespaces are out of reach.
+    pub fn take_pending(&self, hc: &HcKey, id: &str) -> Option<Pending> {
+        let ns = self.existing(&hc.0)?;
+        lock(&ns.pending).remove(&(hc.1.clone(), id.to_owned()))
     }
 
-    /// Rendezvous currently waiting.
+    /// Rendezvous and HTTP requests currently waiting, over all namespaces.
     pub fn pending_count(&self) -> usize {
-        self.pending.len() + self.http.len()
+        self.namespaces.iter().map(|ns| ns.waiting()).sum()
     }
 
-    /// Records an HTTP request waiting for its listener.
-    pub fn insert_http(self: &Arc<Self>, id: &str, pending: crate::http::PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
-        if self.pending.len() + self.http.len() >= max {
+    /// Records an HTTP request on `hc` waiting for its listener.
+    pub fn insert_http(&self, hc: &HcKey, id: &str, pending: crate::http::PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
+        let ns = self.ns(&hc.0);
+        if ns.waiting() >= max {
             return Err(RelayError::Busy);
         }
-        match self.http.entry(id.to_owned()) {
-            dashmap::Entry::Occupied(_) => Err(RelayError::BadRequest(format!("A request with tracking id '{id}' is already waiting."))),
-            dashmap::Entry::Vacant(v) => {
-                v.insert(pending);
-                Ok(HttpGuard { registry: self.clone(), id: id.to_owned() })
+        let key = (hc.1.clone(), id.to_owned());
+        {
+            let mut map = lock(&ns.http);
+            if map.contains_key(&key) {
+                return Err(RelayError::BadRequest(format!("A request with tracking id '{id}' is already waiting.")));
             }
+            map.insert(key.clone(), pending);
         }
+        Ok(HttpGuard { ns, key })
     }
 
-    /// Removes and returns the waiting HTTP request `id`.
-    pub fn take_http(&self, id: &str) -> Option<crate::http::PendingHttp> {
-        self.http.remove(id).map(|(_, p)| p)
+    /// Removes and returns the HTTP request waiting on `hc` under `id`, but only when `owns`
+    /// says yes; otherwise it stays where it is.
+    pub fn take_http_if(
+        &self,
+        hc: &HcKey,
+        id: &str,
+        owns: impl FnOnce(&crate::http::PendingHttp) -> bool,
+    ) -> Option<crate::http::PendingHttp> {
+        let ns = self.existing(&hc.0)?;
+        let mut map = lock(&ns.http);
+        let key = (hc.1.clone(), id.to_owned());
+        if !map.get(&key).is_some_and(owns) {
+            return None;
+        }
+        map.remove(&key)
+    }
+
+    /// Removes and returns every HTTP request on `hc` for which `owns` says yes.
+    pub fn take_http_all(&self, hc: &HcKey, owns: impl Fn(&crate::http::PendingHttp) -> bool) -> Vec<crate::http::PendingHttp> {
+        let Some(ns) = self.existing(&hc.0) else { return Vec::new() };
+        let mut map = lock(&ns.http);
+        let keys: Vec<(String, String)> = map.iter().filter(|(k, p)| k.0 == hc.1 && owns(p)).map(|(k, _)| k.clone()).collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
     }
 }
 
 /// Removes its listener from the registry when dropped.
 #[derive(Debug)]
 pub struct ListenerGuard {
-    registry: Arc<Registry>,
-    hc: HcKey,
+    ns: Arc<NamespaceLive>,
+    hc: String,
     id: u64,
+}
+
+impl ListenerGuard {
+    /// The listener's registry id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for ListenerGuard {
     fn drop(&mut self) {
-        self.registry.listeners.remove_if_mut(&self.hc, |_, list| {
+        let mut all = lock(&self.ns.listeners);
+        if let Some(list) = all.get_mut(&self.hc) {
             list.retain(|h| h.id != self.id);
-            list.is_empty()
-        });
+            if list.is_empty() {
+                all.remove(&self.hc);
+            }
+        }
     }
 }
 
 /// Gives its namespace quota slot back when dropped.
 #[derive(Debug)]
 pub struct ConnectionPermit {
-    registry: Arc<Registry>,
-    namespace: String,
+    ns: Arc<NamespaceLive>,
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.registry.connections.remove_if_mut(&self.namespace, |_, count| {
-            *count = count.saturating_sub(1);
-            *count == 0
-        });
+        let mut count = lock(&self.ns.connections);
+        *count = count.saturating_sub(1);
     }
 }
 
 /// Removes its HTTP request when dropped (answered, timed out, client gone).
 #[derive(Debug)]
 pub struct HttpGuard {
-    registry: Arc<Registry>,
-    id: String,
+    ns: Arc<NamespaceLive>,
+    key: (String, String),
 }
 
 impl Drop for HttpGuard {
     fn drop(&mut self) {
-        self.registry.http.remove(&self.id);
+        lock(&self.ns.http).remove(&self.key);
     }
 }
 
 /// Removes its rendezvous when dropped (expiry, sender gone, relay stopping).
 #[derive(Debug)]
 pub struct PendingGuard {
-    registry: Arc<Registry>,
-    id: String,
+    ns: Arc<NamespaceLive>,
+    key: (String, String),
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.registry.pending.remove(&self.id);
+        lock(&self.ns.pending).remove(&self.key);
     }
 }
 
@@ -258,55 +341,96 @@ impl Drop for PendingGuard {
 mod tests {
     use super::*;
 
-    fn handle(registry: &Registry) -> (ListenerHandle, mpsc::Receiver<ControlOut>) {
-        let (tx, rx) = mpsc::channel(1);
+    fn handle(registry: &Registry, queue: usize) -> (ListenerHandle, mpsc::Receiver<ControlOut>) {
+        let (tx, rx) = mpsc::channel(queue);
         let id = registry.next_listener_id();
         (ListenerHandle { id, tracking_id: format!("l{id}"), base_url: "wss://h".into(), tx }, rx)
     }
 
+    fn key(ns: &str, hc: &str) -> HcKey {
+        (ns.into(), hc.into())
+    }
+
     #[test]
     fn listeners_are_capped_and_removed_by_their_guards() {
-        let r = Arc::new(Registry::default());
-        let hc: HcKey = ("ns".into(), "hc".into());
+        let r = Registry::default();
+        let hc = key("ns", "hc");
         let mut guards = Vec::new();
         for _ in 0..3 {
-            guards.push(r.add_listener(hc.clone(), handle(&r).0, 3).unwrap());
+            guards.push(r.add_listener(&hc, handle(&r, 1).0, 3).unwrap());
         }
-        assert!(matches!(r.add_listener(hc.clone(), handle(&r).0, 3), Err(RelayError::TooManyListeners(3))));
+        assert!(matches!(r.add_listener(&hc, handle(&r, 1).0, 3), Err(RelayError::TooManyListeners(3))));
         assert_eq!(r.listener_count(&hc), 3);
         guards.truncate(1);
         assert_eq!(r.listener_count(&hc), 1);
         assert!(r.pick_listener(&hc).is_some());
         guards.clear();
-        assert!(r.pick_listener(&hc).is_none() && r.listeners.is_empty());
+        assert!(r.pick_listener(&hc).is_none());
     }
 
     #[test]
-    fn random_choice_reaches_every_listener() {
-        let r = Arc::new(Registry::default());
-        let hc: HcKey = ("ns".into(), "hc".into());
-        let _guards: Vec<_> = (0..3).map(|_| r.add_listener(hc.clone(), handle(&r).0, 25).unwrap()).collect();
+    fn random_choice_reaches_every_listener_with_room() {
+        let r = Registry::default();
+        let hc = key("ns", "hc");
+        let (full, _full_rx) = handle(&r, 1);
+        full.tx.try_send(ControlOut::Text("x".into())).unwrap();
+        let full_id = full.id;
+        let mut keep = vec![r.add_listener(&hc, full, 25).unwrap()];
+        let mut rxs = Vec::new();
+        for _ in 0..3 {
+            let (h, rx) = handle(&r, 4);
+            rxs.push(rx);
+            keep.push(r.add_listener(&hc, h, 25).unwrap());
+        }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             seen.insert(r.pick_listener(&hc).unwrap().id);
         }
-        assert_eq!(seen.len(), 3);
+        assert_eq!(seen.len(), 3, "the listener with a full queue is passed over");
+        assert!(!seen.contains(&full_id));
     }
 
     #[test]
-    fn permits_and_pending_are_released() {
-        let r = Arc::new(Registry::default());
+    fn permits_are_per_namespace_and_released() {
+        let r = Registry::default();
         let p1 = r.acquire_connection("ns", 2).unwrap();
         let _p2 = r.acquire_connection("ns", 2).unwrap();
         assert!(matches!(r.acquire_connection("ns", 2), Err(RelayError::TooManyConnections(2))));
+        assert!(r.acquire_connection("other", 2).is_ok(), "another namespace has its own quota");
         drop(p1);
         assert_eq!(r.connection_count("ns"), 1);
+    }
+
+    #[test]
+    fn waiting_entries_are_keyed_by_hybrid_connection_and_namespace() {
+        let r = Registry::default();
+        let (a, b, other_ns) = (key("ns", "a"), key("ns", "b"), key("ns2", "a"));
         let (tx, _rx) = oneshot::channel();
-        let guard = r.insert_pending("id", Pending { hc: ("ns".into(), "hc".into()), reply: tx }, 10).unwrap();
-        let (tx2, _rx2) = oneshot::channel();
-        assert!(r.insert_pending("id", Pending { hc: ("ns".into(), "hc".into()), reply: tx2 }, 10).is_err());
+        let guard = r.insert_pending(&a, "id", tx, 10).unwrap();
+        let (tx, _rx) = oneshot::channel();
+        assert!(r.insert_pending(&a, "id", tx, 10).is_err(), "same hybrid connection, same id");
+        let (tx, _rx) = oneshot::channel();
+        let _b = r.insert_pending(&b, "id", tx, 10).expect("same id on another hybrid connection");
+        let (tx, _rx) = oneshot::channel();
+        let _o = r.insert_pending(&other_ns, "id", tx, 10).expect("same id in another namespace");
+        assert!(r.take_pending(&key("ns", "c"), "id").is_none());
+        assert_eq!(r.pending_count(), 3, "a lookup from elsewhere removes nothing");
         drop(guard);
-        assert_eq!(r.pending_count(), 0);
-        assert!(r.take_pending("id").is_none());
+        assert!(r.take_pending(&a, "id").is_none());
+        assert_eq!(r.pending_count(), 2);
+    }
+
+    #[test]
+    fn pending_cap_is_per_namespace() {
+        let r = Registry::default();
+        let mut guards = Vec::new();
+        for i in 0..2 {
+            let (tx, _rx) = oneshot::channel();
+            guards.push(r.insert_pending(&key("busy", "a"), &i.to_string(), tx, 2).unwrap());
+        }
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(r.insert_pending(&key("busy", "a"), "x", tx, 2), Err(RelayError::Busy)));
+        let (tx, _rx) = oneshot::channel();
+        assert!(r.insert_pending(&key("calm", "a"), "x", tx, 2).is_ok());
     }
 }

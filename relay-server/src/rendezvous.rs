@@ -25,8 +25,9 @@ use tracing::{Instrument, debug, debug_span, info};
 use crate::RelayState;
 use crate::control::ControlChannel;
 use crate::error::{RelayError, Tracking, text_response};
+use crate::head_case::HeaderNames;
 use crate::pump::{self, PumpOptions};
-use crate::registry::{ControlOut, ListenerHandle, Pending, RendezvousReply};
+use crate::registry::{ControlOut, ListenerHandle, RendezvousReply};
 use crate::target::{Target, TokenSource, find_token};
 use crate::ws;
 
@@ -50,6 +51,8 @@ pub struct WsRequest {
     pub tls: bool,
     /// Tracking text for errors.
     pub tracking: Tracking,
+    /// Header names as the client spelled them.
+    pub names: HeaderNames,
 }
 
 impl WsRequest {
@@ -95,7 +98,7 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         base_url: format!("{}://{}", if r.tls { "wss" } else { "ws" }, r.host),
         tx,
     };
-    let guard = state.registry.add_listener(target.key.clone(), handle, MAX_LISTENERS_PER_HYBRID_CONNECTION)?;
+    let guard = state.registry.add_listener(&target.key, handle, MAX_LISTENERS_PER_HYBRID_CONNECTION)?;
     let on_upgrade = r.take_upgrade()?;
     let channel = ControlChannel {
         state: state.clone(),
@@ -132,12 +135,11 @@ async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response,
     let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListeners)?;
     let (reply_tx, reply_rx) = oneshot::channel();
     let id = r.tracking.id.clone();
-    let _pending =
-        state.registry.insert_pending(&id, Pending { hc: target.key.clone(), reply: reply_tx }, state.options.max_pending_rendezvous)?;
+    let _pending = state.registry.insert_pending(&target.key, &id, reply_tx, state.options.max_pending_rendezvous)?;
     let command = ServiceCommand::Accept(AcceptCommand {
         address: address::rendezvous_address(&listener.base_url, &r.path, &address::app_query(&r.query), Action::Accept, &id),
         id: id.clone(),
-        connect_headers: connect_headers(r.req.headers(), token.map(|t| t.1)),
+        connect_headers: connect_headers(r.req.headers(), &r.names, token.map(|t| t.1)),
         remote_endpoint: RemoteEndpoint { address: r.peer.ip().to_canonical().to_string(), port: r.peer.port() },
     });
     let sender_upgrade = r.take_upgrade()?;
@@ -200,32 +202,24 @@ fn spawn_tunnel(state: &Arc<RelayState>, sender: OnUpgrade, listener: OnUpgrade,
 fn accept(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
     let target = r.target(state)?;
     let id = address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
-    let pending = state.registry.take_pending(&id).ok_or(RelayError::RendezvousExpired)?;
-    if pending.hc != target.key {
-        let _ = pending.reply.send(RendezvousReply::Rejected {
-            status: 502,
-            description: "The listener used a rendezvous address of another endpoint.".into(),
-        });
-        return Err(RelayError::RendezvousExpired);
-    }
+    // Keyed by this hybrid connection: an id of another one (or another namespace) is simply
+    // unknown here, and its sender keeps waiting undisturbed.
+    let pending = state.registry.take_pending(&target.key, &id).ok_or(RelayError::RendezvousExpired)?;
     if let Some((status, description)) = reject_params(&r.query) {
-        let _ = pending.reply.send(RendezvousReply::Rejected { status, description });
+        let _ = pending.send(RendezvousReply::Rejected { status, description });
         return Ok(text_response(410, "Gone: the connection was rejected."));
     }
     let upgrade = match ws::check_upgrade(r.req.headers()) {
         Ok(u) => u,
         Err(e) => {
             let description = "The listener's rendezvous request was not a WebSocket upgrade.".to_owned();
-            let _ = pending.reply.send(RendezvousReply::Rejected { status: 502, description });
+            let _ = pending.send(RendezvousReply::Rejected { status: 502, description });
             return Err(e);
         }
     };
     let protocol = upgrade.protocols.first().cloned();
     let on_upgrade = r.take_upgrade()?;
-    pending
-        .reply
-        .send(RendezvousReply::Accepted { upgrade: on_upgrade, protocol: protocol.clone() })
-        .map_err(|_| RelayError::SenderGone)?;
+    pending.send(RendezvousReply::Accepted { upgrade: on_upgrade, protocol: protocol.clone() }).map_err(|_| RelayError::SenderGone)?;
     Ok(ws::switching_protocols(&upgrade.key, protocol.as_deref()))
 }
 
@@ -253,8 +247,8 @@ fn reject_params(query: &str) -> Option<(u16, String)> {
 }
 
 /// The sender's upgrade headers for `accept.connectHeaders` (§5.2): everything but the token
-/// carriers, names in their usual capitalisation, repeated headers joined with ", ".
-fn connect_headers(headers: &HeaderMap, token_source: Option<TokenSource>) -> Headers {
+/// carriers, names as the sender spelled them, repeated headers joined with ", ".
+fn connect_headers(headers: &HeaderMap, names: &HeaderNames, token_source: Option<TokenSource>) -> Headers {
     let mut out = Headers::default();
     for (name, value) in headers {
         let n = name.as_str();
@@ -263,23 +257,9 @@ fn connect_headers(headers: &HeaderMap, token_source: Option<TokenSource>) -> He
         {
             continue;
         }
-        out.append(&title_case(n), &String::from_utf8_lossy(value.as_bytes()));
+        out.append(&names.spell(n), &String::from_utf8_lossy(value.as_bytes()));
     }
     out
-}
-
-/// `sec-websocket-key` -> `Sec-WebSocket-Key`.
-fn title_case(name: &str) -> String {
-    name.split('-')
-        .map(|part| match part {
-            "websocket" => "WebSocket".to_owned(),
-            p => {
-                let mut c = p.chars();
-                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 /// The tracking id and system tracker for a request (§9.3).
@@ -296,18 +276,17 @@ mod tests {
 
     #[test]
     fn header_names_and_auth_stripping() {
-        assert_eq!(title_case("sec-websocket-key"), "Sec-WebSocket-Key");
-        assert_eq!(title_case("x-custom"), "X-Custom");
+        let names = HeaderNames::default();
         let mut h = HeaderMap::new();
         h.insert("servicebusauthorization", HeaderValue::from_static("secret"));
         h.insert("authorization", HeaderValue::from_static("Bearer app"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
-        let out = connect_headers(&h, Some(TokenSource::Header));
+        let out = connect_headers(&h, &names, Some(TokenSource::Header));
         assert_eq!(out.get("Authorization"), Some("Bearer app"));
         assert_eq!(out.get("X-Multi"), Some("a, b"));
         assert!(out.get("ServiceBusAuthorization").is_none());
-        assert!(connect_headers(&h, Some(TokenSource::Authorization)).get("authorization").is_none());
+        assert!(connect_headers(&h, &names, Some(TokenSource::Authorization)).get("authorization").is_none());
     }
 
     #[test]

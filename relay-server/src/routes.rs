@@ -22,6 +22,7 @@ use http::{HeaderValue, Method, header};
 
 use crate::RelayState;
 use crate::error::{RelayError, Tracking};
+use crate::head_case::HeadCapture;
 use crate::rendezvous::{self, WsRequest};
 use crate::target::{Target, find_token};
 
@@ -34,6 +35,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// HTTP request mode: the listener's rendezvous kept for this connection's next requests.
     pub slot: crate::http::ChannelSlot,
+    /// The connection's recent input, for header names as the client spelled them.
+    pub capture: Arc<HeadCapture>,
 }
 
 /// The relay's router.
@@ -46,7 +49,9 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         tls: false,
         slot: Default::default(),
+        capture: Default::default(),
     });
+    let names = conn.capture.names(req.method().as_str(), &req.uri().to_string());
     let host = req
         .headers()
         .get(header::HOST)
@@ -59,8 +64,12 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     let now = crate::now_unix();
     if let Some(hc_path) = address::hc_path(&path) {
         let tracking = rendezvous::tracking_for(&query, &host, hc_path, now);
-        let r = WsRequest { host, path: hc_path.to_owned(), query, peer: conn.peer, tls: conn.tls, tracking, req };
-        return rendezvous::handle(state, r).await;
+        let r = WsRequest { host, path: hc_path.to_owned(), query, peer: conn.peer, tls: conn.tls, tracking, names, req };
+        let response = rendezvous::handle(state, r).await;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            conn.capture.stop();
+        }
+        return response;
     }
     let hc_path = path.trim_matches('/').to_owned();
     let tracking = rendezvous::tracking_for(&query, &host, &hc_path, now);
@@ -70,7 +79,7 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     if is_management_get(&req, &query) {
         return runtime_info(&state, &req, &host, &hc_path, &query, &tracking);
     }
-    crate::http::handle(state, req, conn, host, hc_path, query).await
+    crate::http::handle(state, req, conn, host, hc_path, query, names).await
 }
 
 fn banner() -> Response {

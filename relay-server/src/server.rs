@@ -15,6 +15,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::RelayState;
+use crate::head_case::{CaptureIo, HeadCapture};
 use crate::routes::{self, ConnInfo};
 
 /// Serves until `shutdown` completes, then drains.
@@ -58,16 +59,18 @@ pub async fn serve(
 
 async fn serve_connection(state: Arc<RelayState>, router: axum::Router, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let capture = Arc::new(HeadCapture::default());
+    let conn = |tls| ConnInfo { peer, tls, slot: Default::default(), capture: capture.clone() };
     match state.tls.clone() {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(state, router, tls_stream, ConnInfo { peer, tls: true, slot: Default::default() }).await,
+                Ok(Ok(tls_stream)) => serve_http(state, router, CaptureIo::new(tls_stream, capture.clone()), conn(true)).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => serve_http(state, router, stream, ConnInfo { peer, tls: false, slot: Default::default() }).await,
+        None => serve_http(state, router, CaptureIo::new(stream, capture.clone()), conn(false)).await,
     }
 }
 

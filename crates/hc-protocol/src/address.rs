@@ -80,7 +80,14 @@ pub fn query_value(query: &str, name: &str) -> Option<String> {
 /// The application's part of a query: every `sb-hc-*` pair that has an `=` removed, the rest
 /// (duplicates, empty pairs, odd characters, `sb-hc-x` without `=`) kept unchanged (§2.2).
 pub fn app_query(query: &str) -> String {
-    query.split('&').filter(|p| !(p.len() > 6 && p[..6].eq_ignore_ascii_case("sb-hc-") && p.contains('='))).collect::<Vec<_>>().join("&")
+    query.split('&').filter(|p| !is_relay_pair(p)).collect::<Vec<_>>().join("&")
+}
+
+/// A pair the relay owns: its name starts with `sb-hc-` (any case) and it has an `=`. Compares
+/// bytes, so a multibyte character anywhere in the pair is just "not a match".
+fn is_relay_pair(pair: &str) -> bool {
+    let prefix = b"sb-hc-";
+    pair.len() > prefix.len() && pair.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix) && pair.contains('=')
 }
 
 /// Appends `name=value` (value query-encoded) to `url`, adding `?` or `&` as needed.

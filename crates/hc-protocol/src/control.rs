@@ -259,6 +259,9 @@ pub enum ControlError {
         command: String,
         /// What serde said.
         reason: String,
+        /// The command's `requestId` when it has a string one, so a `response` that cannot be
+        /// read can still fail the request it names instead of leaving it to time out.
+        request_id: Option<String>,
     },
     /// JSON syntax error.
     #[error("control message is not valid JSON: {0}")]
@@ -274,7 +277,8 @@ pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Incoming
     if !known.contains(&command.as_str()) {
         return Ok(Incoming::Unknown(command));
     }
-    serde_json::from_value(value).map(Incoming::Known).map_err(|e| ControlError::BadCommand { command, reason: e.to_string() })
+    let request_id = obj.get(&command).and_then(|c| c.get("requestId")).and_then(|id| id.as_str()).map(str::to_owned);
+    serde_json::from_value(value).map(Incoming::Known).map_err(|e| ControlError::BadCommand { command, reason: e.to_string(), request_id })
 }
 
 impl ListenerCommand {
@@ -367,7 +371,10 @@ mod tests {
         assert_eq!(ListenerCommand::parse(r#"{"a":1,"b":2}"#), Err(ControlError::NotACommand));
         assert!(matches!(ListenerCommand::parse("{"), Err(ControlError::Json(_))));
         let err = ListenerCommand::parse(r#"{"response":{"requestId":"r","statusCode":"abc","body":true}}"#).unwrap_err();
-        assert!(matches!(err, ControlError::BadCommand { ref command, .. } if command == "response"), "{err}");
+        assert!(
+            matches!(err, ControlError::BadCommand { ref command, ref request_id, .. } if command == "response" && request_id.as_deref() == Some("r")),
+            "{err}"
+        );
         let err = ListenerCommand::parse(r#"{"response":{"requestId":"r","statusCode":70000,"body":true}}"#).unwrap_err();
         assert!(matches!(err, ControlError::BadCommand { .. }));
     }

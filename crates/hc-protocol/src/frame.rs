@@ -211,6 +211,8 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// No status code present (never sent on the wire).
     pub const NO_STATUS: u16 = 1005;
+    /// Invalid payload data: a text message that is not UTF-8 (RFC 6455 §8.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: token expired or renewal invalid.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// Message too big.

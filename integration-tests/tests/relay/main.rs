@@ -7,5 +7,6 @@ mod binary;
 mod control;
 mod data;
 mod errors;
+mod hardening;
 mod namespaces;
 mod rendezvous;
