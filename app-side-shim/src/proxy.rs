@@ -119,6 +119,8 @@ fn socks_code(e: &Error) -> u8 {
         reply::CONNECTION_REFUSED
     } else if e.is_unauthorized() {
         reply::NOT_ALLOWED
+    } else if e.is_quota_exceeded() {
+        reply::GENERAL_FAILURE
     } else if e.is_timeout() {
         reply::TTL_EXPIRED
     } else {

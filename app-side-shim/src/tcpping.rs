@@ -17,6 +17,8 @@ pub fn explain(target: &Target, e: &Error) -> String {
         format!("relay unreachable: {e}")
     } else if e.is_unauthorized() {
         format!("unauthorized: the relay refused the send key for {hc}: {e}")
+    } else if e.is_quota_exceeded() {
+        format!("quota exceeded: the relay has no room for another connection now: {e}")
     } else if e.is_endpoint_not_found() {
         format!("hybrid connection does not exist: {e}")
     } else if e.is_no_listener() {

@@ -26,6 +26,9 @@ pub enum State {
     Connected,
     /// No control channel is open; retrying.
     Disconnected,
+    /// The relay refused a control channel for quota (403 `QuotaExceeded`: too many
+    /// listeners on the hybrid connection or connections in the namespace); retrying.
+    QuotaExceeded,
     /// The hybrid connection does not exist (404); not retrying.
     NotFound,
     /// The key was refused (401/403); not retrying.

@@ -21,6 +21,8 @@ use hc_protocol::control::AcceptCommand;
 use hc_protocol::frame::close_code;
 use hc_protocol::metadata::Endpoint;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +48,21 @@ pub struct WorkerOptions {
     pub buffer_size: usize,
     /// Extra CA file when the entry names none.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Tunnels this HCM serves at once, over all hybrid connections; an `accept` beyond them
+    /// is rejected with 503 instead of taking more memory and descriptors.
+    pub max_tunnels: usize,
+    /// The permits behind `max_tunnels`, shared by every worker of one service.
+    pub tunnel_slots: Arc<Semaphore>,
+}
+
+/// Default cap on concurrent tunnels per HCM process.
+pub const DEFAULT_MAX_TUNNELS: usize = 10_000;
+
+impl WorkerOptions {
+    /// These options with a cap of `max` concurrent tunnels.
+    pub fn with_max_tunnels(self, max: usize) -> Self {
+        WorkerOptions { max_tunnels: max, tunnel_slots: Arc::new(Semaphore::new(max)), ..self }
+    }
 }
 
 impl Default for WorkerOptions {
@@ -58,6 +75,8 @@ impl Default for WorkerOptions {
             endpoint_timeout: Duration::from_secs(5),
             buffer_size: 64 * 1024,
             ca_file: None,
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+            tunnel_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TUNNELS)),
         }
     }
 }
@@ -128,11 +147,17 @@ async fn serve(ctx: Arc<Ctx>, entry: &Entry, cancel: CancellationToken) -> Worke
         Err(end) => return end,
     };
     probe(&ctx, &endpoint).await;
-    let channels: Vec<_> =
-        (0..entry.listeners).map(|i| tokio::spawn(channel_loop(ctx.clone(), endpoint.clone(), i, cancel.clone()))).collect();
+    // Every channel is watched at once: the first that gives up for good stops the others
+    // and reports why, whichever it is.
+    let mut channels = JoinSet::new();
+    for i in 0..entry.listeners {
+        channels.spawn(channel_loop(ctx.clone(), endpoint.clone(), i, cancel.clone()));
+    }
     let mut end = WorkerEnd::Stopped;
-    for ch in channels {
-        if let Ok(WorkerEnd::Failed(state, msg)) = ch.await {
+    while let Some(done) = channels.join_next().await {
+        if let Ok(WorkerEnd::Failed(state, msg)) = done
+            && end == WorkerEnd::Stopped
+        {
             cancel.cancel();
             end = WorkerEnd::Failed(state, msg);
         }
@@ -243,10 +268,14 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
             }
             Err(e) if e.is_permanent() => return WorkerEnd::Failed(permanent_state(&e), e.to_string()),
             Err(e) => {
-                debug!(hybrid_connection = %ctx.key, channel = index, error = %e, "cannot open control channel");
+                if e.is_quota_exceeded() {
+                    info!(hybrid_connection = %ctx.key, channel = index, error = %e, "the relay has no room for this listener now; retrying");
+                } else {
+                    debug!(hybrid_connection = %ctx.key, channel = index, error = %e, "cannot open control channel");
+                }
                 ctx.board.update(&ctx.key, |s| {
                     if s.channels_open == 0 {
-                        s.state = State::Disconnected;
+                        s.state = if e.is_quota_exceeded() { State::QuotaExceeded } else { State::Disconnected };
                     }
                     s.last_error = Some(e.to_string());
                 });
@@ -355,7 +384,19 @@ async fn refuse_http(ctx: &Arc<Ctx>, channel: &mut ControlChannel, command: hc_p
 /// a description naming the endpoint and the cause.
 fn spawn_tunnel(ctx: &Arc<Ctx>, endpoint: &Endpoint, accept: AcceptCommand) {
     let (ctx, endpoint) = (ctx.clone(), endpoint.clone());
+    let slot = match ctx.options.tunnel_slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            let why = format!("The Hybrid Connection Manager is at its limit of {} concurrent tunnels.", ctx.options.max_tunnels);
+            warn!(hybrid_connection = %ctx.key, tracking_id = %accept.id, "{why} Connection rejected.");
+            ctx.board.update(&ctx.key, |s| s.tunnels_failed += 1);
+            let relay = ctx.relay.clone();
+            ctx.tunnels.spawn(async move { listener::reject(&relay, &accept.address, 503, &why).await });
+            return;
+        }
+    };
     ctx.clone().tunnels.spawn(async move {
+        let _slot = slot;
         let started = std::time::Instant::now();
         let tcp = match dial(&ctx, &endpoint).await {
             Ok(tcp) => tcp,

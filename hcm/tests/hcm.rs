@@ -478,3 +478,118 @@ async fn missing_or_malformed_metadata_is_named() {
     eventually("override reported", Some(dir), || status(dir, "bare").is_some_and(|s| s.endpoint_source.as_deref() == Some("override")))
         .await;
 }
+
+impl TestRelay {
+    /// A control channel on `hc` held by the test (it counts against the namespace quota).
+    async fn occupy(&self, hc: &str) -> hc_client::listener::ControlChannel {
+        let tls = hc_client::tls::client_config(Some(&self.ca_file())).unwrap();
+        let endpoint = RelayEndpoint::from_endpoint(&format!("sb://{}/", self.authority()), tls).unwrap();
+        let cs = self.relay.connection_string("default", Some(hc), "defaultListener", &self.authority()).unwrap();
+        let config = hc_client::listener::ListenerConfig {
+            endpoint,
+            path: hc.into(),
+            tokens: TokenProvider::from_connection_string(&cs, Duration::from_secs(600)),
+            tracking_id: "occupier".into(),
+        };
+        hc_client::listener::ControlChannel::open(&config).await.unwrap()
+    }
+}
+
+/// A 403 QuotaExceeded is transient: the HCM reports it, keeps retrying, and connects once
+/// there is room (it used to give up for good as Unauthorized).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exceeded_is_retried_not_fatal() {
+    let options = RelayOptions { max_connections_per_namespace: 2, ..Default::default() };
+    let (relay, _rd, home, _e) = relay_with_db(options).await;
+    let dir = home.path();
+    let occupier = (relay.occupy("db").await, relay.occupy("db").await);
+    let _service = Service::start(dir, &[]);
+    let listed_status = || {
+        let rows: serde_json::Value = serde_json::from_str(&stdout(&run_cli(dir, &["list", "--json"]))).unwrap_or_default();
+        rows[0]["status"].as_str().unwrap_or_default().to_owned()
+    };
+    eventually("status QuotaExceeded", Some(dir), || listed_status() == "QuotaExceeded").await;
+    let s = status(dir, "db").unwrap();
+    assert!(s.last_error.as_deref().is_some_and(|e| e.contains("QuotaExceeded")), "{s:?}");
+    let listed = stdout(&run_cli(dir, &["list"]));
+    assert!(listed.contains("QuotaExceeded") && listed.contains("0/1") && listed.contains("last error: "), "{listed}");
+    drop(occupier);
+    eventually("connected once there is room", Some(dir), || {
+        listed_status() == "Connected" && relay.relay.connection_count("default") == 1
+    })
+    .await;
+    assert_eq!(relay.echo("db", b"room at last").await.unwrap(), b"room at last");
+}
+
+/// With several channels, one refused for quota while the others run is retried and shows
+/// in `hcm list`, and it opens once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_is_watched_and_retried() {
+    let options = RelayOptions { max_connections_per_namespace: 3, ..Default::default() };
+    let (relay, _rd) = relay_with(options).await;
+    let (echo, _e) = echo_server().await;
+    relay.hybrid_connection("db", echo);
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path();
+    assert!(add(dir, &relay, "db", &["--listeners", "3"]).status.success());
+    let occupier = relay.occupy("db").await;
+    let _service = Service::start(dir, &[]);
+    eventually("two channels open", Some(dir), || relay.listeners("db") == 3).await;
+    eventually("the refusal reported", Some(dir), || {
+        status(dir, "db").is_some_and(|s| s.channels_open == 2 && s.last_error.as_deref().is_some_and(|e| e.contains("QuotaExceeded")))
+    })
+    .await;
+    let listed = stdout(&run_cli(dir, &["list"]));
+    assert!(listed.contains("2/3") && listed.contains("last error: ") && listed.contains("QuotaExceeded"), "{listed}");
+    drop(occupier);
+    eventually("the third channel opens", Some(dir), || status(dir, "db").is_some_and(|s| s.channels_open == 3)).await;
+}
+
+/// `--max-tunnels` caps concurrent tunnels; the next sender gets 503 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tunnels_are_capped() {
+    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
+    let dir = home.path();
+    let _service = Service::start(dir, &["--max-tunnels", "2"]);
+    eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
+    let first = relay.connect("db").await.unwrap();
+    let _second = relay.connect("db").await.unwrap();
+    let err = relay.connect("db").await.unwrap_err();
+    assert!(err.status() == Some(503) && err.to_string().contains("limit of 2 concurrent tunnels"), "{err}");
+    let mut first = first;
+    hc_ws::write_masked(&mut first.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
+    let _ = read_until_close(first.io).await;
+    eventually("a slot is free again", Some(dir), || status(dir, "db").is_some_and(|s| s.tunnels_active == 1)).await;
+    assert_eq!(relay.echo("db", b"third").await.unwrap(), b"third");
+}
+
+/// Durations that would make a hot loop or overflow are refused, naming the flag.
+#[test]
+fn run_flags_are_validated() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (vec!["--min-backoff", "0"], "--min-backoff"),
+        (vec!["--max-backoff", "0"], "--max-backoff"),
+        (vec!["--keepalive", "inf"], "--keepalive"),
+        (vec!["--grace=-1"], "--grace"),
+        (vec!["--token-ttl", "18446744073709551615"], "--token-ttl"),
+        (vec!["--endpoint-timeout", "NaN"], "--endpoint-timeout"),
+        (vec!["--max-tunnels", "0"], "--max-tunnels"),
+        (vec!["--min-backoff", "5", "--max-backoff", "1"], "--max-backoff"),
+    ] {
+        // A flag that is wrongly accepted makes `run` serve forever: give it 10 s.
+        let mut child =
+            hcm(home.path()).arg("run").args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{args:?} was accepted: `hcm run` kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(flag), "{args:?}: {err}");
+    }
+}

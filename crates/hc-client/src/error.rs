@@ -13,6 +13,9 @@ pub enum ErrorKind {
     NoListener,
     /// 401 or 403: token refused or right missing.
     Unauthorized,
+    /// 403 `QuotaExceeded`: the namespace or hybrid connection has no room now (too many
+    /// listeners or connections); transient.
+    QuotaExceeded,
     /// The listener (or relay) refused with this status.
     Rejected(u16),
     /// A deadline passed (connect timeout, 408/504 from the relay).
@@ -50,6 +53,7 @@ impl Error {
         let kind = match status {
             404 if reason.starts_with("There are no listeners") => ErrorKind::NoListener,
             404 => ErrorKind::EndpointNotFound,
+            403 if reason.contains("QuotaExceeded") => ErrorKind::QuotaExceeded,
             401 | 403 => ErrorKind::Unauthorized,
             408 | 504 => ErrorKind::Timeout,
             s => ErrorKind::Rejected(s),
@@ -87,6 +91,11 @@ impl Error {
         matches!(self.kind, ErrorKind::Rejected(_))
     }
 
+    /// The relay has no room for another listener or connection now (403 `QuotaExceeded`).
+    pub fn is_quota_exceeded(&self) -> bool {
+        self.kind == ErrorKind::QuotaExceeded
+    }
+
     /// A deadline passed.
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout
@@ -98,7 +107,8 @@ impl Error {
     }
 
     /// Retrying cannot help: the entity is gone or the credentials are wrong (§5.5: SDKs stop
-    /// reconnecting on 404; we stop on 401/403 too).
+    /// reconnecting on 404; we stop on 401 and on a 403 for a missing right too). A quota
+    /// 403 is not permanent: room comes back when other connections end.
     pub fn is_permanent(&self) -> bool {
         matches!(self.kind, ErrorKind::EndpointNotFound | ErrorKind::Unauthorized | ErrorKind::Config)
     }
@@ -140,5 +150,12 @@ mod tests {
         let e = Error::from_status("connect", 502, "Endpoint db:5432 unreachable");
         assert!(e.is_rejected() && e.status() == Some(502) && e.to_string().contains("db:5432"));
         assert!(Error::from_status("listen", 401, "x").is_permanent() && !e.is_permanent());
+        let quota = Error::from_status(
+            "listen",
+            403,
+            "QuotaExceeded: MaximumListenersPerEndpoint: the hybrid connection already has 25 listeners.",
+        );
+        assert!(quota.is_quota_exceeded() && !quota.is_unauthorized() && !quota.is_permanent(), "{quota}");
+        assert!(Error::from_status("listen", 403, "Unauthorized access. 'Listen' claim(s) are required").is_permanent());
     }
 }
