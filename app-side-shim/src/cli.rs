@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::config::{Plan, ShimConfig, Target};
 use crate::hosts::HostsBlock;
-use crate::proxy::{self, Router};
+use crate::proxy::{self, Limits, Router};
 use crate::sender::HybridConnection;
 use crate::{forward, tcpping};
 
@@ -51,7 +51,7 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 4)]
         count: u32,
         /// Seconds between attempts.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = seconds(0.0, 3600.0))]
         interval: f64,
     },
 }
@@ -87,8 +87,26 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub plan: Option<Plan>,
     /// Seconds live tunnels may run on after a stop signal.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds(0.0, 86_400.0))]
     pub grace: f64,
+    /// Connections held at once over every local listener and proxy; more are closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Seconds a SOCKS5 or HTTP CONNECT client has to say where it wants to go.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds(0.1, 3600.0))]
+    pub handshake_timeout: f64,
+}
+
+/// A parser of seconds for a flag: a finite number within `[min, max]`; clap names the flag
+/// in its error.
+fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
+        if !value.is_finite() || value < min || value > max {
+            return Err(format!("must be a number of seconds from {min} to {max}"));
+        }
+        Ok(value)
+    }
 }
 
 fn load(cli: &Cli) -> anyhow::Result<ShimConfig> {
@@ -105,7 +123,7 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
         Command::Tcpping { endpoint, count, interval } => {
             let targets = config.targets(None, cli.ca_file.as_deref())?;
             let target = find(&targets, endpoint)?;
-            Ok(tcpping::run(&target, *count, Duration::from_secs_f64(interval.max(0.0))).await)
+            Ok(tcpping::run(&target, *count, Duration::try_from_secs_f64(*interval).unwrap_or_default()).await)
         }
         Command::Run(args) => {
             let targets = config.targets(args.plan, cli.ca_file.as_deref())?;
@@ -150,6 +168,10 @@ async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: imp
         bail!("nothing to do: give --forward LISTEN=TARGET, --hostnames, --socks5 ADDR or --http-proxy ADDR");
     }
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let limits = Limits::new(
+        usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        Duration::try_from_secs_f64(args.handshake_timeout).unwrap_or(Duration::from_secs(10)),
+    );
     for spec in &args.forwards {
         let (listen, target) = spec.split_once('=').with_context(|| format!("--forward '{spec}' is not LISTEN=TARGET"))?;
         let listen: SocketAddr =
@@ -157,19 +179,24 @@ async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: imp
         let target = forward_target(cli, &targets, listen, target)?;
         let listener = bind(listen).await?;
         println!("Forwarding {} -> {} through {}", listener.local_addr()?, target.endpoint(), target.describe());
-        tokio::spawn(forward::serve(listener, target, tracker.clone(), cancel.clone()));
+        tokio::spawn(forward::serve(listener, target, limits.clone(), tracker.clone(), cancel.clone()));
     }
-    let _hosts = if args.hostnames { Some(hostname_mode(args, &targets, &tracker, &cancel).await?) } else { None };
+    let _hosts = if args.hostnames { Some(hostname_mode(args, &targets, &limits, &tracker, &cancel).await?) } else { None };
     let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
+    for addr in [args.socks5, args.http_proxy].into_iter().flatten() {
+        if args.allow_direct && !addr.ip().is_loopback() {
+            warn!(%addr, "--allow-direct on a proxy bound to a non-loopback address: anyone who can reach it can use this machine to connect anywhere");
+        }
+    }
     if let Some(addr) = args.socks5 {
         let listener = bind(addr).await?;
         println!("SOCKS5 proxy on {}", listener.local_addr()?);
-        tokio::spawn(proxy::serve_socks5(listener, router.clone(), tracker.clone(), cancel.clone()));
+        tokio::spawn(proxy::serve_socks5(listener, router.clone(), limits.clone(), tracker.clone(), cancel.clone()));
     }
     if let Some(addr) = args.http_proxy {
         let listener = bind(addr).await?;
         println!("HTTP CONNECT proxy on {}", listener.local_addr()?);
-        tokio::spawn(proxy::serve_http_connect(listener, router.clone(), tracker.clone(), cancel.clone()));
+        tokio::spawn(proxy::serve_http_connect(listener, router.clone(), limits.clone(), tracker.clone(), cancel.clone()));
     }
     println!("Ready.");
     shutdown.await;
@@ -184,6 +211,7 @@ async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: imp
 async fn hostname_mode(
     args: &RunArgs,
     targets: &[Arc<Target>],
+    limits: &Limits,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<HostsBlock> {
@@ -201,7 +229,7 @@ async fn hostname_mode(
     for (ip, target) in &plan {
         let listener = bind(SocketAddr::new(*ip, target.port)).await?;
         println!("Hostname {} -> {} through {}", target.endpoint(), listener.local_addr()?, target.describe());
-        tokio::spawn(forward::serve(listener, target.clone(), tracker.clone(), cancel.clone()));
+        tokio::spawn(forward::serve(listener, target.clone(), limits.clone(), tracker.clone(), cancel.clone()));
         if !entries.iter().any(|(_, n): &(std::net::IpAddr, String)| *n == target.hostname) {
             entries.push((*ip, target.hostname.clone()));
         }

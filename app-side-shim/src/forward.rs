@@ -10,12 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use hc_protocol::frame::OpCode;
+
 use crate::config::Target;
+use crate::proxy::{Limits, accept_loop};
 
 /// Tunnels one accepted connection; a failed connect resets the client's connection.
 pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
     match target.hc.connect_ws().await {
-        Ok(ws) => bridge_logged(ws, tcp, &target, peer).await,
+        Ok(ws) => bridge_logged(ws, tcp, Vec::new(), &target, peer).await,
         Err(e) => {
             warn!(endpoint = %target.endpoint(), hybrid_connection = %target.describe(), %peer, error = %e, "cannot open a tunnel");
             let _ = tcp.set_zero_linger();
@@ -24,14 +27,19 @@ pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
 }
 
 /// Bridges an open tunnel and writes its one log line (bytes each way, duration, outcome).
-pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, target: &Target, peer: SocketAddr) {
+/// `early` holds bytes the client sent before the tunnel was open; they go first.
+pub async fn bridge_logged(mut ws: hc_client::handshake::WsStream, tcp: TcpStream, early: Vec<u8>, target: &Target, peer: SocketAddr) {
     let started = std::time::Instant::now();
+    if !early.is_empty() && hc_ws::write_masked(&mut ws.io, OpCode::Binary, &early, rand::random()).await.is_err() {
+        let _ = tcp.set_zero_linger();
+        return;
+    }
     let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
     info!(
         endpoint = %target.endpoint(),
         hybrid_connection = %target.describe(),
         %peer,
-        to_endpoint = report.from_tcp,
+        to_endpoint = report.from_tcp + early.len() as u64,
         from_endpoint = report.to_tcp,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome = report.aborted.as_deref().unwrap_or("closed"),
@@ -40,22 +48,8 @@ pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, t
 }
 
 /// Accepts on `listener` until `cancel`, tunnelling each connection to `target`.
-pub async fn serve(listener: TcpListener, target: Arc<Target>, tracker: TaskTracker, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tracker.spawn(tunnel(tcp, target.clone(), peer));
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = cancel.cancelled() => return,
-        }
-    }
+pub async fn serve(listener: TcpListener, target: Arc<Target>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| tunnel(tcp, target.clone(), peer)).await
 }
 
 /// The loopback address hostname mode gives the `index`-th distinct host name:

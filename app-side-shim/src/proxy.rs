@@ -8,13 +8,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hc_client::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::Target;
 
@@ -64,17 +66,52 @@ impl Router {
     }
 }
 
+/// What every local listener of one shim shares: the cap on connections held at once, and
+/// how long a proxy client may take to say where it wants to go.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections (proxy clients and forwarded connections) held at once; more are closed
+    /// as soon as they are accepted, so a flood of idle clients cannot use up descriptors.
+    pub slots: Arc<Semaphore>,
+    /// The cap behind `slots`, for messages.
+    pub max_connections: usize,
+    /// Time allowed for a SOCKS5 or HTTP CONNECT handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Limits {
+    /// Limits of `max_connections` held at once and `handshake_timeout` per handshake.
+    pub fn new(max_connections: usize, handshake_timeout: Duration) -> Self {
+        Limits { slots: Arc::new(Semaphore::new(max_connections)), max_connections, handshake_timeout }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(10_000, Duration::from_secs(10))
+    }
+}
+
 /// Accepts SOCKS5 clients until `cancel`.
-pub async fn serve_socks5(listener: TcpListener, router: Arc<Router>, tracker: TaskTracker, cancel: CancellationToken) {
-    accept_loop(listener, tracker, cancel, move |tcp, peer| socks5(tcp, peer, router.clone())).await
+pub async fn serve_socks5(listener: TcpListener, router: Arc<Router>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
+    let deadline = limits.handshake_timeout;
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| socks5(tcp, peer, router.clone(), deadline)).await
 }
 
 /// Accepts HTTP CONNECT clients until `cancel`.
-pub async fn serve_http_connect(listener: TcpListener, router: Arc<Router>, tracker: TaskTracker, cancel: CancellationToken) {
-    accept_loop(listener, tracker, cancel, move |tcp, peer| http_connect(tcp, peer, router.clone())).await
+pub async fn serve_http_connect(
+    listener: TcpListener,
+    router: Arc<Router>,
+    limits: Limits,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let deadline = limits.handshake_timeout;
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| http_connect(tcp, peer, router.clone(), deadline)).await
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, tracker: TaskTracker, cancel: CancellationToken, handle: F)
+/// Accepts until `cancel`; each connection holds one of `limits`' slots while it lives.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, limits: Limits, tracker: TaskTracker, cancel: CancellationToken, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -83,12 +120,21 @@ where
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+                        warn!(%peer, max = limits.max_connections, "connection limit reached; closing the new connection");
+                        let _ = tcp.set_zero_linger();
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
-                    tracker.spawn(handle(tcp, peer));
+                    let served = handle(tcp, peer);
+                    tracker.spawn(async move {
+                        served.await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             _ = cancel.cancelled() => return,
@@ -119,8 +165,6 @@ fn socks_code(e: &Error) -> u8 {
         reply::CONNECTION_REFUSED
     } else if e.is_unauthorized() {
         reply::NOT_ALLOWED
-    } else if e.is_quota_exceeded() {
-        reply::GENERAL_FAILURE
     } else if e.is_timeout() {
         reply::TTL_EXPIRED
     } else {
@@ -132,53 +176,67 @@ async fn socks_reply(tcp: &mut TcpStream, code: u8) -> std::io::Result<()> {
     tcp.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
 }
 
-/// Reads a SOCKS5 greeting and CONNECT request: `(host, port)`.
-async fn socks5_request(tcp: &mut TcpStream) -> std::io::Result<Result<(String, u16), u8>> {
+/// How a SOCKS5 handshake ended before a destination was known.
+enum SocksRefusal {
+    /// `05 FF` was sent: the client offered no method we take; close without more.
+    NoMethod,
+    /// Reply with this code, then close.
+    Reply(u8),
+}
+
+/// Reads a SOCKS5 greeting and CONNECT request (RFC 1928 §3, §4): `(host, port)`. Each
+/// message is read with the fewest reads its length fields allow.
+async fn socks5_request(tcp: &mut TcpStream) -> std::io::Result<Result<(String, u16), SocksRefusal>> {
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head).await?;
     let mut methods = vec![0u8; head[1] as usize];
     tcp.read_exact(&mut methods).await?;
     if head[0] != 5 || !methods.contains(&0) {
         tcp.write_all(&[5, 0xff]).await?;
-        return Ok(Err(reply::GENERAL_FAILURE));
+        return Ok(Err(SocksRefusal::NoMethod));
     }
     tcp.write_all(&[5, 0]).await?;
-    let mut req = [0u8; 4];
+    // VER CMD RSV ATYP, then the first byte of the address (the name length for ATYP 3).
+    let mut req = [0u8; 5];
     tcp.read_exact(&mut req).await?;
     if req[1] != 1 {
-        return Ok(Err(reply::COMMAND_NOT_SUPPORTED));
+        return Ok(Err(SocksRefusal::Reply(reply::COMMAND_NOT_SUPPORTED)));
     }
-    let host = match req[3] {
-        1 => {
-            let mut a = [0u8; 4];
-            tcp.read_exact(&mut a).await?;
-            IpAddr::from(a).to_string()
-        }
-        3 => {
-            let len = tcp.read_u8().await? as usize;
-            let mut name = vec![0u8; len];
-            tcp.read_exact(&mut name).await?;
-            String::from_utf8_lossy(&name).into_owned()
-        }
-        4 => {
-            let mut a = [0u8; 16];
-            tcp.read_exact(&mut a).await?;
-            IpAddr::from(a).to_string()
-        }
-        _ => return Ok(Err(reply::ADDRESS_NOT_SUPPORTED)),
+    let rest = match req[3] {
+        1 => 3 + 2,
+        3 => req[4] as usize + 2,
+        4 => 15 + 2,
+        _ => return Ok(Err(SocksRefusal::Reply(reply::ADDRESS_NOT_SUPPORTED))),
     };
-    let port = tcp.read_u16().await?;
+    let mut tail = vec![0u8; rest];
+    tcp.read_exact(&mut tail).await?;
+    let (addr, port) = tail.split_at(rest - 2);
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    let host = match req[3] {
+        1 => IpAddr::from([req[4], addr[0], addr[1], addr[2]]).to_string(),
+        3 => String::from_utf8_lossy(addr).into_owned(),
+        _ => {
+            let mut a = [0u8; 16];
+            a[0] = req[4];
+            a[1..].copy_from_slice(addr);
+            IpAddr::from(a).to_string()
+        }
+    };
     Ok(Ok((host, port)))
 }
 
-async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
-    let (host, port) = match socks5_request(&mut tcp).await {
-        Ok(Ok(hp)) => hp,
-        Ok(Err(code)) => {
+async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration) {
+    let (host, port) = match tokio::time::timeout(deadline, socks5_request(&mut tcp)).await {
+        Ok(Ok(Ok(hp))) => hp,
+        Ok(Ok(Err(SocksRefusal::Reply(code)))) => {
             let _ = socks_reply(&mut tcp, code).await;
             return;
         }
-        Err(_) => return,
+        Ok(Ok(Err(SocksRefusal::NoMethod))) | Ok(Err(_)) => return,
+        Err(_) => {
+            debug!(%peer, "SOCKS5 handshake not finished within {} s; closed", deadline.as_secs_f32());
+            return;
+        }
     };
     match router.decide(&host, port) {
         Decision::Refuse(reason) => {
@@ -198,7 +256,7 @@ async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
         Decision::Tunnel(target) => match target.hc.connect_ws().await {
             Ok(ws) => {
                 if socks_reply(&mut tcp, reply::SUCCEEDED).await.is_ok() {
-                    crate::forward::bridge_logged(ws, tcp, &target, peer).await;
+                    crate::forward::bridge_logged(ws, tcp, Vec::new(), &target, peer).await;
                 }
             }
             Err(e) => {
@@ -218,32 +276,54 @@ async fn http_answer(tcp: &mut TcpStream, status: &str, body: &str) {
     let _ = tcp.shutdown().await;
 }
 
-/// Reads the request head; `Ok(None)` when it is not a CONNECT.
-async fn read_connect(tcp: &mut TcpStream) -> std::io::Result<Option<(String, u16)>> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if buf.len() > 8192 || tcp.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::other("bad request head"));
-        }
-        buf.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut parts = text.split_whitespace();
-    let (Some(method), Some(authority)) = (parts.next(), parts.next()) else { return Ok(None) };
-    if !method.eq_ignore_ascii_case("CONNECT") {
-        return Ok(None);
-    }
-    let Some((host, port)) = hc_protocol::uri::split_host_port(authority) else { return Ok(None) };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    Ok(port.map(|p| (host, p)))
+/// Longest CONNECT request head accepted.
+const MAX_CONNECT_HEAD: usize = 8192;
+
+/// What a CONNECT request head said, with the bytes the client sent after it (a client may
+/// send its first bytes, such as a TLS ClientHello, without waiting for the 200).
+enum ConnectHead {
+    /// `CONNECT host:port`.
+    Connect { host: String, port: u16, early: Vec<u8> },
+    /// Another method, or a target without a port.
+    NotConnect,
 }
 
-async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>) {
-    let (host, port) = match read_connect(&mut tcp).await {
-        Ok(Some(hp)) => hp,
-        Ok(None) => return http_answer(&mut tcp, "405 Method Not Allowed", "This proxy only takes CONNECT host:port.").await,
-        Err(_) => return http_answer(&mut tcp, "400 Bad Request", "Malformed request head.").await,
+/// Reads the request head in chunks until its blank line.
+async fn read_connect(tcp: &mut TcpStream) -> std::io::Result<ConnectHead> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_CONNECT_HEAD {
+            return Err(std::io::Error::other("request head too long"));
+        }
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("connection closed inside the request head"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let mut parts = text.split_whitespace();
+    let (Some(method), Some(authority)) = (parts.next(), parts.next()) else { return Ok(ConnectHead::NotConnect) };
+    if !method.eq_ignore_ascii_case("CONNECT") {
+        return Ok(ConnectHead::NotConnect);
+    }
+    let Some((host, Some(port))) = hc_protocol::uri::split_host_port(authority) else { return Ok(ConnectHead::NotConnect) };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok(ConnectHead::Connect { host, port, early: buf[end..].to_vec() })
+}
+
+async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration) {
+    let (host, port, early) = match tokio::time::timeout(deadline, read_connect(&mut tcp)).await {
+        Ok(Ok(ConnectHead::Connect { host, port, early })) => (host, port, early),
+        Ok(Ok(ConnectHead::NotConnect)) => {
+            return http_answer(&mut tcp, "405 Method Not Allowed", "This proxy only takes CONNECT host:port.").await;
+        }
+        Ok(Err(_)) => return http_answer(&mut tcp, "400 Bad Request", "Malformed request head.").await,
+        Err(_) => return http_answer(&mut tcp, "408 Request Timeout", "The CONNECT request head did not arrive in time.").await,
     };
     match router.decide(&host, port) {
         Decision::Refuse(reason) => {
@@ -252,7 +332,7 @@ async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>)
         }
         Decision::Direct => match TcpStream::connect((host.as_str(), port)).await {
             Ok(mut upstream) => {
-                if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
+                if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() && upstream.write_all(&early).await.is_ok() {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
                 }
             }
@@ -261,7 +341,7 @@ async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>)
         Decision::Tunnel(target) => match target.hc.connect_ws().await {
             Ok(ws) => {
                 if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
-                    crate::forward::bridge_logged(ws, tcp, &target, peer).await;
+                    crate::forward::bridge_logged(ws, tcp, early, &target, peer).await;
                 }
             }
             Err(e) => {

@@ -169,7 +169,8 @@ impl Shim {
 
     fn stop(&mut self) -> String {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(self.child.wait().unwrap().success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "shim exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
         std::fs::read_to_string(&self.log).unwrap()
     }
 }
@@ -373,4 +374,112 @@ fn plan_limits_are_a_startup_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("the Basic plan allows 5 hybrid connections, but 6 are configured"), "{}", text(&out));
+}
+
+/// Reads until EOF or error; returns the bytes and whether the peer closed within `limit`.
+async fn read_all_within(tcp: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 256];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, closed)
+}
+
+/// Silent proxy clients are closed after the handshake deadline instead of holding a
+/// descriptor forever; SOCKS5 and HTTP CONNECT alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_proxy_clients_are_closed_after_the_handshake_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0", "--handshake-timeout", "0.5"]);
+    for (proxy, partial) in [("SOCKS5 proxy on ", &b"\x05"[..]), ("HTTP CONNECT proxy on ", &b"CONNECT db:5432 HTTP/1.1\r\n"[..])] {
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let mut tcp = tokio::net::TcpStream::connect(shim.addr(proxy)).await.unwrap();
+            tcp.write_all(partial).await.unwrap();
+            clients.push(tcp);
+        }
+        for tcp in &mut clients {
+            let (got, closed) = read_all_within(tcp, Duration::from_secs(5)).await;
+            assert!(closed, "{proxy}: a silent client is closed after the deadline");
+            if proxy.starts_with("HTTP") {
+                assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&got));
+            }
+        }
+    }
+}
+
+/// `--max-connections` closes connections beyond the cap at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0", "--max-connections", "3", "--handshake-timeout", "60"]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await.unwrap();
+        tcp.write_all(&[5, 1, 0]).await.unwrap();
+        let mut answer = [0u8; 2];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, [5, 0], "the first three are served");
+        held.push(tcp);
+    }
+    // The fourth is closed (reset) as soon as it is accepted; the reset may even beat connect().
+    if let Ok(mut fourth) = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await {
+        let _ = fourth.write_all(&[5, 1, 0]).await;
+        let (got, closed) = read_all_within(&mut fourth, Duration::from_secs(5)).await;
+        assert!(closed && got.is_empty(), "the fourth is closed at once: {got:?}");
+    }
+    drop(held);
+}
+
+/// After `05 FF` (no acceptable method) the proxy closes; no further reply follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acceptable_method_is_answered_with_two_bytes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0"]);
+    let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await.unwrap();
+    tcp.write_all(&[5, 1, 2]).await.unwrap();
+    let (got, closed) = read_all_within(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(got, [5, 0xff]);
+}
+
+/// A CONNECT client that sends its first bytes right behind the request head, without
+/// waiting for the 200, still has them delivered; and `--allow-direct` on a non-loopback
+/// address is warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_early_data_and_the_allow_direct_warning() {
+    let chain = Chain::start().await;
+    let config = chain.shim_config();
+    let mut shim = Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--http-proxy", "127.0.0.1:0"]);
+    let mut tcp = tokio::net::TcpStream::connect(shim.addr("HTTP CONNECT proxy on ")).await.unwrap();
+    let request = format!("CONNECT {HOST}:{} HTTP/1.1\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n", chain.http_port);
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let (got, closed) = read_all_within(&mut tcp, Duration::from_secs(20)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed && text.starts_with("HTTP/1.1 200 Connection Established") && text.ends_with(BODY), "{text}");
+    drop(tcp);
+    shim.stop();
+    let mut open = Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--socks5", "0.0.0.0:0", "--allow-direct"]);
+    let log = open.stop();
+    assert!(log.contains("--allow-direct on a proxy bound to a non-loopback address"), "{log}");
+    chain.stop().await;
+}
+
+/// SIGTERM right after "Ready." is a clean stop: the handler is installed before readiness
+/// is announced (it used to be installed at the first poll, after it).
+#[test]
+fn a_stop_signal_right_after_ready_is_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..10 {
+        let mut shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0"]);
+        shim.stop();
+    }
 }

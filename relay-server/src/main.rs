@@ -71,8 +71,9 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)"))?;
     let bound = listener.local_addr()?;
+    let stop = hc_process::shutdown_signal();
     print_banner(&relay, bound, args.plain, &data_dir);
-    relay.serve(listener, hc_process::shutdown_signal()).await?;
+    relay.serve(listener, stop).await?;
     Ok(())
 }
 

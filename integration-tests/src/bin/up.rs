@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let data = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir("hc-emulator"));
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let cancel = CancellationToken::new();
+    let stop = hc_process::shutdown_signal();
 
     let (relay, relay_addr) = start_relay(&args, &data, &endpoint, cancel.clone()).await?;
     let authority = format!("localhost:{}", relay_addr.port());
@@ -70,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("Tunnel       connect to {listen}");
     println!("Ready. Ctrl-C stops everything.");
-    hc_process::shutdown_signal().await;
+    stop.await;
     cancel.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
@@ -166,6 +167,6 @@ async fn start_shim(
     };
     let addr = listener.local_addr()?;
     let tracker = TaskTracker::new();
-    tokio::spawn(app_side_shim::forward::serve(listener, target, tracker.clone(), cancel));
+    tokio::spawn(app_side_shim::forward::serve(listener, target, Default::default(), tracker.clone(), cancel));
     Ok((addr, tracker))
 }
