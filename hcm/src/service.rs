@@ -42,6 +42,9 @@ struct Running {
 
 /// Serves until `shutdown` completes. Returns an error when `exit_on_failure` fired.
 pub async fn run(options: ServiceOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Ok(n @ 1..) = hc_process::remove_stale_temp_files(&options.data_dir) {
+        info!(removed = n, "removed temporary files left by an interrupted write");
+    }
     let board = Arc::new(Board::new(&options.data_dir));
     let tunnels = TaskTracker::new();
     let stop_writer = CancellationToken::new();

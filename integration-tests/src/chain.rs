@@ -181,8 +181,12 @@ impl Chain {
         let relay_port: u16 =
             listening.split_whitespace().next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).context("relay port")?;
         let scheme = |cs: String| if options.plain { cs.replacen("Endpoint=sb://", "Endpoint=ws://", 1) } else { cs };
-        let listen_cs = scheme(banner_value(&lines, "Listen ").context("Listen connection string")?);
-        let send_cs = scheme(banner_value(&lines, "Send ").context("Send connection string")?);
+        // Keys are not printed when stdout is not a terminal; the banner names the file.
+        let keys_file = banner_value(&lines, "Connection strings: ").context("keys file in the banner")?;
+        let keys = std::fs::read_to_string(keys_file.trim_end_matches(" (mode 0600)")).context("reading the keys file")?;
+        let keys: Vec<String> = keys.lines().map(str::to_owned).collect();
+        let listen_cs = scheme(banner_value(&keys, "Listen ").context("Listen connection string")?);
+        let send_cs = scheme(banner_value(&keys, "Send ").context("Send connection string")?);
         let ca = relay_data.join("ca.pem");
 
         let hcm_dir = d.join("hcm");

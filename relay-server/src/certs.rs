@@ -88,23 +88,43 @@ impl TlsMaterial {
 
     /// Loads the CA from `dir` (making it the first time) and a server certificate for
     /// `hosts` (issuing a new one when the host set changed).
+    ///
+    /// Each key is written before its certificate and the host list last, so a process killed
+    /// in the middle leaves a pair that does not match, or a host list that does not, and
+    /// both are checked here: a CA whose key does not fit its certificate is made again (with
+    /// a warning, since clients must trust the new one), and a server certificate whose key
+    /// does not fit, or that the CA did not sign, is issued again.
     pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, CertError> {
         let read = |name: &str| read_optional(&dir.join(name));
-        let (ca_pem, ca_key) = match (read(CA_FILE)?, read(CA_KEY_FILE)?) {
-            (Some(cert), Some(key)) => (cert, KeyPair::from_pem(&key)?),
-            _ => {
+        let existing_ca = match (read(CA_FILE)?, read(CA_KEY_FILE)?) {
+            (Some(cert), Some(key)) => match KeyPair::from_pem(&key) {
+                Ok(pair) if pair_matches(&cert, &key) => Some((cert, pair)),
+                _ => {
+                    tracing::warn!(dir = %dir.display(), "the CA key does not match ca.pem (interrupted write?); making a new CA: trust the new ca.pem");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (ca_pem, ca_key, fresh_ca) = match existing_ca {
+            Some((cert, key)) => (cert, key, false),
+            None => {
                 let key = KeyPair::generate()?;
                 let cert = ca_params()?.self_signed(&key)?.pem();
                 write(dir, CA_KEY_FILE, &key.serialize_pem())?;
                 write(dir, CA_FILE, &cert)?;
-                (cert, key)
+                (cert, key, true)
             }
         };
         let wanted = hosts.join("\n");
-        if let (Some(cert), Some(key), Some(names)) = (read(SERVER_FILE)?, read(SERVER_KEY_FILE)?, read(SERVER_HOSTS_FILE)?)
-            && names == wanted
-        {
-            return Ok(TlsMaterial { ca_pem, server_pem: cert, server_key_pem: key });
+        if !fresh_ca && let (Some(cert), Some(key), Some(names)) = (read(SERVER_FILE)?, read(SERVER_KEY_FILE)?, read(SERVER_HOSTS_FILE)?) {
+            let usable = names == wanted && pair_matches(&cert, &key) && signed_by(&cert, &ca_pem, hosts);
+            if usable {
+                return Ok(TlsMaterial { ca_pem, server_pem: cert, server_key_pem: key });
+            }
+            if names == wanted {
+                tracing::warn!(dir = %dir.display(), "server.pem and server-key.pem do not belong together (interrupted write?); issuing them again");
+            }
         }
         let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
         write(dir, SERVER_KEY_FILE, &server_key_pem)?;
@@ -127,6 +147,28 @@ impl TlsMaterial {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// Whether the private key in `key_pem` belongs to the first certificate in `cert_pem`.
+fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(certs) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>() else { return false };
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else { return false };
+    let Ok(signing) = rustls::crypto::ring::sign::any_supported_type(&key) else { return false };
+    !certs.is_empty() && rustls::sign::CertifiedKey::new(certs, signing).keys_match().is_ok()
+}
+
+/// Whether `cert_pem` was issued by the CA in `ca_pem` for the first of `hosts`.
+fn signed_by(cert_pem: &str, ca_pem: &str, hosts: &[String]) -> bool {
+    let Some(name) = hosts.first().and_then(|h| rustls::pki_types::ServerName::try_from(h.clone()).ok()) else { return false };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+        let _ = roots.add(ca);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build() else { return false };
+    let Some(Ok(cert)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else { return false };
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(&*verifier, &cert, &[], &name, &[], rustls::pki_types::UnixTime::now())
+        .is_ok()
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, CertError> {
@@ -159,5 +201,39 @@ mod tests {
         assert_ne!(changed.server_pem, first.server_pem);
         assert!(changed.server_config().is_ok());
         assert!(!format!("{changed:?}").contains("PRIVATE KEY"));
+    }
+
+    /// A kill between writing a new server key and its certificate left a pair that does
+    /// not match; the relay refused to start (`KeyMismatch`) until someone deleted files.
+    #[test]
+    fn a_mismatched_server_pair_is_issued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["localhost".to_owned()];
+        let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        std::fs::write(dir.path().join(SERVER_KEY_FILE), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        assert!(again.server_config().is_ok(), "the pair matches again");
+        assert_eq!(again.ca_pem, first.ca_pem, "the CA is kept");
+        assert_ne!(again.server_pem, first.server_pem);
+    }
+
+    /// A CA key that does not belong to ca.pem means a new CA, and a server certificate the
+    /// CA did not sign is issued again.
+    #[test]
+    fn a_mismatched_ca_is_made_again_and_signs_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["localhost".to_owned()];
+        let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        std::fs::write(dir.path().join(CA_KEY_FILE), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        assert_ne!(again.ca_pem, first.ca_pem);
+        assert!(signed_by(&again.server_pem, &again.ca_pem, &hosts) && again.server_config().is_ok());
+        // A server certificate from another CA (ca.pem replaced alone) is issued again too.
+        let other = TlsMaterial::generate(&hosts).unwrap();
+        std::fs::write(dir.path().join(SERVER_FILE), &other.server_pem).unwrap();
+        std::fs::write(dir.path().join(SERVER_KEY_FILE), &other.server_key_pem).unwrap();
+        let third = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
+        assert_eq!(third.ca_pem, again.ca_pem);
+        assert!(signed_by(&third.server_pem, &third.ca_pem, &hosts));
     }
 }

@@ -131,6 +131,11 @@ impl Relay {
     pub fn open(data_dir: &std::path::Path, config: Option<&ConfigFile>, plain: bool, options: RelayOptions) -> anyhow::Result<Relay> {
         use anyhow::Context as _;
         std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        match hc_process::remove_stale_temp_files(data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, dir = %data_dir.display(), "removed temporary files left by an interrupted write"),
+            Err(e) => tracing::warn!(error = %e, dir = %data_dir.display(), "cannot look for leftover temporary files"),
+        }
         let mut model = Store::load(data_dir)?;
         if let Some(config) = config {
             config.apply(&mut model, now_unix())?;

@@ -52,6 +52,10 @@ struct Args {
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     shutdown_grace: u64,
+    /// Never print keys or connection strings, even on a terminal; they are always written to
+    /// connection-strings.txt (mode 0600) in the data directory.
+    #[arg(long)]
+    quiet_keys: bool,
     /// Log filter, e.g. `info` or `relay_server=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -72,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)"))?;
     let bound = listener.local_addr()?;
     let stop = hc_process::shutdown_signal();
-    print_banner(&relay, bound, args.plain, &data_dir);
+    print_banner(&relay, bound, &args, &data_dir)?;
     relay.serve(listener, stop).await?;
     Ok(())
 }
@@ -97,10 +101,17 @@ fn read_config(args: &Args) -> anyhow::Result<Option<ConfigFile>> {
     ConfigFile::parse(&text).map(Some).with_context(|| format!("config file {} is invalid", path.display()))
 }
 
-/// How to reach every namespace: connection strings, the CA and how to trust it.
-fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::path::Path) {
+/// File in the data directory holding every connection string (mode 0600).
+const KEYS_FILE: &str = "connection-strings.txt";
+
+/// How to reach every namespace: connection strings, the CA and how to trust it. Keys go to
+/// the terminal only when stdout is one (and `--quiet-keys` is not given): supervisors and
+/// CI systems keep what a service prints, so otherwise the banner names the 0600 file that
+/// holds them instead.
+fn print_banner(relay: &Relay, addr: SocketAddr, args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let plain = args.plain;
     let (ws, http) = if plain { ("ws", "http") } else { ("wss", "https") };
-    let port = addr.port();
     println!("Azure Relay Hybrid Connections emulator listening on {addr} ({ws}://, {http}://)");
     println!("Data directory: {}", data_dir.display());
     if !plain {
@@ -110,31 +121,50 @@ fn print_banner(relay: &Relay, addr: SocketAddr, plain: bool, data_dir: &std::pa
         println!("  OpenSSL tools and Python:   export SSL_CERT_FILE={}", ca.display());
         println!("  curl:                       curl --cacert {} ...", ca.display());
     }
+    let (with_keys, without_keys) = namespaces_text(relay, addr.port(), ws);
+    let keys_file = data_dir.join(KEYS_FILE);
+    relay_server::store::write_atomically(&keys_file, with_keys.as_bytes())
+        .with_context(|| format!("cannot write {}", keys_file.display()))?;
+    let show_keys = std::io::stdout().is_terminal() && !args.quiet_keys;
+    print!("{}", if show_keys { &with_keys } else { &without_keys });
+    println!();
+    println!("Connection strings: {} (mode 0600)", keys_file.display());
+    println!("Ready.");
+    Ok(())
+}
+
+/// The namespaces part of the banner, with and without connection strings.
+fn namespaces_text(relay: &Relay, port: u16, ws: &str) -> (String, String) {
+    use std::fmt::Write as _;
+    let (mut with, mut without) = (String::new(), String::new());
     let model = relay.model();
     for ns in model.namespaces.values() {
         let host = if ns.default { format!("localhost:{port}") } else { format!("{}.localhost:{port}", ns.name.to_ascii_lowercase()) };
-        println!();
-        println!("Namespace {} at {ws}://{host}/$hc/{{hybrid-connection}}", ns.name);
+        let head = format!("\nNamespace {} at {ws}://{host}/$hc/{{hybrid-connection}}\n", ns.name);
+        with.push_str(&head);
+        without.push_str(&head);
         for rule in &ns.authorization_rules {
             if let Ok(cs) = relay.connection_string(&ns.name, None, &rule.0.name, &host) {
-                println!("  {} ({}): {}", rule.0.name, rights_text(rule.0.rights), cs.expose());
+                let _ = writeln!(with, "  {} ({}): {}", rule.0.name, rights_text(rule.0.rights), cs.expose());
+                let _ = writeln!(without, "  {} ({})", rule.0.name, rights_text(rule.0.rights));
             }
         }
         for hc in ns.hybrid_connections.values() {
-            println!(
-                "  Hybrid connection {}{}",
+            let line = format!(
+                "  Hybrid connection {}{}\n",
                 hc.name,
                 hc.user_metadata.as_deref().map(|m| format!(" (userMetadata {m})")).unwrap_or_default()
             );
+            with.push_str(&line);
+            without.push_str(&line);
             for (label, rule) in [("Listen", LISTENER_RULE), ("Send", SENDER_RULE)] {
                 if let Ok(cs) = relay.connection_string(&ns.name, Some(&hc.name), rule, &host) {
-                    println!("    {label:<6} {}", cs.expose());
+                    let _ = writeln!(with, "    {label:<6} {}", cs.expose());
                 }
             }
         }
     }
-    println!();
-    println!("Ready.");
+    (with, without)
 }
 
 fn rights_text(rights: hc_protocol::Rights) -> String {

@@ -25,17 +25,16 @@ struct Banner {
 }
 
 fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Banner) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
-        .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, stdout) = start_raw(data_dir, extra);
+    // Stdout is a pipe here, so the banner names the keys file instead of printing keys.
+    assert!(!stdout.contains("SharedAccessKey="), "no key on a stdout that is not a terminal:\n{stdout}");
+    let keys_file = stdout.lines().find_map(|l| l.strip_prefix("Connection strings: ")).expect("the banner names the keys file");
+    let keys_file = keys_file.trim_end_matches(" (mode 0600)");
+    #[cfg(unix)]
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(keys_file).unwrap().permissions()) & 0o777, 0o600);
+    let keys = std::fs::read_to_string(keys_file).unwrap();
     let (mut port, mut ca_file, mut listen, mut send, mut manage) = (0, String::new(), String::new(), String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    for line in stdout.lines().chain(keys.lines()) {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("Azure Relay Hybrid Connections emulator listening on ") {
             port = rest.split_whitespace().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
@@ -47,14 +46,35 @@ fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Banner) {
             send = rest.trim().to_owned();
         } else if t.contains("SharedAccessKeyName=RootManageSharedAccessKey") {
             manage = t.split_once("Endpoint=").map(|(_, cs)| format!("Endpoint={cs}")).unwrap();
-        } else if t == "Ready." {
+        }
+    }
+    assert!(port > 0 && !listen.is_empty() && !send.is_empty() && !manage.is_empty(), "banner incomplete");
+    (child, Banner { port, ca_file, listen, send, manage })
+}
+
+/// Starts the binary and returns what it printed up to "Ready.".
+fn start_raw(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line == "Ready." {
             break;
         }
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    assert!(port > 0 && !listen.is_empty() && !send.is_empty() && !manage.is_empty(), "banner incomplete");
-    (child, Banner { port, ca_file, listen, send, manage })
+    assert!(out.ends_with("Ready.\n"), "relay-server did not start:\n{out}");
+    (child, out)
 }
 
 fn tls_for(ca_file: &str) -> Arc<rustls::ClientConfig> {
@@ -192,4 +212,38 @@ fn config_file_is_applied_and_errors_name_the_problem() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("relay.json is invalid") && err.contains("hybridConections"), "{err}");
+}
+
+/// A kill -9 in the middle of writing the server key left a key and certificate that do not
+/// match (the relay then refused to start), and temporary files holding keys; both are
+/// handled at the next start.
+#[tokio::test]
+async fn a_start_after_an_interrupted_write_repairs_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, first) = start(dir.path(), &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What an interrupted reissue leaves: a new key next to the old certificate, and the
+    // temporary file of a process that is gone.
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(dir.path().join("server-key.pem"), &other_key).unwrap();
+    let stale = dir.path().join(format!(".server-key.pem.{}.tmp", u32::MAX - 1));
+    std::fs::write(&stale, &other_key).unwrap();
+    let (mut child, second) = start(dir.path(), &[]);
+    assert!(!stale.exists(), "the stale temporary file is removed");
+    assert_eq!(std::fs::read_to_string(&second.ca_file).unwrap(), std::fs::read_to_string(&first.ca_file).unwrap(), "same CA");
+    round_trip(&second).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `--quiet-keys` keeps keys off stdout (they are in the file either way).
+#[test]
+fn quiet_keys_prints_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, stdout) = start_raw(dir.path(), &["--quiet-keys"]);
+    assert!(!stdout.contains("SharedAccessKey=") && stdout.contains("Hybrid connection sample"), "{stdout}");
+    assert!(std::fs::read_to_string(dir.path().join("connection-strings.txt")).unwrap().contains("SharedAccessKey="));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

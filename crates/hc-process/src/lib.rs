@@ -84,6 +84,34 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Removes the temporary files [`write_atomically`] leaves when its process is killed in the
+/// middle of a write (`.{name}.{pid}.tmp`, possibly holding keys), for processes that are gone.
+/// Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = temp_file_owner(&name.to_string_lossy()) else { continue };
+        if !process_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in a temporary file name of ours: `.{name}.{pid}.tmp`.
+fn temp_file_owner(file_name: &str) -> Option<u32> {
+    let stem = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, pid) = stem.rsplit_once('.')?;
+    pid.parse().ok()
+}
+
+/// Whether a process with this id exists (always true where that cannot be told).
+pub fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +130,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(init_logging("relay_server=loud").is_err(), "an unknown level is refused");
         assert!(default_data_dir("x").ends_with("x"));
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_processes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("hc-process-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = dir.join(format!(".state.json.{}.tmp", u32::MAX - 1));
+        let mine = dir.join(format!(".state.json.{}.tmp", std::process::id()));
+        let other = dir.join("notes.tmp");
+        for f in [&dead, &mine, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&dir).unwrap(), 1);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+        assert_eq!(temp_file_owner(".server-key.pem.123.tmp"), Some(123));
+        assert_eq!(temp_file_owner(".hosts.app-side-shim.77.tmp"), Some(77));
+        assert_eq!(temp_file_owner("state.json"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
