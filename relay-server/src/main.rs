@@ -31,26 +31,26 @@ struct Args {
     #[arg(long, short, env = "HC_RELAY_CONFIG")]
     config: Option<PathBuf>,
     /// Seconds a sender waits for a listener to accept.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     rendezvous_timeout: u64,
     /// Seconds an expired listener token is tolerated before the control channel is closed.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
     token_grace: u64,
     /// Connections (listeners and tunnels) allowed per namespace.
-    #[arg(long, default_value_t = hc_protocol::limits::DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE)]
-    max_connections_per_namespace: usize,
+    #[arg(long, default_value_t = hc_protocol::limits::DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_namespace: u64,
     /// HTTP request mode: seconds a listener has to start its response (then 504), and the
     /// longest pause in a response body.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_timeout: u64,
     /// HTTP request mode: status when no listener is connected (404 as seen from Azure, or 502 as documented).
     #[arg(long, default_value_t = 404, value_parser = clap::value_parser!(u16).range(400..600))]
     http_no_listener_status: u16,
     /// Seconds between keep-alive pings to listeners (one that answers none of two is dropped); 0 turns them off.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     listener_keepalive: u64,
     /// Seconds shutdown waits for connections to close.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_grace: u64,
     /// Never print keys or connection strings, even on a terminal; they are always written to
     /// connection-strings.txt (mode 0600) in the data directory.
@@ -85,9 +85,9 @@ fn options(args: &Args) -> RelayOptions {
     RelayOptions {
         rendezvous_timeout: Duration::from_secs(args.rendezvous_timeout),
         token_grace: Duration::from_secs(args.token_grace),
-        max_connections_per_namespace: args.max_connections_per_namespace,
+        max_connections_per_namespace: usize::try_from(args.max_connections_per_namespace).unwrap_or(usize::MAX),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        http_response_timeout: Duration::from_secs(args.http_timeout.max(1)),
+        http_response_timeout: Duration::from_secs(args.http_timeout),
         http_no_listener_status: args.http_no_listener_status,
         listener_keepalive: (args.listener_keepalive > 0).then(|| Duration::from_secs(args.listener_keepalive)),
         ..RelayOptions::default()

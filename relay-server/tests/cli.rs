@@ -247,3 +247,26 @@ fn quiet_keys_prints_no_key() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Durations that would overflow a deadline (or make no sense) are refused, naming the flag.
+#[test]
+fn timing_flags_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--rendezvous-timeout", "18446744073709551615"),
+        ("--rendezvous-timeout", "0"),
+        ("--http-timeout", "18446744073709551615"),
+        ("--token-grace", "18446744073709551615"),
+        ("--listener-keepalive", "18446744073709551615"),
+        ("--shutdown-grace", "18446744073709551615"),
+        ("--max-connections-per-namespace", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+            .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0", flag, value])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(2) && err.contains(flag), "{flag} {value}: {err}");
+    }
+}
