@@ -38,6 +38,11 @@ pub struct ChainOptions {
     pub log: Option<String>,
     /// Extra `hcm run` arguments.
     pub hcm_args: Vec<String>,
+    /// Extra `app-side-shim run` arguments (after `--forward`).
+    pub shim_args: Vec<String>,
+    /// More hybrid connections on the relay (default rules, no endpoint), for tests that
+    /// need one beside the chain's own.
+    pub extra_hybrid_connections: Vec<String>,
 }
 
 /// A child process killed on drop, with its stderr in a log file.
@@ -139,6 +144,8 @@ pub struct Chain {
     pub hcm: Option<Proc>,
     /// The shim process.
     pub shim: Proc,
+    /// What the shim printed up to "Ready." (its listeners' addresses).
+    pub shim_banner: Vec<String>,
     /// Where clients connect.
     pub forward: SocketAddr,
     /// The relay's port.
@@ -152,7 +159,8 @@ pub struct Chain {
 /// Name of the chain's hybrid connection.
 pub const HC: &str = "chain";
 
-fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
+/// The rest of the first line of `lines` that starts with `prefix` (after trimming).
+pub fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
     lines.iter().map(|l| l.trim()).find_map(|l| l.strip_prefix(prefix)).map(|r| r.trim().to_owned())
 }
 
@@ -167,7 +175,10 @@ impl Chain {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let log = options.log.clone().unwrap_or_else(|| "info".into());
-        let relay_config = serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": [{"name": HC, "endpoint": endpoint}]}]});
+        let mut hybrid_connections = vec![serde_json::json!({"name": HC, "endpoint": endpoint})];
+        hybrid_connections.extend(options.extra_hybrid_connections.iter().map(|name| serde_json::json!({ "name": name })));
+        let relay_config =
+            serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": hybrid_connections}]});
         std::fs::write(d.join("relay.json"), relay_config.to_string())?;
         let relay_data = d.join("relay");
         let config = d.join("relay.json");
@@ -200,13 +211,14 @@ impl Chain {
         let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
         std::fs::write(d.join("shim.json"), shim_config.to_string())?;
         let (shim_json, forward_spec) = (d.join("shim.json"), format!("127.0.0.1:0={endpoint}"));
-        let shim_args = ["--config", path(&shim_json), "run", "--forward", &forward_spec];
+        let mut shim_args = vec!["--config", path(&shim_json), "run", "--forward", &forward_spec];
+        shim_args.extend(options.shim_args.iter().map(String::as_str));
         let (shim, lines) = Proc::start_logging(&binary("app-side-shim"), &shim_args, d.join("shim.log"), Some("Ready."), &log)?;
         let forward = banner_value(&lines, "Forwarding ")
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .context("forward address")?
             .parse()?;
-        let chain = Chain { dir, relay, hcm: Some(hcm), shim, forward, relay_port, send_cs, ca };
+        let chain = Chain { dir, relay, hcm: Some(hcm), shim, shim_banner: lines, forward, relay_port, send_cs, ca };
         chain.wait_hcm_connected()?;
         Ok(chain)
     }
@@ -229,6 +241,11 @@ impl Chain {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("hcm did not connect: {}", self.hcm.as_ref().map(Proc::log_text).unwrap_or_default())
+    }
+
+    /// The relay's data directory (state, certificates, `connection-strings.txt`).
+    pub fn relay_data_dir(&self) -> PathBuf {
+        self.dir.path().join("relay")
     }
 
     /// The HCM's live status for the chain's hybrid connection.

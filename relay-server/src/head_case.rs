@@ -79,6 +79,12 @@ impl HeadCapture {
         HeaderNames(names)
     }
 
+    /// Records `bytes` as if the connection had read them (tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn record_for_test(&self, bytes: &[u8]) {
+        self.record(bytes);
+    }
+
     /// Stops copying (the connection was upgraded) and frees the copy.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);

@@ -49,6 +49,10 @@ struct Args {
     /// Seconds between keep-alive pings to listeners (one that answers none of two is dropped); 0 turns them off.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     listener_keepalive: u64,
+    /// Seconds a new connection has to finish its TLS handshake and send a request head (idle
+    /// and slow connections are closed after that).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=300))]
+    handshake_timeout: u64,
     /// Seconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_grace: u64,
@@ -87,6 +91,7 @@ fn options(args: &Args) -> RelayOptions {
         token_grace: Duration::from_secs(args.token_grace),
         max_connections_per_namespace: usize::try_from(args.max_connections_per_namespace).unwrap_or(usize::MAX),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
         http_response_timeout: Duration::from_secs(args.http_timeout),
         http_no_listener_status: args.http_no_listener_status,
         listener_keepalive: (args.listener_keepalive > 0).then(|| Duration::from_secs(args.listener_keepalive)),

@@ -3,6 +3,9 @@
 //! clients of the relay), with opcode and FIN kept so message boundaries survive. Nothing is
 //! buffered beyond one read buffer per direction, so a slow reader slows its writer.
 //!
+//! A sender or listener that breaks the framing rules (bad header, no mask, a continuation
+//! out of sequence) gets Close 1002 and the other side is dropped.
+//!
 //! Per hop: Pings are answered, Pongs dropped. A Close from one side is forwarded with its
 //! code and reason, and the other direction keeps flowing until that side closes too
 //! (half-close). A side that drops TCP without a Close makes the relay drop the other side's
@@ -142,6 +145,9 @@ where
     W1: AsyncWrite + Unpin,
     W2: AsyncWrite + Unpin,
 {
+    // Inside a fragmented message: only continuations may follow, and a continuation needs
+    // one to continue (RFC 6455 §5.4). Checked here so no listener is sent a broken sequence.
+    let mut in_message = false;
     loop {
         let header = match reader.header().await {
             Ok(Some(h)) => h,
@@ -152,7 +158,13 @@ where
             OpCode::Ping => pong(reader, &header, src).await,
             OpCode::Pong => reader.payload(&header).await.map(|_| ()).map_err(|e| e.to_string()),
             OpCode::Close => return forward_close(reader, &header, src, dst).await,
-            _ => forward_data(reader, &header, dst, bytes).await,
+            op => {
+                if (op == OpCode::Continuation) != in_message {
+                    return protocol_failure(src, ReadError::OutOfSequence).await;
+                }
+                in_message = !header.fin;
+                forward_data(reader, &header, dst, bytes).await
+            }
         };
         if let Err(why) = step {
             return End::Aborted(why);
@@ -161,7 +173,7 @@ where
 }
 
 async fn protocol_failure<W: AsyncWrite + Unpin>(src: &Side<W>, e: ReadError) -> End {
-    if matches!(e, ReadError::Protocol(_) | ReadError::Unmasked) {
+    if matches!(e, ReadError::Protocol(_) | ReadError::Unmasked | ReadError::OutOfSequence) {
         let _ = src.close(&CloseFrame::new(close_code::PROTOCOL_ERROR, &e.to_string())).await;
     }
     End::Aborted(e.to_string())

@@ -289,6 +289,29 @@ mod tests {
         assert!(connect_headers(&h, &names, Some(TokenSource::Authorization)).get("authorization").is_none());
     }
 
+    proptest::proptest! {
+        /// The relay's own parsers of request targets take any UTF-8 (issue 10).
+        #[test]
+        fn target_parsers_take_any_text(query in "\\PC{0,80}", path in "\\PC{0,80}", head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Some((status, _)) = reject_params(&query) {
+                proptest::prop_assert!((400..=599).contains(&status));
+            }
+            let _ = reject_params(&format!("sb-hc-statusCode={query}&sb-hc-statusDescription={path}"));
+            let _ = crate::target::find_token(&HeaderMap::new(), &query);
+            let _ = tracking_for(&query, &path, &path, 0);
+            let mut model = crate::Model::default();
+            crate::config::ensure_default_namespace(&mut model, 0).unwrap();
+            let _ = crate::target::Target::resolve(&model, "localhost", &path);
+            let _ = crate::target::Target::resolve(&model, &path, "sample");
+            let capture = crate::head_case::HeadCapture::default();
+            let mut bytes = format!("GET {path} HTTP/1.1\r\n").into_bytes();
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(b"\r\n\r\n");
+            capture.record_for_test(&bytes);
+            let _ = capture.names("GET", &path);
+        }
+    }
+
     #[test]
     fn reject_parameters() {
         assert_eq!(reject_params("sb-hc-action=accept&sb-hc-statusCode=401&sb-hc-statusDescription=No+way"), Some((401, "No way".into())));

@@ -275,7 +275,7 @@ async fn chained(server: SocketAddr, plain: bool, plan: Plan) -> anyhow::Result<
         plain,
         relay_args: vec!["--max-connections-per-namespace".into(), "100000".into()],
         log: Some("warn".into()),
-        hcm_args: vec![],
+        ..ChainOptions::default()
     };
     let endpoint = server.to_string();
     let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await??;
