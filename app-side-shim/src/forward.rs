@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -15,8 +16,9 @@ use hc_protocol::frame::OpCode;
 use crate::config::Target;
 use crate::proxy::{Limits, accept_loop};
 
-/// Tunnels one accepted connection; a failed connect resets the client's connection.
-pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr) {
+/// Tunnels one accepted connection; a failed connect resets the client's connection. `_slot`
+/// counts it against the shim's connection cap while it lives.
+pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
     match target.hc.connect_ws().await {
         Ok(ws) => bridge_logged(ws, tcp, Vec::new(), &target, peer).await,
         Err(e) => {
@@ -49,7 +51,7 @@ pub async fn bridge_logged(mut ws: hc_client::handshake::WsStream, tcp: TcpStrea
 
 /// Accepts on `listener` until `cancel`, tunnelling each connection to `target`.
 pub async fn serve(listener: TcpListener, target: Arc<Target>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| tunnel(tcp, target.clone(), peer)).await
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| tunnel(tcp, target.clone(), peer, slot)).await
 }
 
 /// The loopback address hostname mode gives the `index`-th distinct host name:

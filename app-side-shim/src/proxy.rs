@@ -13,7 +13,7 @@ use std::time::Duration;
 use hc_client::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -95,7 +95,7 @@ impl Default for Limits {
 /// Accepts SOCKS5 clients until `cancel`.
 pub async fn serve_socks5(listener: TcpListener, router: Arc<Router>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
     let deadline = limits.handshake_timeout;
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| socks5(tcp, peer, router.clone(), deadline)).await
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| socks5(tcp, peer, router.clone(), deadline, slot)).await
 }
 
 /// Accepts HTTP CONNECT clients until `cancel`.
@@ -107,13 +107,14 @@ pub async fn serve_http_connect(
     cancel: CancellationToken,
 ) {
     let deadline = limits.handshake_timeout;
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer| http_connect(tcp, peer, router.clone(), deadline)).await
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| http_connect(tcp, peer, router.clone(), deadline, slot)).await
 }
 
-/// Accepts until `cancel`; each connection holds one of `limits`' slots while it lives.
+/// Accepts until `cancel`; each connection holds one of `limits`' slots while it lives (the
+/// handler keeps it: wrapping its future in another would store that future twice).
 pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, limits: Limits, tracker: TaskTracker, cancel: CancellationToken, handle: F)
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -126,11 +127,7 @@ where
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
-                    let served = handle(tcp, peer);
-                    tracker.spawn(async move {
-                        served.await;
-                        drop(slot);
-                    });
+                    tracker.spawn(handle(tcp, peer, slot));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -225,7 +222,7 @@ async fn socks5_request(tcp: &mut TcpStream) -> std::io::Result<Result<(String, 
     Ok(Ok((host, port)))
 }
 
-async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration) {
+async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration, _slot: OwnedSemaphorePermit) {
     let (host, port) = match tokio::time::timeout(deadline, socks5_request(&mut tcp)).await {
         Ok(Ok(Ok(hp))) => hp,
         Ok(Ok(Err(SocksRefusal::Reply(code)))) => {
@@ -316,7 +313,7 @@ async fn read_connect(tcp: &mut TcpStream) -> std::io::Result<ConnectHead> {
     Ok(ConnectHead::Connect { host, port, early: buf[end..].to_vec() })
 }
 
-async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration) {
+async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration, _slot: OwnedSemaphorePermit) {
     let (host, port, early) = match tokio::time::timeout(deadline, read_connect(&mut tcp)).await {
         Ok(Ok(ConnectHead::Connect { host, port, early })) => (host, port, early),
         Ok(Ok(ConnectHead::NotConnect)) => {
