@@ -48,7 +48,7 @@ pub struct RelayOptions {
     pub token_grace: Duration,
     /// Relay connections (listeners + tunnels) per namespace (§14).
     pub max_connections_per_namespace: usize,
-    /// Senders that may wait for a listener at once, over all namespaces.
+    /// Senders and HTTP requests that may wait for a listener at once, per namespace.
     pub max_pending_rendezvous: usize,
     /// Time allowed for a TLS handshake and for a request head.
     pub handshake_timeout: Duration,
