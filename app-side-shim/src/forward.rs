@@ -11,8 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use hc_protocol::frame::OpCode;
-
 use crate::config::Target;
 use crate::proxy::{Limits, accept_loop};
 
@@ -30,18 +28,14 @@ pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr, _slot
 
 /// Bridges an open tunnel and writes its one log line (bytes each way, duration, outcome).
 /// `early` holds bytes the client sent before the tunnel was open; they go first.
-pub async fn bridge_logged(mut ws: hc_client::handshake::WsStream, tcp: TcpStream, early: Vec<u8>, target: &Target, peer: SocketAddr) {
+pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, early: Vec<u8>, target: &Target, peer: SocketAddr) {
     let started = std::time::Instant::now();
-    if !early.is_empty() && hc_ws::write_masked(&mut ws.io, OpCode::Binary, &early, rand::random()).await.is_err() {
-        let _ = tcp.set_zero_linger();
-        return;
-    }
-    let report = hc_client::bridge::bridge(ws, tcp, 64 * 1024).await;
+    let report = hc_client::bridge::bridge_with_early(ws, tcp, &early, 64 * 1024).await;
     info!(
         endpoint = %target.endpoint(),
         hybrid_connection = %target.describe(),
         %peer,
-        to_endpoint = report.from_tcp + early.len() as u64,
+        to_endpoint = report.from_tcp,
         from_endpoint = report.to_tcp,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome = report.aborted.as_deref().unwrap_or("closed"),

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hc_client::Error;
-use hc_protocol::frame::{CloseFrame, OpCode};
+use hc_protocol::frame::CloseFrame;
 
 use crate::config::Target;
 
@@ -45,12 +45,12 @@ pub async fn run(target: &Target, count: u32, interval: Duration) -> bool {
         }
         let started = Instant::now();
         match target.hc.connect_ws().await {
-            Ok(mut ws) => {
+            Ok(ws) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 times.push(ms);
                 println!("Connected to {} through hybrid connection {}: time={ms:.1} ms", target.endpoint(), target.describe());
-                let close = CloseFrame::new(1000, "tcpping");
-                let _ = hc_ws::write_masked(&mut ws.io, OpCode::Close, &close.payload(), [1, 2, 3, 4]).await;
+                let (_reader, mut writer) = hc_ws::split(ws.io, hc_ws::Config::new(hc_ws::Role::Client));
+                let _ = writer.close(&CloseFrame::new(1000, "tcpping")).await;
             }
             Err(e) => {
                 failures += 1;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use hc_client::backoff::Backoff;
 use hc_client::listener::{self, ControlChannel, ControlEvent, ListenerConfig};
 use hc_client::relay::RelayEndpoint;
+use hc_client::schedule::{Due, Schedule};
 use hc_client::token::TokenProvider;
 use hc_client::{Error, runtime};
 use hc_protocol::control::AcceptCommand;
@@ -23,7 +24,7 @@ use hc_protocol::metadata::Endpoint;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -53,6 +54,9 @@ pub struct WorkerOptions {
     pub max_tunnels: usize,
     /// The permits behind `max_tunnels`, shared by every worker of one service.
     pub tunnel_slots: Arc<Semaphore>,
+    /// Where "now" comes from for tokens and deadlines (tests pass one that follows paused
+    /// tokio time).
+    pub clock: hc_client::Clock,
 }
 
 /// Default cap on concurrent tunnels per HCM process.
@@ -77,6 +81,7 @@ impl Default for WorkerOptions {
             ca_file: None,
             max_tunnels: DEFAULT_MAX_TUNNELS,
             tunnel_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TUNNELS)),
+            clock: hc_client::Clock::System,
         }
     }
 }
@@ -317,47 +322,55 @@ fn channel_down(ctx: &Ctx, why: &str) {
     });
 }
 
-/// Reads commands until the channel ends; returns why.
+/// Reads commands until the channel ends; returns why. Renewal and keep-alive follow
+/// [`Schedule`]; Pongs and the Close echo the channel queued are sent between events.
 async fn serve_channel(ctx: &Arc<Ctx>, endpoint: &Endpoint, mut channel: ControlChannel, cancel: &CancellationToken) -> String {
-    let renew_every = ctx.options.token_ttl.mul_f32(0.8).max(Duration::from_millis(500));
-    let mut renew_at = Instant::now() + renew_every;
-    let mut ping_at = Instant::now() + ctx.options.keepalive;
-    let mut last_heard = Instant::now();
+    let clock = ctx.options.clock;
+    let mut schedule = Schedule::new(ctx.options.token_ttl, ctx.options.keepalive, clock.instant_now());
     loop {
-        tokio::select! {
+        let control_ready = channel.control_ready();
+        let step: Result<(), String> = tokio::select! {
             event = channel.next_event() => {
-                last_heard = Instant::now();
+                schedule.heard(clock.instant_now());
                 match event {
-                    Ok(ControlEvent::Accept(accept)) => spawn_tunnel(ctx, endpoint, accept),
-                    Ok(ControlEvent::Request(command)) => if let Err(e) = refuse_http(ctx, &mut channel, command).await { return e.to_string() },
-                    Ok(ControlEvent::Ping(p)) => if let Err(e) = channel.pong(&p).await { return e.to_string() },
-                    Ok(ControlEvent::Closed { code, reason }) => return format!("relay closed the control channel: {} {reason}", code.unwrap_or(1005)),
-                    Ok(ControlEvent::Ignored(what)) => debug!(hybrid_connection = %ctx.key, %what, "ignored"),
+                    Ok(ControlEvent::Accept(accept)) => { spawn_tunnel(ctx, endpoint, accept); Ok(()) }
+                    Ok(ControlEvent::Request(command)) => refuse_http(ctx, &mut channel, command).await.map_err(|e| e.to_string()),
+                    Ok(ControlEvent::Ping) => Ok(()),
+                    Ok(ControlEvent::Closed { code, reason }) => {
+                        let _ = channel.flush_control().await;
+                        return format!("relay closed the control channel: {} {reason}", code.unwrap_or(1005));
+                    }
+                    Ok(ControlEvent::Ignored(what)) => { debug!(hybrid_connection = %ctx.key, %what, "ignored"); Ok(()) }
                     Err(e) => return e.to_string(),
                 }
             }
-            _ = sleep_until(renew_at) => {
-                renew_at = Instant::now() + renew_every;
-                match ctx.tokens.token(&ctx.relay.host, &ctx.name, hc_client::now_unix()) {
-                    Ok(Some(token)) => if let Err(e) = channel.renew(token).await { return e.to_string() },
-                    Ok(None) => {}
-                    Err(e) => return e.to_string(),
-                }
-                debug!(hybrid_connection = %ctx.key, "token renewed");
-            }
-            _ = sleep_until(ping_at) => {
-                if last_heard.elapsed() > ctx.options.keepalive * 2 {
-                    return "the relay did not answer keep-alive pings".into();
-                }
-                ping_at = Instant::now() + ctx.options.keepalive;
-                if let Err(e) = channel.ping().await { return e.to_string() }
-            }
+            _ = control_ready => channel.flush_control().await.map_err(|e| e.to_string()),
+            _ = sleep_until(schedule.next_wake()) => match schedule.due(clock.instant_now()) {
+                Some(Due::Renew) => renew(ctx, &mut channel).await,
+                Some(Due::Ping) => channel.ping().await.map_err(|e| e.to_string()),
+                Some(Due::Silent) => return "the relay did not answer keep-alive pings".into(),
+                None => Ok(()),
+            },
             _ = cancel.cancelled() => {
                 channel.close(close_code::NORMAL, "Hybrid Connection Manager stopping").await;
                 return "stopped".into();
             }
+        };
+        if let Err(why) = step {
+            return why;
         }
     }
+}
+
+/// Sends `renewToken` with a token signed now.
+async fn renew(ctx: &Ctx, channel: &mut ControlChannel) -> Result<(), String> {
+    match ctx.tokens.token(&ctx.relay.host, &ctx.name, ctx.options.clock.unix_now()) {
+        Ok(Some(token)) => channel.renew(token).await.map_err(|e| e.to_string())?,
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    debug!(hybrid_connection = %ctx.key, "token renewed");
+    Ok(())
 }
 
 /// The answer to HTTP request mode: the HCM forwards WebSocket connections only, so it

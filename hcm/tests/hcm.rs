@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use hc_client::handshake::WsIo;
 use hc_client::relay::RelayEndpoint;
 use hc_client::token::TokenProvider;
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::metadata::Endpoint;
-use hc_ws::{FrameReader, Peer};
+use hc_ws::{Config, Item, Reader, Role, Writer};
 use hcm::status::{HcStatus, State, StatusFile};
 use relay_server::{Relay, RelayOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 
 /// A relay from a data directory, serving on `listener`.
@@ -65,12 +66,18 @@ impl TestRelay {
 
     /// Sends `data` through `hc` as a sender, half-closes, and returns everything echoed back.
     async fn echo(&self, hc: &str, data: &[u8]) -> Result<Vec<u8>, hc_client::Error> {
-        let mut ws = self.connect(hc).await?;
+        let (reader, mut writer) = self.sender(hc).await?;
         for chunk in data.chunks(64 * 1024) {
-            hc_ws::write_masked(&mut ws.io, OpCode::Binary, chunk, rand_mask()).await.unwrap();
+            writer.send(OpCode::Binary, chunk).await.unwrap();
         }
-        hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-        Ok(read_until_close(ws.io).await)
+        writer.close(&CloseFrame::new(1000, "")).await.unwrap();
+        Ok(read_until_close(reader).await)
+    }
+
+    /// A sender's endpoint on `hc`.
+    async fn sender(&self, hc: &str) -> Result<(Reader<ReadHalf<WsIo>>, Writer<WriteHalf<WsIo>>), hc_client::Error> {
+        let ws = self.connect(hc).await?;
+        Ok(hc_ws::split(ws.io, Config::new(Role::Client)))
     }
 
     async fn connect(&self, hc: &str) -> Result<hc_client::handshake::WsStream, hc_client::Error> {
@@ -83,31 +90,20 @@ impl TestRelay {
 }
 
 /// The data received until the relay's Close (control frames skipped).
-async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(io: R) -> Vec<u8> {
-    let mut reader = FrameReader::new(io, Peer::Server, 64 * 1024);
+async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(mut reader: Reader<R>) -> Vec<u8> {
     let mut got = Vec::new();
     loop {
-        let h = reader.header().await.unwrap().expect("relay closed without a close frame");
-        let payload = read_payload(&mut reader, h.payload_len).await;
-        match h.opcode {
-            OpCode::Close => return got,
-            OpCode::Binary | OpCode::Continuation | OpCode::Text => got.extend(payload),
-            _ => {}
+        match reader.next_item().await.unwrap().expect("relay closed without a close frame") {
+            Item::Close(_) => return got,
+            Item::Data(h) => {
+                let mut done = 0;
+                while done < h.payload_len {
+                    got.extend_from_slice(reader.data_chunk(&h, &mut done).await.unwrap());
+                }
+            }
+            Item::Ping | Item::Pong => {}
         }
     }
-}
-
-async fn read_payload<R: tokio::io::AsyncRead + Unpin>(reader: &mut FrameReader<R>, len: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    while (out.len() as u64) < len {
-        let range = reader.chunk(len - out.len() as u64).await.unwrap();
-        out.extend_from_slice(&reader.buf_mut()[range]);
-    }
-    out
-}
-
-fn rand_mask() -> [u8; 4] {
-    [0x5a, 0xa5, 0x3c, 0xc3]
 }
 
 /// A TCP echo server that answers EOF with EOF (half-close aware).
@@ -289,8 +285,8 @@ async fn add_and_remove_while_running_leave_other_tunnels_alone() {
     eventually("a connected", Some(dir), || relay.listeners("a") == 1).await;
 
     // A long-lived tunnel on 'a'.
-    let mut ws = relay.connect("a").await.unwrap();
-    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b"first", rand_mask()).await.unwrap();
+    let (ws_r, mut ws_w) = relay.sender("a").await.unwrap();
+    ws_w.send(OpCode::Binary, b"first").await.unwrap();
 
     assert!(add(dir, &relay, "b", &["--listeners", "2"]).status.success());
     eventually("b connected with 2 listeners", Some(dir), || relay.listeners("b") == 2).await;
@@ -300,9 +296,9 @@ async fn add_and_remove_while_running_leave_other_tunnels_alone() {
     assert_eq!(relay.listeners("a"), 1);
 
     // The tunnel on 'a' still works.
-    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" second", rand_mask()).await.unwrap();
-    hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-    let got = read_until_close(ws.io).await;
+    ws_w.send(OpCode::Binary, b" second").await.unwrap();
+    ws_w.close(&CloseFrame::new(1000, "")).await.unwrap();
+    let got = read_until_close(ws_r).await;
     assert_eq!(got, b"first second");
 }
 
@@ -442,14 +438,14 @@ async fn sigterm_lets_live_tunnels_finish() {
     let dir = home.path();
     let mut service = Service::start(dir, &["--grace", "10"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
-    let mut ws = relay.connect("db").await.unwrap();
-    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b"before", rand_mask()).await.unwrap();
+    let (ws_r, mut ws_w) = relay.sender("db").await.unwrap();
+    ws_w.send(OpCode::Binary, b"before").await.unwrap();
     Command::new("kill").args(["-TERM", &service.0.id().to_string()]).status().unwrap();
     eventually("listener closed", Some(dir), || relay.listeners("db") == 0).await;
     // The live tunnel still carries data, then ends cleanly and the process exits 0.
-    hc_ws::write_masked(&mut ws.io, OpCode::Binary, b" after", rand_mask()).await.unwrap();
-    hc_ws::write_masked(&mut ws.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-    let got = read_until_close(ws.io).await;
+    ws_w.send(OpCode::Binary, b" after").await.unwrap();
+    ws_w.close(&CloseFrame::new(1000, "")).await.unwrap();
+    let got = read_until_close(ws_r).await;
     assert_eq!(got, b"before after");
     let exit = tokio::task::spawn_blocking(move || service.0.wait().unwrap()).await.unwrap();
     assert!(exit.success());
@@ -552,13 +548,12 @@ async fn concurrent_tunnels_are_capped() {
     let dir = home.path();
     let _service = Service::start(dir, &["--max-tunnels", "2"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
-    let first = relay.connect("db").await.unwrap();
+    let (first_r, mut first_w) = relay.sender("db").await.unwrap();
     let _second = relay.connect("db").await.unwrap();
     let err = relay.connect("db").await.unwrap_err();
     assert!(err.status() == Some(503) && err.to_string().contains("limit of 2 concurrent tunnels"), "{err}");
-    let mut first = first;
-    hc_ws::write_masked(&mut first.io, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand_mask()).await.unwrap();
-    let _ = read_until_close(first.io).await;
+    first_w.close(&CloseFrame::new(1000, "")).await.unwrap();
+    let _ = read_until_close(first_r).await;
     eventually("a slot is free again", Some(dir), || status(dir, "db").is_some_and(|s| s.tunnels_active == 1)).await;
     assert_eq!(relay.echo("db", b"third").await.unwrap(), b"third");
 }

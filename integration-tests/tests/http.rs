@@ -270,7 +270,7 @@ async fn our_client_crate_serves_http_requests() {
                     let endpoint = endpoint.clone();
                     tokio::spawn(async move { hc_client::http::serve_rendezvous(&endpoint, &command.address, our_handler).await });
                 }
-                Ok(ControlEvent::Ping(p)) => channel.pong(&p).await.unwrap(),
+                Ok(ControlEvent::Ping) => channel.flush_control().await.unwrap(),
                 Ok(ControlEvent::Closed { .. }) | Err(_) => return,
                 Ok(_) => {}
             }

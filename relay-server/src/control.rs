@@ -1,47 +1,41 @@
 //! One listener's control channel (PROTOCOL.md §5): the relay writes `accept` and `request`
 //! commands, the listener writes `renewToken` and `response`, either side pings.
 //!
+//! Two futures share the channel: the inbound one reads messages and acts on them (it never
+//! writes: the endpoint queues Pongs and the Close echo), the outbound one owns the writer
+//! and sends commands, queued control frames and keep-alive pings, and watches the deadlines
+//! of [`ListenerLife`]. Every write has a deadline (the keep-alive period), so a listener
+//! that stops reading is dropped instead of holding its senders.
+//!
 //! The channel closes with 1008 when its token expired more than the grace period ago
 //! without a valid renewal (§3.5, §15 MUST 3) or when a renewal is invalid; with 1001 when
 //! its hybrid connection is deleted or the relay shuts down (§5.5); with 1002/1007/1009 on
 //! protocol errors, text that is not UTF-8 or oversize messages. A Close from the listener is
-//! echoed.
-//!
-//! A listener that stops reading is dropped: every write must complete within the write
-//! deadline (the keep-alive period), otherwise the channel ends without waiting for the
-//! socket. When the channel ends, accepts and requests that were queued but never written
+//! echoed. When the channel ends, accepts and requests that were queued but never written
 //! are failed at once, and so are the HTTP requests this listener was given and has not
 //! answered, so their clients do not wait for a timeout.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hc_protocol::control::{ControlError, Incoming, ListenerCommand, ResponseCommand};
 use hc_protocol::frame::{CloseFrame, OpCode, close_code};
 use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
 use hc_protocol::{AuthError, Right};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use hc_ws::{Config, Message, ReadError, Reader, Role, Writer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::RelayState;
-use crate::http::{Delivery, PendingHttp};
-use crate::registry::{ConnectionPermit, ControlOut, HcKey, ListenerGuard, RendezvousReply};
+use crate::lifecycle::{ListenerLife, PingDue};
+use crate::registry::{ConnectionPermit, ControlOut, Delivery, HcKey, ListenerGuard, PendingHttp, RendezvousReply};
 use crate::target::Target;
-use crate::ws::{self, Message, MessageReader, ReadError};
 
 /// Write deadline when keep-alive pings are off.
 const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(30);
-/// Token expiries further away than this are treated as this far (a signed `se` may be any
-/// 64-bit number; deadlines must stay representable).
-pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// The instant `secs` seconds after now, clamped to [`MAX_EXPIRY_HORIZON`].
-pub fn instant_in(secs: u64) -> Instant {
-    let wait = Duration::from_secs(secs).min(MAX_EXPIRY_HORIZON);
-    Instant::now() + wait
-}
 
 /// Everything a control channel task owns.
 #[derive(Debug)]
@@ -52,7 +46,7 @@ pub struct ControlChannel {
     pub hc: HcKey,
     /// The listener's tracking id.
     pub tracking_id: String,
-    /// Current token expiry, Unix seconds.
+    /// Token expiry at open, Unix seconds.
     pub expires_at: u64,
     /// Keeps the listener registered while the task runs.
     pub guard: ListenerGuard,
@@ -60,156 +54,180 @@ pub struct ControlChannel {
     pub permit: ConnectionPermit,
     /// Commands from the relay.
     pub rx: mpsc::Receiver<ControlOut>,
-    /// A `response` with `body: true` whose body message comes next.
-    pub awaiting_body: Option<(ResponseCommand, PendingHttp)>,
 }
 
-/// What ended the loop, and what to send the listener.
+/// What ended the channel, and what to send the listener.
+#[derive(Debug)]
 enum Exit {
     /// Send this Close, then close TCP.
     Close(u16, String),
-    /// The listener closed: echo its code.
+    /// The listener closed: its Close was echoed (queued by the endpoint).
     Echo(CloseFrame),
     /// TCP is gone, broken or stuck: just drop it.
     Drop(String),
 }
 
+/// What the two futures share.
+struct Shared<'a> {
+    state: &'a RelayState,
+    hc: &'a HcKey,
+    tracking_id: &'a str,
+    listener_id: u64,
+    life: Mutex<ListenerLife>,
+    /// The expiry moved: the outbound future recomputes its deadline.
+    changed: Notify,
+}
+
+impl Shared<'_> {
+    fn life(&self) -> std::sync::MutexGuard<'_, ListenerLife> {
+        self.life.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl ControlChannel {
     /// Serves the channel until it closes.
-    pub async fn run<IO: AsyncRead + AsyncWrite + Send + 'static>(mut self, io: IO) {
-        let (r, mut w) = tokio::io::split(io);
-        let mut reader = MessageReader::new(r, ws::Peer::Client, MAX_CONTROL_MESSAGE_BYTES);
-        let exit = self.serve(&mut reader, &mut w).await;
-        let listener_id = self.guard.id();
-        drop(self.guard);
-        let why = match exit {
-            Exit::Close(code, reason) => {
-                let _ = timeout(Duration::from_secs(2), ws::write_close(&mut w, &CloseFrame::new(code, &reason))).await;
-                format!("closed by relay: {code} {reason}")
-            }
-            Exit::Echo(close) => {
-                let _ = timeout(Duration::from_secs(2), ws::write_close(&mut w, &close)).await;
-                format!("closed by listener: {:?} {}", close.code, close.reason)
-            }
-            Exit::Drop(why) => why,
+    pub async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send>(self, io: IO) {
+        let ControlChannel { state, hc, tracking_id, expires_at, guard, permit, mut rx } = self;
+        let keepalive = state.options.listener_keepalive;
+        let config = Config::new(Role::Server)
+            .max_message(MAX_CONTROL_MESSAGE_BYTES)
+            .write_timeout(Some(keepalive.unwrap_or(DEFAULT_WRITE_DEADLINE)))
+            .echo_close();
+        let (mut reader, mut writer) = hc_ws::split(io, config);
+        let now = state.options.clock.instant_now();
+        let shared = Shared {
+            state: &state,
+            hc: &hc,
+            tracking_id: &tracking_id,
+            listener_id: guard.id(),
+            life: Mutex::new(ListenerLife::new(expires_at, state.options.token_grace, keepalive, now)),
+            changed: Notify::new(),
         };
-        let _ = timeout(Duration::from_secs(1), w.shutdown()).await;
-        fail_undelivered(&self.state, &self.hc, &mut self.rx);
-        fail_unanswered(&self.state, &self.hc, listener_id, self.awaiting_body.take());
-        drop(self.permit);
-        info!(tracking_id = %self.tracking_id, namespace = %self.hc.0, hybrid_connection = %self.hc.1, %why, "listener disconnected");
+        let mid_write = AtomicBool::new(false);
+        let mut awaiting_body = None;
+        let exit = tokio::select! {
+            exit = shared.inbound(&mut reader, &mut awaiting_body) => exit,
+            exit = shared.outbound(&mut writer, &mut rx, &mid_write) => exit,
+        };
+        drop(guard);
+        let why = finish(exit, &mut writer, mid_write.load(Ordering::Acquire)).await;
+        fail_undelivered(&state, &hc, &mut rx);
+        fail_unanswered(&state, &hc, shared.listener_id, awaiting_body);
+        drop(permit);
+        info!(tracking_id = %tracking_id, namespace = %hc.0, hybrid_connection = %hc.1, %why, "listener disconnected");
     }
+}
 
-    fn deadline(&self) -> Instant {
-        instant_in(self.expires_at.saturating_sub(crate::now_unix())) + self.state.options.token_grace
+/// Sends what `exit` calls for (unless a write was cut in the middle of a frame), closes TCP,
+/// and says why the channel ended.
+async fn finish<W: AsyncWrite + Unpin>(exit: Exit, writer: &mut Writer<W>, mid_write: bool) -> String {
+    let why = match &exit {
+        Exit::Close(code, reason) => format!("closed by relay: {code} {reason}"),
+        Exit::Echo(close) => format!("closed by listener: {:?} {}", close.code, close.reason),
+        Exit::Drop(why) => why.clone(),
+    };
+    if !mid_write {
+        let goodbye = async {
+            match &exit {
+                Exit::Close(code, reason) => writer.close(&CloseFrame::new(*code, reason)).await,
+                Exit::Echo(_) => writer.flush_control().await,
+                Exit::Drop(_) => Ok(()),
+            }
+        };
+        let _ = timeout(Duration::from_secs(2), goodbye).await;
+        writer.shutdown().await;
     }
+    why
+}
 
-    /// How long one write may take before the listener counts as stuck.
-    fn write_deadline(&self) -> Duration {
-        self.state.options.listener_keepalive.unwrap_or(DEFAULT_WRITE_DEADLINE)
-    }
-
-    async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, reader: &mut MessageReader<R>, w: &mut W) -> Exit {
-        let cancel = self.state.cancel.clone();
-        let keepalive = self.state.options.listener_keepalive;
-        let mut unanswered = 0u32;
-        let mut ping_at = Instant::now() + keepalive.unwrap_or_default();
+impl Shared<'_> {
+    /// Reads the listener's messages until one ends the channel.
+    async fn inbound<R: AsyncRead + Unpin>(&self, reader: &mut Reader<R>, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) -> Exit {
         loop {
-            let deadline = self.deadline();
-            let step = tokio::select! {
-                m = reader.next() => {
-                    unanswered = 0;
-                    self.on_message(m, w).await
-                }
-                _ = sleep_until(ping_at), if keepalive.is_some() => {
-                    ping_at = Instant::now() + keepalive.unwrap_or_default();
-                    if unanswered >= 2 {
-                        Some(Exit::Drop("the listener did not answer two keep-alive pings".into()))
-                    } else {
-                        unanswered += 1;
-                        self.write(w, OpCode::Ping, b"relay").await
+            let message = reader.next_message().await;
+            if let Ok(Some(m)) = &message {
+                self.life().heard();
+                tracing::trace!(tracking_id = %self.tracking_id, message = message_kind(m), "control message");
+            }
+            let exit = match message {
+                Ok(Some(Message::Text(text))) => self.on_command(&text, awaiting),
+                Ok(Some(Message::Binary(b))) => {
+                    match awaiting.take() {
+                        Some((response, pending)) => {
+                            let _ = pending.reply.send(Delivery::Control(response, Some(b)));
+                        }
+                        // Node sends an empty binary message after a body:false response (§5.3).
+                        None => debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel"),
                     }
+                    None
                 }
-                out = self.rx.recv() => match out {
-                    Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => self.write(w, OpCode::Text, json.as_bytes()).await,
-                    Some(ControlOut::Request { json, body, .. }) => match self.write(w, OpCode::Text, json.as_bytes()).await {
-                        None => match body {
-                            Some(b) => self.write(w, OpCode::Binary, &b).await,
-                            None => None,
-                        },
-                        exit => exit,
-                    },
-                    Some(ControlOut::Close(code, reason)) => Some(Exit::Close(code, reason)),
-                    None => Some(Exit::Close(close_code::INTERNAL_ERROR, "relay dropped the listener".into())),
-                },
-                _ = sleep_until(deadline) => Some(Exit::Close(close_code::POLICY_VIOLATION, self.expired_reason())),
-                _ = cancel.cancelled() => Some(Exit::Close(close_code::GOING_AWAY, "The relay is shutting down.".into())),
+                Ok(Some(Message::Ping | Message::Pong)) => None,
+                Ok(Some(Message::Close(close))) => Some(Exit::Echo(close)),
+                Ok(None) => Some(Exit::Drop("listener closed TCP without a close frame".into())),
+                Err(e) => Some(read_error_exit(e)),
             };
-            if let Some(exit) = step {
+            if let Some(exit) = exit {
                 return exit;
             }
         }
     }
 
-    /// Writes one frame, bounded by the write deadline and by shutdown.
-    async fn write<W: AsyncWrite + Unpin>(&self, w: &mut W, op: OpCode, payload: &[u8]) -> Option<Exit> {
-        let limit = self.write_deadline();
-        tokio::select! {
-            r = timeout(limit, ws::write_frame(w, op, payload)) => match r {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(Exit::Drop(format!("write failed: {e}"))),
-                Err(_) => Some(Exit::Drop(format!("the listener did not take a write within {} s", limit.as_secs_f32()))),
-            },
-            _ = self.state.cancel.cancelled() => Some(Exit::Drop("the relay stopped during a write".into())),
+    /// Sends commands, queued control frames and pings; watches expiry and shutdown.
+    async fn outbound<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut Writer<W>,
+        rx: &mut mpsc::Receiver<ControlOut>,
+        mid_write: &AtomicBool,
+    ) -> Exit {
+        let clock = self.state.options.clock;
+        let cancel = self.state.cancel.clone();
+        loop {
+            let (expiry, next_ping) = {
+                let life = self.life();
+                (life.expiry_deadline(clock.unix_now(), clock.instant_now()), life.next_ping())
+            };
+            let step = tokio::select! {
+                _ = writer.control_ready() => guarded(mid_write, writer.flush_control()).await,
+                out = rx.recv() => match out {
+                    Some(ControlOut::Text(json)) | Some(ControlOut::Accept { json, .. }) => guarded(mid_write, writer.send(OpCode::Text, json.as_bytes())).await,
+                    Some(ControlOut::Request { json, body, .. }) => guarded(mid_write, async {
+                        writer.send(OpCode::Text, json.as_bytes()).await?;
+                        match body {
+                            Some(b) => writer.send(OpCode::Binary, &b).await,
+                            None => Ok(()),
+                        }
+                    })
+                    .await,
+                    Some(ControlOut::Close(code, reason)) => return Exit::Close(code, reason),
+                    None => return Exit::Close(close_code::INTERNAL_ERROR, "relay dropped the listener".into()),
+                },
+                _ = sleep_until(next_ping.unwrap_or_else(|| clock.instant_now())), if next_ping.is_some() => {
+                    let due = self.life().ping_due(clock.instant_now());
+                    match due {
+                        PingDue::Ping => guarded(mid_write, writer.ping(b"relay")).await,
+                        PingDue::GiveUp => return Exit::Drop("the listener did not answer two keep-alive pings".into()),
+                    }
+                }
+                _ = sleep_until(expiry) => return Exit::Close(close_code::POLICY_VIOLATION, self.expired_reason()),
+                _ = self.changed.notified() => Ok(()),
+                _ = cancel.cancelled() => return Exit::Close(close_code::GOING_AWAY, "The relay is shutting down.".into()),
+            };
+            if let Err(e) = step {
+                return Exit::Drop(format!("write failed: {e}"));
+            }
         }
     }
 
     fn expired_reason(&self) -> String {
-        let text = AuthError::Expired(self.expires_at).to_string();
+        let text = AuthError::Expired(self.life().expires_at()).to_string();
         format!("{text} TrackingId:{}", self.tracking_id)
     }
 
-    async fn on_message<W: AsyncWrite + Unpin>(&mut self, m: Result<Option<Message>, ReadError>, w: &mut W) -> Option<Exit> {
-        if let Ok(Some(message)) = &m {
-            let (kind, len) = match message {
-                Message::Text(t) => ("text", t.len()),
-                Message::Binary(b) => ("binary", b.len()),
-                Message::Ping(p) => ("ping", p.len()),
-                Message::Pong => ("pong", 0),
-                Message::Close(_) => ("close", 0),
-            };
-            tracing::trace!(tracking_id = %self.tracking_id, kind, len, "control message");
-        }
-        match m {
-            Ok(Some(Message::Text(text))) => self.on_command(&text),
-            Ok(Some(Message::Binary(b))) => {
-                match self.awaiting_body.take() {
-                    Some((response, pending)) => {
-                        let _ = pending.reply.send(Delivery::Control(response, Some(b)));
-                    }
-                    // Node sends an empty binary message after a body:false response (§5.3).
-                    None => debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel"),
-                }
-                None
-            }
-            Ok(Some(Message::Ping(payload))) => self.write(w, OpCode::Pong, &payload).await,
-            Ok(Some(Message::Pong)) => None,
-            Ok(Some(Message::Close(close))) => Some(Exit::Echo(close)),
-            Ok(None) => Some(Exit::Drop("listener closed TCP without a close frame".into())),
-            Err(ReadError::TooLarge(max)) => {
-                Some(Exit::Close(close_code::MESSAGE_TOO_BIG, format!("control message larger than {max} bytes")))
-            }
-            Err(ReadError::InvalidUtf8) => Some(Exit::Close(close_code::INVALID_PAYLOAD, ReadError::InvalidUtf8.to_string())),
-            Err(e @ (ReadError::Io(_) | ReadError::UnexpectedEof)) => Some(Exit::Drop(e.to_string())),
-            Err(e) => Some(Exit::Close(close_code::PROTOCOL_ERROR, e.to_string())),
-        }
-    }
-
-    fn on_command(&mut self, text: &str) -> Option<Exit> {
+    fn on_command(&self, text: &str, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) -> Option<Exit> {
         match ListenerCommand::parse(text) {
             Ok(Incoming::Known(ListenerCommand::RenewToken(renew))) => self.renew(&renew.token),
             Ok(Incoming::Known(ListenerCommand::Response(r))) => {
-                self.on_response(r);
+                self.on_response(r, awaiting);
                 None
             }
             Ok(Incoming::Unknown(name)) => {
@@ -228,14 +246,14 @@ impl ControlChannel {
         }
     }
 
-    /// A `response` on the control channel answers a request only if this listener was given
-    /// that request; anything else is ignored and the request stays where it is.
-    fn on_response(&mut self, r: ResponseCommand) {
-        if let Some((response, pending)) = self.awaiting_body.take() {
+    /// A `response` answers a request only if this listener was given that request; anything
+    /// else is ignored and the request stays where it is.
+    fn on_response(&self, r: ResponseCommand, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) {
+        if let Some((response, pending)) = awaiting.take() {
             let _ = pending.reply.send(Delivery::Control(response, None));
         }
         match self.take_own_request(&r.request_id) {
-            Some(pending) if r.body => self.awaiting_body = Some((r, pending)),
+            Some(pending) if r.body => *awaiting = Some((r, pending)),
             Some(pending) => {
                 let _ = pending.reply.send(Delivery::Control(r, None));
             }
@@ -246,24 +264,53 @@ impl ControlChannel {
     }
 
     fn take_own_request(&self, id: &str) -> Option<PendingHttp> {
-        let me = self.guard.id();
-        self.state.registry.take_http_if(&self.hc, id, |p| p.listener == me)
+        let me = self.listener_id;
+        self.state.registry.take_http_if(self.hc, id, |p| p.listener == me)
     }
 
     /// `renewToken`: a valid Listen token moves the expiry; anything else closes with 1008.
-    fn renew(&mut self, token: &str) -> Option<Exit> {
-        let now = crate::now_unix();
-        let result = Target::lookup(&self.state.store.read(), &self.hc)
+    fn renew(&self, token: &str) -> Option<Exit> {
+        let now = self.state.options.clock.unix_now();
+        let result = Target::lookup(&self.state.store.read(), self.hc)
             .map_err(|e| e.to_string())
             .and_then(|t| t.authorize(Some(token), Right::Listen, now).map_err(|e| e.to_string()));
         match result {
             Ok(auth) => {
                 debug!(tracking_id = %self.tracking_id, expires_at = auth.expires_at, "token renewed");
-                self.expires_at = auth.expires_at;
+                self.life().renewed(auth.expires_at);
+                self.changed.notify_one();
                 None
             }
             Err(why) => Some(Exit::Close(close_code::POLICY_VIOLATION, format!("{why} TrackingId:{}", self.tracking_id))),
         }
+    }
+}
+
+/// Runs a write, marking it as in progress (a write cut in the middle leaves a partial frame
+/// on the wire, after which no Close may be written).
+async fn guarded<F: Future<Output = std::io::Result<()>>>(mid_write: &AtomicBool, write: F) -> std::io::Result<()> {
+    mid_write.store(true, Ordering::Release);
+    let result = write.await;
+    mid_write.store(false, Ordering::Release);
+    result
+}
+
+fn read_error_exit(e: ReadError) -> Exit {
+    match e {
+        ReadError::TooLarge(max) => Exit::Close(close_code::MESSAGE_TOO_BIG, format!("control message larger than {max} bytes")),
+        ReadError::InvalidUtf8 => Exit::Close(close_code::INVALID_PAYLOAD, ReadError::InvalidUtf8.to_string()),
+        e @ (ReadError::Io(_) | ReadError::UnexpectedEof) => Exit::Drop(e.to_string()),
+        e => Exit::Close(close_code::PROTOCOL_ERROR, e.to_string()),
+    }
+}
+
+fn message_kind(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping => "ping",
+        Message::Pong => "pong",
+        Message::Close(_) => "close",
     }
 }
 
@@ -297,18 +344,5 @@ fn fail_unanswered(state: &RelayState, hc: &HcKey, listener: u64, awaiting: Opti
     }
     for pending in state.registry.take_http_all(hc, |p| p.listener == listener) {
         let _ = pending.reply.send(Delivery::Failed(why.into()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn far_expiries_are_clamped() {
-        let now = Instant::now();
-        let far = instant_in(u64::MAX);
-        assert!(far >= now + MAX_EXPIRY_HORIZON && far <= Instant::now() + MAX_EXPIRY_HORIZON);
-        let _ = far + Duration::from_secs(u32::MAX as u64);
     }
 }

@@ -1,6 +1,8 @@
-//! The relay's error type and its one mapping to the wire (PROTOCOL.md §9.1): an HTTP status
-//! with the message as reason phrase (the SDKs put the reason phrase into exception text) and
-//! as a plain-text body, both ending with the tracking text of §9.3.
+//! The relay's error type and the one place it meets the wire (PROTOCOL.md §9): an HTTP
+//! status with the message as reason phrase (the SDKs put the reason phrase into exception
+//! text), ending with the tracking text of §9.3, and a body in the shape each kind of
+//! endpoint uses: plain text on the WebSocket endpoints, Service Bus XML on the management
+//! GET (§9.3), JSON on HTTP request mode (§8.2, §8.3).
 
 use axum::body::Body;
 use axum::response::Response;
@@ -85,16 +87,59 @@ impl RelayError {
         }
     }
 
-    /// The response: status, reason phrase and body. A listener's own reject text goes out
-    /// unchanged; the relay's texts get the tracking suffix.
-    pub fn into_response(self, tracking: &Tracking) -> Response {
+    /// The response: status, reason phrase and a body in `format`. A listener's own reject
+    /// text goes out unchanged; the relay's texts get the tracking suffix.
+    pub fn render(self, tracking: &Tracking, format: ErrorFormat) -> Response {
+        let status = self.status();
         let text = match &self {
             RelayError::Rejected { description, .. } => description.clone(),
             other => tracking.decorate(&other.to_string()),
         };
-        text_response(self.status(), &text)
+        let mut r = text_response(status, &text);
+        let (body, content_type) = match format {
+            ErrorFormat::Text => return r,
+            ErrorFormat::Xml => {
+                let detail = hc_protocol::runtime_info::xml_escape(&tracking.decorate(&self.to_string()));
+                (format!("<Error><Code>{status}</Code><Detail>{detail}</Detail></Error>"), "application/xml; charset=utf-8")
+            }
+            ErrorFormat::Json => {
+                let json = serde_json::json!({"error": {"code": json_code(status), "message": text}});
+                (json.to_string(), "application/json; charset=utf-8")
+            }
+        };
+        *r.body_mut() = Body::from(body);
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        r
     }
 }
+
+/// The body shape of an error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFormat {
+    /// Plain text (WebSocket endpoints; the SDKs read the reason phrase).
+    Text,
+    /// `<Error><Code>…</Code><Detail>…</Detail></Error>` (management GET, §9.3).
+    Xml,
+    /// `{"error":{"code":…,"message":…}}` (HTTP request mode, §8.2, §8.3).
+    Json,
+}
+
+/// The `error.code` of HTTP request mode's JSON bodies.
+fn json_code(status: u16) -> &'static str {
+    match status {
+        401 => "TokenMissingOrInvalid",
+        403 => "Forbidden",
+        404 => "EndpointNotFound",
+        405 => "MethodNotAllowed",
+        408 => "RequestTimeout",
+        502 => "BadGateway",
+        503 => "ServerBusy",
+        504 => "GatewayTimeout",
+        _ => "BadRequest",
+    }
+}
+
+impl RelayError {}
 
 impl From<AuthError> for RelayError {
     fn from(e: AuthError) -> Self {
@@ -114,6 +159,13 @@ pub struct Tracking {
 }
 
 impl Tracking {
+    /// The tracking text of a request: `{sb-hc-id or a new GUID}_G0`, `sb://{host}/{path}`.
+    pub fn for_request(query: &str, host: &str, path: &str, now: u64) -> Tracking {
+        let client_id = hc_protocol::address::query_value(query, hc_protocol::address::QUERY_ID);
+        let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
+        Tracking { id, system_tracker: tracking::system_tracker(&crate::model::host_without_port(host), path), now }
+    }
+
     /// `{message} TrackingId:…, SystemTracker:…, Timestamp:…`.
     pub fn decorate(&self, message: &str) -> String {
         tracking::with_tracking(message, &self.id, &self.system_tracker, self.now)
@@ -144,16 +196,32 @@ mod tests {
     #[test]
     fn statuses_and_reasons() {
         let t = Tracking { id: "abc_G0".into(), system_tracker: "sb://default.localhost/hyco".into(), now: 1_700_000_000 };
-        let r = RelayError::EndpointNotFound.into_response(&t);
+        let r = RelayError::EndpointNotFound.render(&t, ErrorFormat::Text);
         assert_eq!(r.status(), 404);
         let reason = r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
         assert_eq!(
             reason.as_bytes(),
             b"Endpoint does not exist. TrackingId:abc_G0, SystemTracker:sb://default.localhost/hyco, Timestamp:2023-11-14T22:13:20"
         );
-        let r = RelayError::Rejected { status: 401, description: "go\r\naway".into() }.into_response(&t);
+        let r = RelayError::Rejected { status: 401, description: "go\r\naway".into() }.render(&t, ErrorFormat::Text);
         assert_eq!((r.status().as_u16(), r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes()), (401, &b"go  away"[..]));
         assert_eq!(RelayError::Auth(AuthError::MissingRight(hc_protocol::Right::Listen)).status(), 403);
         assert_eq!(RelayError::ListenerTimeout.status(), 504);
+    }
+
+    #[tokio::test]
+    async fn every_format_carries_the_tracked_message() {
+        use http_body_util::BodyExt as _;
+        let t = Tracking { id: "abc_G0".into(), system_tracker: "localhost:hyco".into(), now: 1_700_000_000 };
+        for (format, starts) in [
+            (ErrorFormat::Text, "There are"),
+            (ErrorFormat::Xml, "<Error><Code>404</Code><Detail>There are"),
+            (ErrorFormat::Json, "{\"error\":{\"code\":\"EndpointNotFound\""),
+        ] {
+            let r = RelayError::NoListeners.render(&t, format);
+            assert_eq!(r.status(), 404);
+            let body = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            assert!(body.starts_with(starts) && body.contains("TrackingId:abc_G0"), "{format:?}: {body}");
+        }
     }
 }

@@ -13,15 +13,17 @@ pub mod control;
 pub mod error;
 pub mod head_case;
 pub mod http;
+pub mod lifecycle;
 pub mod model;
 pub mod pump;
 pub mod registry;
 pub mod rendezvous;
 pub mod routes;
+pub mod runtime_info;
 pub mod server;
 pub mod store;
 pub mod target;
-pub mod ws;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +71,9 @@ pub struct RelayOptions {
     /// HTTP request mode: how long a small body may take to arrive before the request goes
     /// by rendezvous instead of the control channel.
     pub small_body_wait: Duration,
+    /// Where "now" comes from for token checks and deadlines (tests pass a clock that
+    /// follows paused tokio time).
+    pub clock: hc_ws::Clock,
 }
 
 impl Default for RelayOptions {
@@ -85,6 +90,7 @@ impl Default for RelayOptions {
             http_response_timeout: hc_protocol::limits::HTTP_RESPONSE_TIMEOUT,
             http_no_listener_status: 404,
             small_body_wait: Duration::from_secs(2),
+            clock: hc_ws::Clock::System,
         }
     }
 }

@@ -20,6 +20,8 @@ use hyper::upgrade::OnUpgrade;
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
 
+use hc_protocol::control::ResponseCommand;
+
 use crate::error::RelayError;
 
 /// A hybrid connection's identity: (namespace, path), both lower-case.
@@ -87,6 +89,26 @@ pub enum RendezvousReply {
 /// A sender waiting for its listener; the outcome goes through `reply`.
 pub type Pending = oneshot::Sender<RendezvousReply>;
 
+/// How a waiting HTTP request was answered (HTTP request mode, §8).
+#[derive(Debug)]
+pub enum Delivery {
+    /// The response (and its body, if any) came on the control channel.
+    Control(ResponseCommand, Option<Vec<u8>>),
+    /// The listener opened the request's rendezvous; this is its socket.
+    Rendezvous(hyper::upgrade::Upgraded),
+    /// The listener went away first, or answered with something unusable.
+    Failed(String),
+}
+
+/// An HTTP request waiting for its listener (kept under its hybrid connection and id).
+#[derive(Debug)]
+pub struct PendingHttp {
+    /// Registry id of the listener the request went to: only its control channel may answer.
+    pub listener: u64,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Delivery>,
+}
+
 /// The live state of one namespace. Locks are held for map operations only, never across an
 /// await.
 #[derive(Debug, Default)]
@@ -96,7 +118,7 @@ pub struct NamespaceLive {
     /// Senders waiting for a listener, by (hybrid connection, id).
     pending: Mutex<HashMap<(String, String), Pending>>,
     /// HTTP requests waiting for a listener, by (hybrid connection, id).
-    http: Mutex<HashMap<(String, String), crate::http::PendingHttp>>,
+    http: Mutex<HashMap<(String, String), PendingHttp>>,
     /// Listeners plus tunnels, against the namespace quota.
     connections: Mutex<usize>,
 }
@@ -229,7 +251,7 @@ impl Registry {
     }
 
     /// Records an HTTP request on `hc` waiting for its listener.
-    pub fn insert_http(&self, hc: &HcKey, id: &str, pending: crate::http::PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
+    pub fn insert_http(&self, hc: &HcKey, id: &str, pending: PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
         let ns = self.ns(&hc.0);
         if ns.waiting() >= max {
             return Err(RelayError::Busy);
@@ -247,12 +269,7 @@ impl Registry {
 
     /// Removes and returns the HTTP request waiting on `hc` under `id`, but only when `owns`
     /// says yes; otherwise it stays where it is.
-    pub fn take_http_if(
-        &self,
-        hc: &HcKey,
-        id: &str,
-        owns: impl FnOnce(&crate::http::PendingHttp) -> bool,
-    ) -> Option<crate::http::PendingHttp> {
+    pub fn take_http_if(&self, hc: &HcKey, id: &str, owns: impl FnOnce(&PendingHttp) -> bool) -> Option<PendingHttp> {
         let ns = self.existing(&hc.0)?;
         let mut map = lock(&ns.http);
         let key = (hc.1.clone(), id.to_owned());
@@ -263,7 +280,7 @@ impl Registry {
     }
 
     /// Removes and returns every HTTP request on `hc` for which `owns` says yes.
-    pub fn take_http_all(&self, hc: &HcKey, owns: impl Fn(&crate::http::PendingHttp) -> bool) -> Vec<crate::http::PendingHttp> {
+    pub fn take_http_all(&self, hc: &HcKey, owns: impl Fn(&PendingHttp) -> bool) -> Vec<PendingHttp> {
         let Some(ns) = self.existing(&hc.0) else { return Vec::new() };
         let mut map = lock(&ns.http);
         let keys: Vec<(String, String)> = map.iter().filter(|(k, p)| k.0 == hc.1 && owns(p)).map(|(k, _)| k.clone()).collect();

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::response::Response;
+use hc_protocol::Right;
 use hc_protocol::address::{self, Action};
 use hc_protocol::control::{self, AcceptCommand, Headers, RemoteEndpoint, ServiceCommand};
 use hc_protocol::limits::MAX_LISTENERS_PER_HYBRID_CONNECTION;
-use hc_protocol::{Right, tracking};
 use http::{HeaderMap, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::{mpsc, oneshot};
@@ -24,12 +24,12 @@ use tracing::{Instrument, debug, debug_span, info};
 
 use crate::RelayState;
 use crate::control::ControlChannel;
-use crate::error::{RelayError, Tracking, text_response};
+use crate::error::{ErrorFormat, RelayError, Tracking, text_response};
 use crate::head_case::HeaderNames;
 use crate::pump::{self, PumpOptions};
 use crate::registry::{ControlOut, ListenerHandle, RendezvousReply};
 use crate::target::{Target, TokenSource, find_token};
-use crate::ws;
+use crate::upgrade as ws;
 
 /// How many commands may wait for a listener's control channel.
 const CONTROL_QUEUE: usize = 64;
@@ -81,7 +81,7 @@ pub async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
     };
     result.unwrap_or_else(|e| {
         debug!(tracking_id = %tracking.id, status = e.status(), error = %e, "websocket request refused");
-        e.into_response(&tracking)
+        e.render(&tracking, ErrorFormat::Text)
     })
 }
 
@@ -108,7 +108,6 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         guard,
         permit,
         rx,
-        awaiting_body: None,
     };
     info!(tracking_id = %r.tracking.id, namespace = %target.namespace, hybrid_connection = %target.hc_name, peer = %r.peer, "listener connected");
     let span = debug_span!("control", tracking_id = %r.tracking.id);
@@ -262,13 +261,6 @@ fn connect_headers(headers: &HeaderMap, names: &HeaderNames, token_source: Optio
     out
 }
 
-/// The tracking id and system tracker for a request (§9.3).
-pub fn tracking_for(query: &str, host: &str, path: &str, now: u64) -> Tracking {
-    let client_id = address::query_value(query, address::QUERY_ID);
-    let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
-    Tracking { id, system_tracker: tracking::system_tracker(&crate::model::host_without_port(host), path), now }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,7 +290,7 @@ mod tests {
             }
             let _ = reject_params(&format!("sb-hc-statusCode={query}&sb-hc-statusDescription={path}"));
             let _ = crate::target::find_token(&HeaderMap::new(), &query);
-            let _ = tracking_for(&query, &path, &path, 0);
+            let _ = Tracking::for_request(&query, &path, &path, 0);
             let mut model = crate::Model::default();
             crate::config::ensure_default_namespace(&mut model, 0).unwrap();
             let _ = crate::target::Target::resolve(&model, "localhost", &path);

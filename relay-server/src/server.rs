@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use crate::RelayState;
 use crate::head_case::{CaptureIo, HeadCapture};
-use crate::routes::{self, ConnInfo};
+use crate::http::ConnInfo;
+use crate::routes;
 
 /// Serves until `shutdown` completes, then drains.
 pub async fn serve(

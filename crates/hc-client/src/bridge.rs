@@ -1,21 +1,23 @@
-//! Bytes between a relayed WebSocket and a TCP socket (or any byte stream), both ways, with half-close
-//! (PROTOCOL.md §6.4): the endpoint's EOF becomes a Close frame and the relay's Close becomes
-//! the endpoint's EOF, while the other direction keeps flowing until it ends too. An abort on
-//! one side (TCP reset, relay connection dropped without Close) aborts the other: the TCP
-//! side is reset (SO_LINGER 0), the WebSocket side dropped without a Close.
+//! Bytes between a relayed WebSocket and a TCP socket (or any byte stream), both ways, with
+//! half-close (PROTOCOL.md §6.4): the endpoint's EOF becomes a Close frame and the relay's
+//! Close becomes the endpoint's EOF, while the other direction keeps flowing until it ends
+//! too. An abort on one side (TCP reset, relay connection dropped without Close) aborts the
+//! other: the TCP side is reset (SO_LINGER 0), the WebSocket side dropped without a Close.
 //!
-//! Two named pumps share the WebSocket writer (the relay's pings are answered from the
-//! reading pump). Memory is bounded: one read buffer per direction, and the TCP->WebSocket
-//! buffer is allocated only when the socket is readable.
+//! Two named pumps, each owning what it writes: relay -> TCP owns the TCP write half; TCP ->
+//! relay owns the WebSocket writer and also sends the Pongs the relay's Pings queued (between
+//! frames). Memory is bounded: one read buffer per direction, and the TCP -> relay buffer is
+//! allocated only when the socket is readable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hc_protocol::frame::{self, CloseFrame, FrameHeader, OpCode, close_code};
-use hc_ws::{FrameReader, HEADROOM, Peer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use hc_protocol::frame::{CloseFrame, OpCode, close_code};
+use hc_ws::{Config, HEADROOM, Item, Reader, Role, Writer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::Mutex;
+
+use crate::handshake::WsStream;
 
 /// The non-relay side's read half as the bridge sees it.
 pub trait Source: AsyncRead + Unpin + Send {
@@ -34,8 +36,6 @@ impl Source for OwnedReadHalf {
 
 impl<T: AsyncRead + Send> Source for ReadHalf<T> {}
 
-use crate::handshake::{Prefixed, WsStream};
-
 /// Payload bytes moved each way and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeReport {
@@ -52,14 +52,18 @@ enum End {
     Aborted(String),
 }
 
-type WsWriter = Mutex<WriteHalf<Prefixed>>;
-
 /// Pumps between the relay and a TCP socket until both directions have ended, or one
 /// aborts; an abort resets the TCP connection.
 pub async fn bridge(ws: WsStream, tcp: TcpStream, buffer: usize) -> BridgeReport {
+    bridge_with_early(ws, tcp, &[], buffer).await
+}
+
+/// Like [`bridge`], with `early` bytes the TCP side sent before the tunnel was open (a
+/// proxy client's first bytes behind its CONNECT head); they go to the relay first.
+pub async fn bridge_with_early(ws: WsStream, tcp: TcpStream, early: &[u8], buffer: usize) -> BridgeReport {
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
-    let report = pump_both(ws, &mut tr, &mut tw, buffer).await;
+    let report = pump_both(ws.io, early, &mut tr, &mut tw, buffer).await;
     if report.aborted.is_some()
         && let Ok(tcp) = tr.reunite(tw)
     {
@@ -68,25 +72,37 @@ pub async fn bridge(ws: WsStream, tcp: TcpStream, buffer: usize) -> BridgeReport
     report
 }
 
-/// Pumps between the relay and any byte stream (e.g. one end of a `tokio::io::duplex`);
-/// an abort just drops the stream.
+/// Like [`bridge`], for any byte stream (an in-memory pipe, say).
 pub async fn bridge_stream<S: AsyncRead + AsyncWrite + Send + 'static>(ws: WsStream, stream: S, buffer: usize) -> BridgeReport {
     let (mut r, mut w) = tokio::io::split(stream);
-    pump_both(ws, &mut r, &mut w, buffer).await
+    pump_both(ws.io, &[], &mut r, &mut w, buffer).await
 }
 
-async fn pump_both<R: Source, W: AsyncWrite + Unpin + Send>(ws: WsStream, src: &mut R, dst: &mut W, buffer: usize) -> BridgeReport {
-    let (wr, ww) = tokio::io::split(ws.io);
-    let writer: WsWriter = Mutex::new(ww);
-    let mut reader = FrameReader::new(wr, Peer::Server, buffer);
+/// The bridge over any relay socket (in-memory pipes in tests); `early` goes to the relay
+/// before anything read from `src`.
+pub async fn pump_both<IO, R, W>(ws: IO, early: &[u8], src: &mut R, dst: &mut W, buffer: usize) -> BridgeReport
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    R: Source,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (mut reader, mut writer) = hc_ws::split(ws, Config::new(Role::Client).read_buffer(buffer));
     let (to_tcp, from_tcp) = (AtomicU64::new(0), AtomicU64::new(0));
     let aborted = {
-        let a = ws_to_tcp(&mut reader, &writer, dst, &to_tcp);
-        let b = tcp_to_ws(src, &writer, buffer, &from_tcp);
+        let a = ws_to_tcp(&mut reader, dst, &to_tcp);
+        let b = async {
+            if !early.is_empty() {
+                if let Err(e) = writer.send(OpCode::Binary, early).await {
+                    return End::Aborted(format!("writing to the relay: {e}"));
+                }
+                from_tcp.fetch_add(early.len() as u64, Ordering::Relaxed);
+            }
+            tcp_to_ws(src, &mut writer, buffer, &from_tcp).await
+        };
         both(a, b).await
     };
     if aborted.is_none() {
-        let _ = writer.lock().await.shutdown().await;
+        writer.shutdown().await;
     }
     BridgeReport { to_tcp: to_tcp.into_inner(), from_tcp: from_tcp.into_inner(), aborted }
 }
@@ -103,65 +119,50 @@ async fn both(a: impl Future<Output = End>, b: impl Future<Output = End>) -> Opt
     None
 }
 
-async fn write_masked<W: AsyncWrite + Unpin>(w: &Mutex<W>, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
-    hc_ws::write_masked(&mut *w.lock().await, opcode, payload, rand::random()).await
-}
-
-/// Relay -> TCP: data frames' payloads are written to TCP; a Close shuts TCP's write side.
-async fn ws_to_tcp<W: AsyncWrite + Unpin>(
-    reader: &mut FrameReader<ReadHalf<Prefixed>>,
-    ws: &WsWriter,
-    tcp: &mut W,
-    bytes: &AtomicU64,
-) -> End {
+/// Relay -> TCP: data payloads are written to TCP; the relay's Close shuts TCP's write side.
+async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(reader: &mut Reader<R>, tcp: &mut W, bytes: &AtomicU64) -> End {
     loop {
-        let header = match reader.header().await {
-            Ok(Some(h)) => h,
-            Ok(None) => return End::Aborted("relay closed the connection without a close frame".into()),
-            Err(e) => return End::Aborted(format!("reading from the relay: {e}")),
-        };
-        match header.opcode {
-            OpCode::Ping | OpCode::Pong | OpCode::Close => {
-                let payload = match reader.payload(&header).await {
-                    Ok(p) => p,
-                    Err(e) => return End::Aborted(format!("reading from the relay: {e}")),
-                };
-                match header.opcode {
-                    OpCode::Ping => {
-                        if let Err(e) = write_masked(ws, OpCode::Pong, &payload).await {
-                            return End::Aborted(format!("writing to the relay: {e}"));
-                        }
-                    }
-                    OpCode::Close => {
-                        let _ = tcp.shutdown().await;
-                        return End::Closed;
-                    }
-                    _ => {}
-                }
-            }
-            _ => {
-                let mut left = header.payload_len;
-                while left > 0 {
-                    let range = match reader.chunk(left).await {
-                        Ok(r) => r,
+        match reader.next_item().await {
+            Ok(Some(Item::Data(h))) => {
+                let mut done = 0;
+                while done < h.payload_len {
+                    let chunk = match reader.data_chunk(&h, &mut done).await {
+                        Ok(c) => c,
                         Err(e) => return End::Aborted(format!("reading from the relay: {e}")),
                     };
-                    left -= range.len() as u64;
-                    if let Err(e) = tcp.write_all(&reader.buf_mut()[range]).await {
+                    if let Err(e) = tcp.write_all(chunk).await {
                         return End::Aborted(format!("writing to the endpoint: {e}"));
                     }
                 }
-                bytes.fetch_add(header.payload_len, Ordering::Relaxed);
+                bytes.fetch_add(h.payload_len, Ordering::Relaxed);
             }
+            Ok(Some(Item::Ping | Item::Pong)) => {}
+            Ok(Some(Item::Close(_))) => {
+                let _ = tcp.shutdown().await;
+                return End::Closed;
+            }
+            Ok(None) => return End::Aborted("relay closed the connection without a close frame".into()),
+            Err(e) => return End::Aborted(format!("reading from the relay: {e}")),
         }
     }
 }
 
-/// TCP -> relay: each read becomes one masked binary frame; EOF becomes Close 1000.
-async fn tcp_to_ws<R: Source>(tcp: &mut R, ws: &WsWriter, buffer: usize, bytes: &AtomicU64) -> End {
+/// TCP -> relay: each read becomes one masked binary frame written in place; EOF becomes
+/// Close 1000. Queued Pongs go out between frames.
+async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(tcp: &mut R, ws: &mut Writer<W>, buffer: usize, bytes: &AtomicU64) -> End {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        if let Err(e) = tcp.ready().await {
+        let readable = tokio::select! {
+            biased;
+            _ = ws.control_ready() => {
+                if let Err(e) = ws.flush_control().await {
+                    return End::Aborted(format!("writing to the relay: {e}"));
+                }
+                continue;
+            }
+            r = tcp.ready() => r,
+        };
+        if let Err(e) = readable {
             return End::Aborted(format!("reading from the endpoint: {e}"));
         }
         if buf.is_empty() {
@@ -169,8 +170,7 @@ async fn tcp_to_ws<R: Source>(tcp: &mut R, ws: &WsWriter, buffer: usize, bytes: 
         }
         let n = match tcp.read(&mut buf[HEADROOM..]).await {
             Ok(0) => {
-                let close = CloseFrame::new(close_code::NORMAL, "");
-                return match write_masked(ws, OpCode::Close, &close.payload()).await {
+                return match ws.close(&CloseFrame::new(close_code::NORMAL, "")).await {
                     Ok(()) => End::Closed,
                     Err(e) => End::Aborted(format!("writing to the relay: {e}")),
                 };
@@ -179,19 +179,7 @@ async fn tcp_to_ws<R: Source>(tcp: &mut R, ws: &WsWriter, buffer: usize, bytes: 
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return End::Aborted(format!("reading from the endpoint: {e}")),
         };
-        let mask: [u8; 4] = rand::random();
-        let mut head = [0u8; frame::MAX_HEADER_LEN];
-        let head_len = FrameHeader { fin: true, opcode: OpCode::Binary, mask: Some(mask), payload_len: n as u64 }.encode(&mut head);
-        frame::apply_mask(&mut buf[HEADROOM..HEADROOM + n], mask, 0);
-        buf[HEADROOM - head_len..HEADROOM].copy_from_slice(&head[..head_len]);
-        let result = {
-            let mut w = ws.lock().await;
-            match w.write_all(&buf[HEADROOM - head_len..HEADROOM + n]).await {
-                Ok(()) => w.flush().await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = result {
+        if let Err(e) = ws.send_in_place(OpCode::Binary, &mut buf[..HEADROOM + n]).await {
             return End::Aborted(format!("writing to the relay: {e}"));
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);

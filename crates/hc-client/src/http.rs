@@ -7,11 +7,11 @@
 use hc_protocol::control::{self, Headers, ListenerCommand, RequestCommand, ResponseCommand, ServiceCommand};
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::limits::MAX_CONTROL_BODY_BYTES;
-use hc_ws::{FrameReader, Peer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use hc_ws::{Config, Message, Reader, Role, Writer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
 use crate::error::{Error, ErrorKind};
-use crate::handshake::Prefixed;
+use crate::handshake::WsIo;
 use crate::listener;
 use crate::relay::RelayEndpoint;
 
@@ -72,11 +72,15 @@ fn response_json(request_id: &str, response: &HttpResponse) -> String {
     }))
 }
 
-/// Writes a response (JSON, then the body as one binary message) as a WebSocket client.
-pub(crate) async fn write_response<W: AsyncWrite + Unpin>(w: &mut W, request_id: &str, response: &HttpResponse) -> Result<(), Error> {
-    hc_ws::write_masked(w, OpCode::Text, response_json(request_id, response).as_bytes(), rand::random()).await?;
+/// Writes a response (JSON, then the body as one binary message).
+pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
+    w: &mut Writer<W>,
+    request_id: &str,
+    response: &HttpResponse,
+) -> Result<(), Error> {
+    w.send(OpCode::Text, response_json(request_id, response).as_bytes()).await?;
     if !response.body.is_empty() {
-        hc_ws::write_masked(w, OpCode::Binary, &response.body, rand::random()).await?;
+        w.send(OpCode::Binary, &response.body).await?;
     }
     Ok(())
 }
@@ -86,47 +90,16 @@ pub fn needs_rendezvous(response: &HttpResponse) -> bool {
     response.body.len() > MAX_CONTROL_BODY_BYTES
 }
 
-/// Answers `request` through a rendezvous opened with its address (for large responses).
-pub async fn respond_via_rendezvous(endpoint: &RelayEndpoint, request: &HttpRequest, response: &HttpResponse) -> Result<(), Error> {
-    let ws = listener::accept(endpoint, &request.address).await?;
-    let (_r, mut w) = tokio::io::split(ws.io);
-    write_response(&mut w, &request.id, response).await?;
-    let _ = hc_ws::write_masked(&mut w, OpCode::Close, &CloseFrame::new(1000, "").payload(), rand::random()).await;
-    Ok(())
+fn rendezvous_endpoint(ws: crate::handshake::WsStream) -> (Reader<ReadHalf<WsIo>>, Writer<WriteHalf<WsIo>>) {
+    hc_ws::split(ws.io, Config::new(Role::Client).max_message(MAX_BODY).echo_close())
 }
 
-/// Reads one whole message (text or binary, any fragmentation), answering pings; `None` when
-/// the socket closes.
-async fn read_message<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    w: &mut WriteHalf<Prefixed>,
-    limit: usize,
-) -> Result<Option<(OpCode, Vec<u8>)>, Error> {
-    let mut kind = None;
-    let mut data = Vec::new();
-    loop {
-        let Some(h) = reader.header().await? else { return Ok(None) };
-        let mut payload = Vec::new();
-        while (payload.len() as u64) < h.payload_len {
-            let range = reader.chunk(h.payload_len - payload.len() as u64).await?;
-            payload.extend_from_slice(&reader.buf_mut()[range]);
-            if data.len() + payload.len() > limit {
-                return Err(Error::new(ErrorKind::Protocol, format!("message larger than {limit} bytes")));
-            }
-        }
-        match h.opcode {
-            OpCode::Ping => hc_ws::write_masked(w, OpCode::Pong, &payload, rand::random()).await?,
-            OpCode::Pong => {}
-            OpCode::Close => return Ok(None),
-            op => {
-                kind.get_or_insert(if op == OpCode::Continuation { OpCode::Binary } else { op });
-                data.extend_from_slice(&payload);
-                if h.fin {
-                    return Ok(kind.map(|k| (k, data)));
-                }
-            }
-        }
-    }
+/// Answers `request` through a rendezvous opened with its address (for large responses).
+pub async fn respond_via_rendezvous(endpoint: &RelayEndpoint, request: &HttpRequest, response: &HttpResponse) -> Result<(), Error> {
+    let (_r, mut w) = rendezvous_endpoint(listener::accept(endpoint, &request.address).await?);
+    write_response(&mut w, &request.id, response).await?;
+    let _ = w.close(&CloseFrame::new(1000, "")).await;
+    Ok(())
 }
 
 /// Opens the rendezvous of an address-only `request` and answers every request that arrives
@@ -136,23 +109,19 @@ pub async fn serve_rendezvous(
     address: &str,
     mut handler: impl FnMut(HttpRequest) -> HttpResponse,
 ) -> Result<(), Error> {
-    let ws = listener::accept(endpoint, address).await?;
-    let (r, mut w): (ReadHalf<Prefixed>, WriteHalf<Prefixed>) = tokio::io::split(ws.io);
-    let mut reader = FrameReader::new(r, Peer::Server, 64 * 1024);
+    let (mut reader, mut writer) = rendezvous_endpoint(listener::accept(endpoint, address).await?);
     loop {
-        let Some((kind, text)) = read_message(&mut reader, &mut w, MAX_BODY).await? else { break };
-        if kind != OpCode::Text {
-            continue; // not a command
-        }
-        let command =
-            match ServiceCommand::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))? {
-                control::Incoming::Known(ServiceCommand::Request(r)) => r,
-                other => return Err(Error::new(ErrorKind::Protocol, format!("expected a request on the rendezvous, got {other:?}"))),
-            };
+        let Some(text) = next_data(&mut reader, &mut writer).await? else { break };
+        let Message::Text(text) = text else { continue }; // not a command
+        let command = match ServiceCommand::parse(&text).map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))? {
+            control::Incoming::Known(ServiceCommand::Request(r)) => r,
+            other => return Err(Error::new(ErrorKind::Protocol, format!("expected a request on the rendezvous, got {other:?}"))),
+        };
         let body = if command.body == Some(true) {
-            match read_message(&mut reader, &mut w, MAX_BODY).await? {
-                Some((_, b)) => b,
-                None => break,
+            match next_data(&mut reader, &mut writer).await? {
+                Some(Message::Binary(b)) => b,
+                Some(Message::Text(t)) => t.into_bytes(),
+                _ => break,
             }
         } else {
             Vec::new()
@@ -160,8 +129,24 @@ pub async fn serve_rendezvous(
         let request = HttpRequest::from_command(command, body);
         let id = request.id.clone();
         let response = handler(request);
-        write_response(&mut w, &id, &response).await?;
+        write_response(&mut writer, &id, &response).await?;
     }
-    let _ = w.shutdown().await;
+    writer.flush_control().await?;
+    writer.shutdown().await;
     Ok(())
+}
+
+/// The next data message, sending queued Pongs on the way; `None` when the relay closes.
+async fn next_data<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+) -> Result<Option<Message>, Error> {
+    loop {
+        match reader.next_message().await? {
+            Some(m @ (Message::Text(_) | Message::Binary(_))) => return Ok(Some(m)),
+            Some(Message::Ping) => writer.flush_control().await?,
+            Some(Message::Pong) => {}
+            Some(Message::Close(_)) | None => return Ok(None),
+        }
+    }
 }

@@ -4,9 +4,9 @@
 //! loopback (RFC 6761) and a `ws://` endpoint selects plain WebSockets.
 //!
 //! Modules: `tls` (trust roots), `relay` (where the relay is and how to reach it), `token`
-//! (SAS tokens from a connection string), `handshake` (client upgrade keeping status and
-//! reason phrase), `listener` (control channel, accept, reject), `sender` (connect),
-//! `runtime` (runtime-info GET), `bridge` (WebSocket <-> TCP with half-close), `backoff`.
+//! (SAS tokens from a connection string), `handshake` (upgrade and GET on hyper's client,
+//! keeping status and reason phrase), `listener` (control channel, accept, reject), `sender` (connect),
+//! `runtime` (runtime-info GET), `schedule` (renewal and keep-alive times), `bridge` (WebSocket <-> TCP with half-close), `backoff`.
 
 pub mod backoff;
 pub mod bridge;
@@ -16,11 +16,13 @@ pub mod http;
 pub mod listener;
 pub mod relay;
 pub mod runtime;
+pub mod schedule;
 pub mod sender;
 pub mod tls;
 pub mod token;
 
 pub use error::{Error, ErrorKind};
+pub use hc_ws::Clock;
 pub use relay::RelayEndpoint;
 
 use tokio::io::{AsyncRead, AsyncWrite};

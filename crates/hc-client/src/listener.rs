@@ -1,15 +1,17 @@
 //! The listener side (PROTOCOL.md §5): open a control channel, read `accept` commands, renew
 //! the token, answer pings; then join a rendezvous (accept) or refuse it (reject, §6.2).
 
+use std::time::Duration;
+
 use hc_protocol::address::{self, Action, HEADER_SB_AUTHORIZATION};
 use hc_protocol::control::{self, AcceptCommand, Incoming, ListenerCommand, RenewTokenCommand, RequestCommand, ServiceCommand};
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
-use hc_ws::{Message, MessageReader, Peer};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use hc_ws::{Config, Message, Reader, Role, Writer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
 use crate::error::{Error, ErrorKind};
-use crate::handshake::{self, Prefixed, WsStream};
+use crate::handshake::{self, WsIo, WsStream};
 use crate::relay::RelayEndpoint;
 use crate::token::{Token, TokenProvider};
 
@@ -34,29 +36,32 @@ pub enum ControlEvent {
     /// An HTTP request: a full one (read its body with [`ControlChannel::read_request`]) or an
     /// address-only one (serve it with [`crate::http::serve_rendezvous`]).
     Request(RequestCommand),
-    /// The relay pinged; answer with [`ControlChannel::pong`].
-    Ping(Vec<u8>),
-    /// The relay closed the channel.
+    /// The relay pinged; its Pong is queued (see [`ControlChannel::control_ready`]).
+    Ping,
+    /// The relay closed the channel (its Close is echoed by [`ControlChannel::flush_control`]).
     Closed {
         /// Close code, if any.
         code: Option<u16>,
         /// Close reason.
         reason: String,
     },
-    /// Something this listener does not act on (a pong, an HTTP request, an unknown command).
+    /// Something this listener does not act on (a pong, a binary message, an unknown command).
     Ignored(String),
 }
 
-/// An open control channel.
+/// An open control channel: a client endpoint over the relay's socket (any socket in tests).
 #[derive(Debug)]
-pub struct ControlChannel {
-    reader: MessageReader<ReadHalf<Prefixed>>,
-    writer: WriteHalf<Prefixed>,
+pub struct ControlChannel<IO = WsIo> {
+    reader: Reader<ReadHalf<IO>>,
+    writer: Writer<WriteHalf<IO>>,
     /// Expiry of the token in use, Unix seconds.
     pub expires_at: u64,
 }
 
-impl ControlChannel {
+/// Longest time one write to the relay may take before the channel counts as broken.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ControlChannel<WsIo> {
     /// Opens the channel: `GET /$hc/{path}?sb-hc-action=listen&sb-hc-id=…` with the token in
     /// `ServiceBusAuthorization`.
     pub async fn open(config: &ListenerConfig) -> Result<Self, Error> {
@@ -75,17 +80,22 @@ impl ControlChannel {
             Ok(ws) => ws,
             Err(head) => return Err(Error::from_status(&format!("listening on '{}'", config.path), head.status, &head.reason)),
         };
-        let (r, w) = tokio::io::split(ws.io);
-        Ok(ControlChannel {
-            reader: MessageReader::new(r, Peer::Server, MAX_CONTROL_MESSAGE_BYTES),
-            writer: w,
-            expires_at: token.expires_at,
-        })
+        Ok(ControlChannel::from_io(ws.io, token.expires_at))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> ControlChannel<IO> {
+    /// A control channel over an upgraded socket whose token expires at `expires_at`.
+    pub fn from_io(io: IO, expires_at: u64) -> Self {
+        let config = Config::new(Role::Client).max_message(MAX_CONTROL_MESSAGE_BYTES).write_timeout(Some(WRITE_TIMEOUT)).echo_close();
+        let (reader, writer) = hc_ws::split(io, config);
+        ControlChannel { reader, writer, expires_at }
     }
 
-    /// The next event. Cancel-safe: use it in `select!` next to timers.
+    /// The next event. Cancel-safe, and never writes: queued Pongs and the Close echo go out
+    /// with [`ControlChannel::flush_control`].
     pub async fn next_event(&mut self) -> Result<ControlEvent, Error> {
-        let Some(message) = self.reader.next().await? else {
+        let Some(message) = self.reader.next_message().await? else {
             return Err(Error::new(ErrorKind::Network, "relay closed the control channel without a close frame"));
         };
         Ok(match message {
@@ -96,26 +106,32 @@ impl ControlChannel {
                 Err(e) => return Err(Error::new(ErrorKind::Protocol, e.to_string())),
             },
             Message::Binary(_) => ControlEvent::Ignored("binary message".into()),
-            Message::Ping(p) => ControlEvent::Ping(p),
+            Message::Ping => ControlEvent::Ping,
             Message::Pong => ControlEvent::Ignored("pong".into()),
             Message::Close(c) => ControlEvent::Closed { code: c.code, reason: c.reason },
         })
     }
 
-    /// Answers a ping.
-    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), Error> {
-        Ok(hc_ws::write_masked(&mut self.writer, OpCode::Pong, payload, rand::random()).await?)
+    /// Completes when a Pong or the Close echo waits to be sent; then call
+    /// [`ControlChannel::flush_control`]. Holds no borrow of the channel.
+    pub fn control_ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.writer.control_ready()
+    }
+
+    /// Sends the queued Pongs and Close echo.
+    pub async fn flush_control(&mut self) -> Result<(), Error> {
+        Ok(self.writer.flush_control().await?)
     }
 
     /// Sends a keep-alive ping (§5.4).
     pub async fn ping(&mut self) -> Result<(), Error> {
-        Ok(hc_ws::write_masked(&mut self.writer, OpCode::Ping, b"hc", rand::random()).await?)
+        Ok(self.writer.ping(b"hc").await?)
     }
 
     /// Sends `renewToken` with a fresh token (§5.3) and records its expiry.
     pub async fn renew(&mut self, token: Token) -> Result<(), Error> {
         let json = control::to_json(&ListenerCommand::RenewToken(RenewTokenCommand { token: token.text }));
-        hc_ws::write_masked(&mut self.writer, OpCode::Text, json.as_bytes(), rand::random()).await?;
+        self.writer.send(OpCode::Text, json.as_bytes()).await?;
         self.expires_at = token.expires_at;
         Ok(())
     }
@@ -123,10 +139,13 @@ impl ControlChannel {
     /// For a full request: reads the body message that follows it (when `body` is true).
     pub async fn read_request(&mut self, command: RequestCommand) -> Result<crate::http::HttpRequest, Error> {
         let body = if command.body == Some(true) {
-            match self.reader.next().await? {
-                Some(Message::Binary(b)) => b,
-                Some(Message::Text(t)) => t.into_bytes(),
-                other => return Err(Error::new(ErrorKind::Protocol, format!("expected the request body, got {other:?}"))),
+            loop {
+                match self.reader.next_message().await? {
+                    Some(Message::Binary(b)) => break b,
+                    Some(Message::Text(t)) => break t.into_bytes(),
+                    Some(Message::Ping | Message::Pong) => continue,
+                    other => return Err(Error::new(ErrorKind::Protocol, format!("expected the request body, got {other:?}"))),
+                }
             }
         } else {
             Vec::new()
@@ -150,12 +169,18 @@ impl ControlChannel {
         crate::http::write_response(&mut self.writer, &request.id, response).await
     }
 
-    /// Closes the channel (Close frame, then TCP).
+    /// Closes the channel: Close, the relay's Close (2 s at most), then TCP.
     pub async fn close(mut self, code: u16, reason: &str) {
-        let close = CloseFrame::new(code, reason);
-        let _ = hc_ws::write_masked(&mut self.writer, OpCode::Close, &close.payload(), rand::random()).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.reader.next()).await;
-        let _ = self.writer.shutdown().await;
+        let _ = self.writer.close(&CloseFrame::new(code, reason)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(m)) = self.reader.next_message().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.writer.shutdown().await;
     }
 }
 

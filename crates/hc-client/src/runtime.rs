@@ -31,24 +31,26 @@ pub async fn get(endpoint: &RelayEndpoint, path: &str, tokens: &TokenProvider) -
     let body = String::from_utf8_lossy(&body);
     match head.status {
         200 => {
-            let (rca, user_metadata, listener_count) = RuntimeInfo::parse_atom(&body).ok_or_else(|| {
+            let fields = RuntimeInfo::parse_atom(&body).ok_or_else(|| {
                 Error::new(
                     ErrorKind::EndpointNotFound,
                     format!("runtime info for '{path}': the relay's answer is not a hybrid connection entry"),
                 )
             })?;
-            Ok(RuntimeInformation { requires_client_authorization: rca, user_metadata, listener_count })
+            Ok(RuntimeInformation {
+                requires_client_authorization: fields.requires_client_authorization,
+                user_metadata: fields.user_metadata,
+                listener_count: fields.listener_count,
+            })
         }
         status => Err(Error::from_status(&format!("runtime info for '{path}'"), status, &detail(&body, &head.reason))),
     }
 }
 
-/// The `<Detail>` of a Service Bus XML error, else the reason phrase.
+/// The `<Detail>` of a Service Bus XML error (§9.3), else the reason phrase.
 fn detail(body: &str, reason: &str) -> String {
-    let start = body.find("<Detail>").map(|i| i + "<Detail>".len());
-    let end = body.find("</Detail>");
-    match (start, end) {
-        (Some(s), Some(e)) if s <= e => body[s..e].to_owned(),
-        _ => reason.to_owned(),
-    }
+    roxmltree::Document::parse(body)
+        .ok()
+        .and_then(|doc| doc.descendants().find(|n| n.tag_name().name() == "Detail").and_then(|n| n.text().map(str::to_owned)))
+        .unwrap_or_else(|| reason.to_owned())
 }

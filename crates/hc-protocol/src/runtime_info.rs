@@ -70,23 +70,45 @@ impl RuntimeInfo {
         )
     }
 
-    /// Reads the fields HCM needs back from an entry (element text between tags).
-    pub fn parse_atom(xml: &str) -> Option<(bool, Option<String>, usize)> {
-        let rca = element_text(xml, "RequiresClientAuthorization")?.trim() == "true";
-        let metadata = element_text(xml, "UserMetadata").map(|m| xml_unescape(&m));
-        let count = element_text(xml, "ListenerCount")?.trim().parse().ok()?;
-        Some((rca, metadata, count))
+    /// Reads what a client needs from the answer to a runtime-info GET, with an XML parser:
+    /// namespace prefixes, attributes, entities and `i:nil` members are all read as .NET's
+    /// `DataContractSerializer` would. `None` when the document is not an entry holding a
+    /// `HybridConnectionDescription` (the real service answers a feed for unknown paths).
+    pub fn parse_atom(xml: &str) -> Option<RuntimeFields> {
+        let doc = roxmltree::Document::parse(xml).ok()?;
+        let root = doc.root_element();
+        if root.tag_name().name() != "entry" || root.tag_name().namespace() != Some(ATOM_NS) {
+            return None;
+        }
+        let desc = root.descendants().find(|n| n.has_tag_name((CONNECT_NS, "HybridConnectionDescription")))?;
+        let member = |name: &str| desc.children().find(|n| n.has_tag_name((CONNECT_NS, name)));
+        let text = |name: &str| {
+            member(name).filter(|n| n.attribute((XSI_NS, "nil")) != Some("true")).map(|n| n.text().unwrap_or_default().to_owned())
+        };
+        Some(RuntimeFields {
+            requires_client_authorization: text("RequiresClientAuthorization")?.trim() == "true",
+            user_metadata: text("UserMetadata"),
+            listener_count: text("ListenerCount")?.trim().parse().ok()?,
+        })
     }
 }
 
-fn element_text(xml: &str, name: &str) -> Option<String> {
-    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
-    let end = start + xml[start..].find(&format!("</{name}>"))?;
-    Some(xml[start..end].to_owned())
-}
+/// Atom's namespace.
+const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
+/// The namespace of Service Bus connect descriptions.
+const CONNECT_NS: &str = "http://schemas.microsoft.com/netservices/2010/10/servicebus/connect";
+/// XML Schema instance (`i:nil`).
+const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
-fn xml_unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+/// The members of a runtime-info answer a client acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFields {
+    /// Whether senders need a token.
+    pub requires_client_authorization: bool,
+    /// `UserMetadata` (HCM reads the endpoint from it).
+    pub user_metadata: Option<String>,
+    /// Listeners connected now.
+    pub listener_count: usize,
 }
 
 #[cfg(test)]
@@ -110,7 +132,39 @@ mod tests {
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
         assert!(xml.contains("<CreatedAt>2025-01-01T00:00:00.0000000Z</CreatedAt>"));
         assert!(xml.contains("[{&quot;key&quot;:&quot;endpoint&quot;,&quot;value&quot;:&quot;sqlhost:1433&quot;}]"));
-        let (rca, metadata, count) = RuntimeInfo::parse_atom(&xml).unwrap();
-        assert_eq!((rca, metadata, count), (true, info.user_metadata.clone(), 1));
+        let fields = RuntimeInfo::parse_atom(&xml).unwrap();
+        assert_eq!(
+            fields,
+            RuntimeFields { requires_client_authorization: true, user_metadata: info.user_metadata.clone(), listener_count: 1 }
+        );
+    }
+
+    /// How another server may write the same entry: prefixes, attributes, entities, CDATA,
+    /// `i:nil`, whitespace, members out of our order.
+    #[test]
+    fn prefixes_attributes_and_nil_do_not_break_parsing() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<a:entry xmlns:a="http://www.w3.org/2005/Atom" a:lang="en"><a:id>x</a:id>
+  <a:content type="application/xml">
+    <sb:HybridConnectionDescription xmlns:sb="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance" i:type="HybridConnectionDescription">
+      <sb:ListenerCount> 3 </sb:ListenerCount>
+      <sb:UserMetadata><![CDATA[[{"key":"endpoint","value":"db:5432"}]]]></sb:UserMetadata>
+      <sb:RequiresClientAuthorization>false</sb:RequiresClientAuthorization>
+    </sb:HybridConnectionDescription>
+  </a:content></a:entry>"#;
+        let f = RuntimeInfo::parse_atom(xml).unwrap();
+        assert_eq!(
+            (f.requires_client_authorization, f.user_metadata.as_deref(), f.listener_count),
+            (false, Some(r#"[{"key":"endpoint","value":"db:5432"}]"#), 3)
+        );
+        let nil = xml.replace(
+            r#"<sb:UserMetadata><![CDATA[[{"key":"endpoint","value":"db:5432"}]]]></sb:UserMetadata>"#,
+            r#"<sb:UserMetadata i:nil="true"/>"#,
+        );
+        assert_eq!(RuntimeInfo::parse_atom(&nil).unwrap().user_metadata, None);
+        // A feed (what the service answers for unknown paths), another namespace, or junk.
+        assert!(RuntimeInfo::parse_atom(r#"<feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>"#).is_none());
+        assert!(RuntimeInfo::parse_atom(&xml.replace("servicebus/connect", "elsewhere")).is_none());
+        assert!(RuntimeInfo::parse_atom("<entry").is_none());
     }
 }

@@ -104,8 +104,11 @@ async fn runtime_info_for_any_right_with_atom_entry() {
             get(&relay, "contoso.localhost", "/db?api-version=2016-07", &[("X-PROCESS-AT", "ServiceBus"), ("Authorization", &token)]).await;
         assert_eq!(status, 200, "{head}");
         assert!(head.to_ascii_lowercase().contains("content-type: application/atom+xml;type=entry;charset=utf-8"), "{head}");
-        let (rca, metadata, count) = RuntimeInfo::parse_atom(&body).unwrap();
-        assert_eq!((rca, metadata.as_deref(), count), (true, Some(r#"[{"key":"endpoint","value":"localhost:5432"}]"#), 1));
+        let f = RuntimeInfo::parse_atom(&body).unwrap();
+        assert_eq!(
+            (f.requires_client_authorization, f.user_metadata.as_deref(), f.listener_count),
+            (true, Some(r#"[{"key":"endpoint","value":"localhost:5432"}]"#), 1)
+        );
     }
     let (status, _, body) = get(&relay, "contoso.localhost", "/db?api-version=2016-07", &[]).await;
     assert_eq!(status, 401);

@@ -20,25 +20,22 @@ use axum::extract::Request;
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use hc_protocol::address::{self, Action};
-use hc_protocol::control::{
-    self, Headers, Incoming, ListenerCommand, RemoteEndpoint, RequestCommand, RequestHead, ResponseCommand, ServiceCommand,
-};
-use hc_protocol::frame::{self, CloseFrame, FrameHeader, OpCode, close_code};
-use hc_protocol::limits::{MAX_CONTROL_BODY_BYTES, MAX_CONTROL_HEADER_BYTES, MAX_CONTROL_MESSAGE_BYTES};
+use hc_protocol::control::{self, Headers, RemoteEndpoint, RequestCommand, RequestHead, ResponseCommand, ServiceCommand};
+use hc_protocol::limits::{MAX_CONTROL_BODY_BYTES, MAX_CONTROL_HEADER_BYTES};
 use hc_protocol::{Right, tracking};
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::RelayState;
-use crate::error::{RelayError, Tracking};
+use crate::error::{ErrorFormat, RelayError, Tracking};
 use crate::head_case::HeaderNames;
-use crate::registry::{ControlOut, HcKey};
-use crate::routes::ConnInfo;
+use crate::registry::{ControlOut, Delivery, PendingHttp};
 use crate::target::{Target, TokenSource, find_token};
-use crate::ws::{FrameReader, Peer};
+
+mod channel;
+
+pub use channel::RequestChannel;
 
 /// Headers never passed on (hop-by-hop, framing, the token carriers).
 const STRIPPED_REQUEST: [&str; 10] =
@@ -46,195 +43,32 @@ const STRIPPED_REQUEST: [&str; 10] =
 const STRIPPED_RESPONSE: [&str; 8] =
     ["connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"];
 
-/// How a pending request was answered.
-#[derive(Debug)]
-pub enum Delivery {
-    /// The response (and its body, if any) came on the control channel.
-    Control(ResponseCommand, Option<Vec<u8>>),
-    /// The listener opened a rendezvous for this request.
-    Channel(RequestChannel),
-    /// The listener went away first.
-    Failed(String),
-}
-
-/// A request waiting for its listener (kept in the registry under its hybrid connection and
-/// id).
-#[derive(Debug)]
-pub struct PendingHttp {
-    /// Registry id of the listener the request went to: only its control channel may answer.
-    pub listener: u64,
-    /// Where the answer goes.
-    pub reply: oneshot::Sender<Delivery>,
-}
-
-type Io = TokioIo<hyper::upgrade::Upgraded>;
-
-/// A request rendezvous socket (the listener is the WebSocket client).
-pub struct RequestChannel {
-    reader: FrameReader<ReadHalf<Io>>,
-    writer: WriteHalf<Io>,
-    hc: HcKey,
-}
-
-impl std::fmt::Debug for RequestChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestChannel").field("hc", &self.hc).finish_non_exhaustive()
-    }
+/// Facts about the TCP connection a request came on, added by the server.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// Whether TLS is in use.
+    pub tls: bool,
+    /// The listener's rendezvous kept for this connection's next requests (§8.1 step 2).
+    pub slot: ChannelSlot,
+    /// The connection's recent input, for header names as the client spelled them.
+    pub capture: Arc<crate::head_case::HeadCapture>,
 }
 
 /// The rendezvous kept for a client TCP connection, reused by its next requests.
 pub type ChannelSlot = Arc<std::sync::Mutex<Option<RequestChannel>>>;
 
-impl RequestChannel {
-    async fn write(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
-        let mut head = [0u8; frame::MAX_HEADER_LEN];
-        let n = FrameHeader::new(fin, opcode, payload.len() as u64).encode(&mut head);
-        self.writer.write_all(&head[..n]).await?;
-        self.writer.write_all(payload).await
-    }
-
-    /// Sends the full `request` and, when present, its body as one binary message in pieces;
-    /// a body that pauses longer than `idle` ends it with 408.
-    async fn send_request(&mut self, json: &str, body: Option<Body>, idle: Duration) -> Result<(), RelayError> {
-        let fail =
-            |e: std::io::Error| RelayError::Rejected { status: 502, description: format!("writing the request to the listener: {e}") };
-        self.write(true, OpCode::Text, json.as_bytes()).await.map_err(fail)?;
-        if let Some(body) = body {
-            let mut stream = body.into_data_stream();
-            let mut first = true;
-            while let Some(chunk) = tokio::time::timeout(idle, stream.next()).await.map_err(|_| RelayError::RequestBodyTimeout)? {
-                let chunk = chunk.map_err(|e| RelayError::BadRequest(format!("reading the request body failed: {e}")))?;
-                if chunk.is_empty() {
-                    continue;
-                }
-                self.write(false, if first { OpCode::Binary } else { OpCode::Continuation }, &chunk).await.map_err(fail)?;
-                first = false;
-            }
-            self.write(true, if first { OpCode::Binary } else { OpCode::Continuation }, &[]).await.map_err(fail)?;
-        }
-        self.writer.flush().await.map_err(fail)
-    }
-
-    /// Reads until the `response` command (answering pings, skipping stray binary messages).
-    async fn read_response(&mut self) -> Result<ResponseCommand, String> {
-        let mut text = Vec::new();
-        loop {
-            let h = self.reader.header().await.map_err(|e| e.to_string())?.ok_or("the listener closed the rendezvous")?;
-            let payload = self.payload(&h).await?;
-            match h.opcode {
-                OpCode::Ping => self.pong(&payload).await?,
-                OpCode::Pong => {}
-                OpCode::Close => return Err("the listener closed the rendezvous".into()),
-                OpCode::Text | OpCode::Continuation if h.opcode == OpCode::Text || !text.is_empty() => {
-                    text.extend_from_slice(&payload);
-                    if text.len() > MAX_CONTROL_MESSAGE_BYTES {
-                        return Err("response command larger than 64 KiB".into());
-                    }
-                    if h.fin {
-                        return match ListenerCommand::parse(&String::from_utf8_lossy(&text)) {
-                            Ok(Incoming::Known(ListenerCommand::Response(r))) => Ok(r),
-                            Ok(other) => Err(format!("expected a response, got {other:?}")),
-                            Err(e) => Err(e.to_string()),
-                        };
-                    }
-                }
-                _ => {} // a stray binary message (Node sends an empty one after body:false)
-            }
-        }
-    }
-
-    async fn payload(&mut self, h: &FrameHeader) -> Result<Vec<u8>, String> {
-        if h.payload_len > MAX_CONTROL_MESSAGE_BYTES as u64 {
-            return Err("frame too large for a command".into());
-        }
-        self.reader.payload(h).await.map_err(|e| e.to_string())
-    }
-
-    async fn pong(&mut self, payload: &[u8]) -> Result<(), String> {
-        self.write(true, OpCode::Pong, payload).await.map_err(|e| e.to_string())?;
-        self.writer.flush().await.map_err(|e| e.to_string())
-    }
-
-    /// Streams the body message's payload into `tx` until its last frame; `idle` bounds the
-    /// wait for each piece. Returns false when the channel cannot be reused.
-    async fn stream_body(&mut self, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, idle: Duration) -> bool {
-        let broken = |why: String| std::io::Error::other(why);
-        loop {
-            let h = match tokio::time::timeout(idle, self.reader.header()).await {
-                Ok(Ok(Some(h))) => h,
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    let _ = tx.send(Err(broken("the listener closed the rendezvous during the body".into()))).await;
-                    return false;
-                }
-                Err(_) => {
-                    let _ = tx.send(Err(broken("the listener's body was idle for too long".into()))).await;
-                    return false;
-                }
-            };
-            match h.opcode {
-                OpCode::Binary | OpCode::Continuation | OpCode::Text => {
-                    let mut left = h.payload_len;
-                    let mut offset = 0;
-                    while left > 0 {
-                        let range = match tokio::time::timeout(idle, self.reader.chunk(left)).await {
-                            Ok(Ok(r)) => r,
-                            _ => {
-                                let _ = tx.send(Err(broken("the listener's body stopped".into()))).await;
-                                return false;
-                            }
-                        };
-                        left -= range.len() as u64;
-                        let buf = self.reader.buf_mut();
-                        if let Some(mask) = h.mask {
-                            frame::apply_mask(&mut buf[range.clone()], mask, offset);
-                        }
-                        offset += range.len() as u64;
-                        if tx.send(Ok(Bytes::copy_from_slice(&buf[range]))).await.is_err() {
-                            return false;
-                        }
-                    }
-                    if h.fin {
-                        return true;
-                    }
-                }
-                OpCode::Ping => {
-                    let Ok(p) = self.payload(&h).await else { return false };
-                    if self.pong(&p).await.is_err() {
-                        return false;
-                    }
-                }
-                OpCode::Pong => {
-                    let _ = self.payload(&h).await;
-                }
-                OpCode::Close => {
-                    let _ = tx.send(Err(broken("the listener closed the rendezvous during the body".into()))).await;
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Closes the rendezvous (relay side).
-    async fn close(mut self) {
-        let close = CloseFrame::new(close_code::NORMAL, "");
-        let _ = self.write(true, OpCode::Close, &close.payload()).await;
-        let _ = self.writer.flush().await;
-    }
-}
-
 /// Serves `sb-hc-action=request`: hands the socket to the waiting request.
 pub fn rendezvous(state: &Arc<RelayState>, id: &str, target: &Target, upgrade: hyper::upgrade::OnUpgrade) -> Result<(), RelayError> {
     // Keyed by this hybrid connection: another one's request id is unknown here.
     let pending = state.registry.take_http_if(&target.key, id, |_| true).ok_or(RelayError::RendezvousExpired)?;
-    let buffer = state.options.tunnel_buffer_size;
-    let hc = target.key.clone();
+    let (buffer, limit, hc) = (state.options.tunnel_buffer_size, state.options.http_response_timeout, target.key.clone());
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(io) => {
-                let (r, w) = tokio::io::split(TokioIo::new(io));
-                let channel = RequestChannel { reader: FrameReader::new(r, Peer::Client, buffer), writer: w, hc };
-                if let Err(Delivery::Channel(ch)) = pending.reply.send(Delivery::Channel(channel)) {
-                    ch.close().await;
+                if let Err(Delivery::Rendezvous(io)) = pending.reply.send(Delivery::Rendezvous(io)) {
+                    RequestChannel::new(io, hc, buffer, limit).close().await;
                 }
             }
             Err(e) => {
@@ -243,28 +77,6 @@ pub fn rendezvous(state: &Arc<RelayState>, id: &str, target: &Target, upgrade: h
         }
     });
     Ok(())
-}
-
-/// What an HTTP-mode request failed with, as the JSON error body of §8.2/§8.3.
-fn error_response(e: RelayError, tracking: &Tracking) -> Response {
-    let status = e.status();
-    let code = match status {
-        401 => "TokenMissingOrInvalid",
-        403 => "Forbidden",
-        404 => "EndpointNotFound",
-        405 => "MethodNotAllowed",
-        408 => "RequestTimeout",
-        502 => "BadGateway",
-        503 => "ServerBusy",
-        504 => "GatewayTimeout",
-        _ => "BadRequest",
-    };
-    let message = tracking.decorate(&e.to_string());
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut r = crate::error::text_response(status, &message);
-    *r.body_mut() = Body::from(body);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    r
 }
 
 /// Serves one HTTP-mode request.
@@ -277,7 +89,7 @@ pub async fn handle(
     query: String,
     names: HeaderNames,
 ) -> Response {
-    let now = crate::now_unix();
+    let now = state.options.clock.unix_now();
     let client_id = address::query_value(&query, address::QUERY_ID);
     let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
     let ns_host = crate::model::host_without_port(&host);
@@ -292,7 +104,7 @@ pub async fn handle(
             if let Some(body) = body {
                 drain_unread(&parts, body).await;
             }
-            error_response(e, &tracking)
+            e.render(&tracking, ErrorFormat::Json)
         }
     }
 }
@@ -352,7 +164,7 @@ impl Call<'_> {
         let token = find_token(&parts.headers, self.query);
         let mut strip_authorization = false;
         if target.requires_client_authorization {
-            target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, crate::now_unix())?;
+            target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, state.options.clock.unix_now())?;
             strip_authorization = token.as_ref().is_some_and(|t| t.1 == TokenSource::Authorization);
         }
         let ns_host = crate::model::host_without_port(self.host);
@@ -420,7 +232,8 @@ impl Call<'_> {
         match delivery {
             Delivery::Control(response, body) => build_response(response, body.map(Body::from), &ns_host),
             Delivery::Failed(why) => Err(RelayError::Rejected { status: 502, description: why }),
-            Delivery::Channel(mut channel) => {
+            Delivery::Rendezvous(io) => {
+                let mut channel = RequestChannel::new(io, target.key.clone(), state.options.tunnel_buffer_size, deadline);
                 if let Some((command, body)) = later {
                     let json = control::to_json(&ServiceCommand::Request(command));
                     channel.send_request(&json, body, deadline).await?;

@@ -1,5 +1,5 @@
-//! WebSocket server side of the relay's handshake: upgrade checks and the 101 answer (RFC
-//! 6455 §4.2). Frame I/O lives in `hc-ws`.
+//! The server side of the WebSocket handshake: upgrade checks and the 101 answer (RFC 6455
+//! §4.2). Everything after the handshake is `hc_ws`'s endpoint.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -7,8 +7,6 @@ use hc_protocol::frame;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::error::RelayError;
-
-pub use hc_ws::{FrameReader, Message, MessageReader, Peer, ReadError, write_close, write_frame};
 
 /// What a client asked for in its upgrade request.
 #[derive(Debug, Clone)]
