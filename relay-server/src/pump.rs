@@ -13,13 +13,14 @@
 //! breaks the framing rules (bad header, no mask, a continuation out of sequence) gets Close
 //! 1002 and the other side is dropped.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hc_protocol::frame::{CloseFrame, close_code};
-use hc_ws::{Config, ForwardError, Item, ReadError, Reader, Role, Writer};
+use hc_ws::{Config, ControlHandle, ForwardError, Item, ReadError, Reader, Role, Writer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 /// How one direction ended.
@@ -73,10 +74,13 @@ where
     let (mut lr, mut lw) = hc_ws::split(listener, config);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let (to_listener_mid, to_sender_mid) = (AtomicBool::new(false), AtomicBool::new(false));
+    let handles = [sw.control_handle(), lw.control_handle()];
+    // Pinned where they are made: passed by value and pinned inside `both`, each future would
+    // be stored twice in the task (once as the argument, once pinned).
     let outcome = {
-        let a = Direction { src: &mut sr, dst: &mut lw, bytes: &up, mid_frame: &to_listener_mid }.run(options.shutdown_grace, &cancel);
-        let b = Direction { src: &mut lr, dst: &mut sw, bytes: &down, mid_frame: &to_sender_mid }.run(options.shutdown_grace, &cancel);
-        both(a, b).await
+        let a = std::pin::pin!(Direction { src: &mut sr, dst: &mut lw, bytes: &up, mid_frame: &to_listener_mid }.run());
+        let b = std::pin::pin!(Direction { src: &mut lr, dst: &mut sw, bytes: &down, mid_frame: &to_sender_mid }.run());
+        both(a, b, &handles, options.shutdown_grace, &cancel).await
     };
     let aborted = match outcome {
         Ok(()) => {
@@ -107,24 +111,41 @@ async fn refuse<W: AsyncWrite + Unpin>(w: &mut Writer<W>, mid_frame: &AtomicBool
     }
 }
 
-/// Drives both directions; `Err((end, from_sender))` as soon as one did not end cleanly.
-async fn both(a: impl Future<Output = End>, b: impl Future<Output = End>) -> Result<(), (End, bool)> {
-    tokio::pin!(a, b);
+/// Drives both directions; `Err((end, from_sender))` as soon as one did not end cleanly. On
+/// shutdown both sides are sent Close 1001 (queued for the writers the directions own) and
+/// the tunnel has `grace` to close.
+async fn both(
+    mut a: Pin<&mut impl Future<Output = End>>,
+    mut b: Pin<&mut impl Future<Output = End>>,
+    handles: &[ControlHandle; 2],
+    grace: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), (End, bool)> {
     let (mut a_done, mut b_done) = (false, false);
+    // Made only on shutdown, so an idle tunnel carries no timer.
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
     while !(a_done && b_done) {
         tokio::select! {
-            end = &mut a, if !a_done => match end { End::Closed => a_done = true, other => return Err((other, true)) },
-            end = &mut b, if !b_done => match end { End::Closed => b_done = true, other => return Err((other, false)) },
+            end = a.as_mut(), if !a_done => match end { End::Closed => a_done = true, other => return Err((other, true)) },
+            end = b.as_mut(), if !b_done => match end { End::Closed => b_done = true, other => return Err((other, false)) },
+            _ = cancel.cancelled(), if deadline.is_none() => {
+                for h in handles {
+                    h.queue_close(CloseFrame::new(close_code::GOING_AWAY, "The relay is shutting down."));
+                }
+                deadline = Some(Box::pin(tokio::time::sleep(grace)));
+            }
+            _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
+                return Err((End::Aborted("relay shut down before the tunnel closed".into()), true));
+            }
         }
     }
     Ok(())
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
-    /// Forwards until the source closes or fails. On shutdown the destination is sent Close
-    /// 1001 at once and the direction has `grace` to finish.
-    async fn run(self, grace: Duration, cancel: &CancellationToken) -> End {
-        let mut deadline: Option<Instant> = None;
+    /// Forwards until the source closes or fails, serving the destination's control queue
+    /// (its Pongs, and a Close queued on shutdown) between frames.
+    async fn run(self) -> End {
         loop {
             tokio::select! {
                 biased;
@@ -154,13 +175,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                     Ok(None) => return End::Aborted("peer closed TCP without a close frame".into()),
                     Err(e) => return read_failure(e),
                 },
-                _ = cancel.cancelled(), if deadline.is_none() => {
-                    deadline = Some(Instant::now() + grace);
-                    let _ = self.dst.close(&CloseFrame::new(close_code::GOING_AWAY, "The relay is shutting down.")).await;
-                }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    return End::Aborted("relay shut down before the tunnel closed".into());
-                }
             }
         }
     }

@@ -9,6 +9,7 @@
 //! frames). Memory is bounded: one read buffer per direction, and the TCP -> relay buffer is
 //! allocated only when the socket is readable.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hc_protocol::frame::{CloseFrame, OpCode, close_code};
@@ -88,9 +89,11 @@ where
 {
     let (mut reader, mut writer) = hc_ws::split(ws, Config::new(Role::Client).read_buffer(buffer));
     let (to_tcp, from_tcp) = (AtomicU64::new(0), AtomicU64::new(0));
+    // Pinned where they are made: passed by value and pinned inside `both`, each future would
+    // be stored twice in the task.
     let aborted = {
-        let a = ws_to_tcp(&mut reader, dst, &to_tcp);
-        let b = async {
+        let a = std::pin::pin!(ws_to_tcp(&mut reader, dst, &to_tcp));
+        let b = std::pin::pin!(async {
             if !early.is_empty() {
                 if let Err(e) = writer.send(OpCode::Binary, early).await {
                     return End::Aborted(format!("writing to the relay: {e}"));
@@ -98,7 +101,7 @@ where
                 from_tcp.fetch_add(early.len() as u64, Ordering::Relaxed);
             }
             tcp_to_ws(src, &mut writer, buffer, &from_tcp).await
-        };
+        });
         both(a, b).await
     };
     if aborted.is_none() {
@@ -107,13 +110,12 @@ where
     BridgeReport { to_tcp: to_tcp.into_inner(), from_tcp: from_tcp.into_inner(), aborted }
 }
 
-async fn both(a: impl Future<Output = End>, b: impl Future<Output = End>) -> Option<String> {
-    tokio::pin!(a, b);
+async fn both(mut a: Pin<&mut impl Future<Output = End>>, mut b: Pin<&mut impl Future<Output = End>>) -> Option<String> {
     let (mut a_done, mut b_done) = (false, false);
     while !(a_done && b_done) {
         tokio::select! {
-            end = &mut a, if !a_done => match end { End::Closed => a_done = true, End::Aborted(why) => return Some(why) },
-            end = &mut b, if !b_done => match end { End::Closed => b_done = true, End::Aborted(why) => return Some(why) },
+            end = a.as_mut(), if !a_done => match end { End::Closed => a_done = true, End::Aborted(why) => return Some(why) },
+            end = b.as_mut(), if !b_done => match end { End::Closed => b_done = true, End::Aborted(why) => return Some(why) },
         }
     }
     None

@@ -210,7 +210,7 @@ pub fn from_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: R, w: W, conf
         Role::Client => Some(SmallRng::from_rng(&mut rand::rng())),
         Role::Server => None,
     };
-    let writer = Writer { io: w, shared, rng, write_timeout: config.write_timeout, scratch: Vec::new() };
+    let writer = Writer { io: w, shared, rng, write_timeout: config.write_timeout };
     (reader, writer)
 }
 
@@ -354,7 +354,6 @@ pub struct Writer<W> {
     /// The masking source of a client endpoint; `None` for a server.
     rng: Option<SmallRng>,
     write_timeout: Option<Duration>,
-    scratch: Vec<u8>,
 }
 
 /// Why a write was refused or failed.
@@ -378,18 +377,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let header = FrameHeader { fin, opcode, mask, payload_len: payload.len() as u64 };
         let mut head = [0u8; frame::MAX_HEADER_LEN];
         let n = header.encode(&mut head);
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
+        // One buffer per call, freed at once: nothing stays allocated on an idle connection,
+        // and no buffer lives in the future's state while the write waits.
+        let mut out = Vec::with_capacity(n + payload.len());
         out.extend_from_slice(&head[..n]);
         out.extend_from_slice(payload);
         if let Some(mask) = mask {
             frame::apply_mask(&mut out[n..], mask, 0);
         }
-        let result = self.write_bytes(&out).await;
-        if out.capacity() <= 4096 {
-            self.scratch = out;
-        }
-        result
+        self.write_bytes(&out).await
     }
 
     /// Sends `buf[HEADROOM..]` as one whole frame, writing its header into the headroom and
@@ -428,7 +424,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         };
         match self.write_timeout {
             None => write.await,
-            Some(limit) => tokio::time::timeout(limit, write).await.unwrap_or_else(|_| {
+            // Boxed: the timer lives on the heap during the write only, not in the state of
+            // every future that writes.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, write)).await.unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("the peer did not take a write within {} s", limit.as_secs_f32()),
@@ -478,6 +476,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
+    /// A handle that queues a Close for this writer from elsewhere (the relay's shutdown
+    /// reaches both writers of a tunnel this way); the writer's owner sends it when it next
+    /// serves its control queue.
+    pub fn control_handle(&self) -> ControlHandle {
+        ControlHandle { shared: self.shared.clone() }
+    }
+
     /// Writes every queued control frame.
     pub async fn flush_control(&mut self) -> std::io::Result<()> {
         while let Some(c) = self.shared.pop() {
@@ -508,6 +513,19 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// The socket half.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.io
+    }
+}
+
+/// Queues control frames for a [`Writer`] without owning it.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    shared: Arc<Shared>,
+}
+
+impl ControlHandle {
+    /// Queues `close` for the writer (sent once, when the writer serves its queue).
+    pub fn queue_close(&self, close: CloseFrame) {
+        self.shared.push(Control::Close(close));
     }
 }
 

@@ -14,6 +14,8 @@ mod message;
 mod reader;
 
 pub use clock::Clock;
-pub use endpoint::{CloseReply, CloseState, Config, ForwardError, Item, Reader, Role, Writer, forward_data, from_halves, split};
+pub use endpoint::{
+    CloseReply, CloseState, Config, ControlHandle, ForwardError, Item, Reader, Role, Writer, forward_data, from_halves, split,
+};
 pub use message::Message;
 pub use reader::{FrameReader, HEADROOM, Peer, ReadError};
