@@ -57,6 +57,8 @@ pub struct WorkerOptions {
     /// Where "now" comes from for tokens and deadlines (tests pass one that follows paused
     /// tokio time).
     pub clock: hc_client::Clock,
+    /// Opens connections to the relay instead of TCP and TLS (tests pass in-memory pipes).
+    pub connector: Option<hc_client::relay::Connector>,
 }
 
 /// Default cap on concurrent tunnels per HCM process.
@@ -82,6 +84,7 @@ impl Default for WorkerOptions {
             max_tunnels: DEFAULT_MAX_TUNNELS,
             tunnel_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TUNNELS)),
             clock: hc_client::Clock::System,
+            connector: None,
         }
     }
 }
@@ -136,7 +139,10 @@ fn prepare(entry: &Entry, board: &Arc<Board>, options: &WorkerOptions, tunnels: 
     let cs = entry.parsed()?;
     let ca = entry.ca_file.as_deref().or(options.ca_file.as_deref());
     let tls = hc_client::tls::client_config(ca)?;
-    let relay = RelayEndpoint::from_endpoint(&cs.endpoint, tls)?;
+    let mut relay = RelayEndpoint::from_endpoint(&cs.endpoint, tls)?.with_clock(options.clock);
+    if let Some(connector) = &options.connector {
+        relay = relay.with_connector(connector.clone());
+    }
     let tokens = TokenProvider::from_connection_string(&cs, options.token_ttl);
     board.update(&entry.key(), |s| {
         s.state = State::Connecting;

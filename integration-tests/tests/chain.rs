@@ -267,37 +267,3 @@ async fn a_killed_hcm_fails_the_tunnel_and_a_new_one_serves_again() {
     .unwrap()
     .await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hcm_notices_a_silent_relay_and_reconnects_when_it_is_back() {
-    let echo = chain::echo_server().await;
-    let options = chain::ChainOptions { hcm_args: vec!["--keepalive".into(), "0.3".into()], ..Default::default() };
-    let endpoint = echo.to_string();
-    let c = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await.unwrap().unwrap();
-    let connects_before = c.hcm_status().unwrap().connects;
-    // A frozen relay keeps its TCP connections open but answers nothing, like a dead path.
-    c.signal_relay("STOP").unwrap();
-    let mut noticed = false;
-    for _ in 0..500 {
-        if c.hcm_status().is_some_and(|s| s.channels_open == 0 && s.last_error.as_deref().is_some_and(|e| e.contains("keep-alive"))) {
-            noticed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.signal_relay("CONT").unwrap();
-    assert!(noticed, "the HCM did not notice the silent relay: {:?}\n{}", c.hcm_status(), c.logs());
-    let c = tokio::task::spawn_blocking(move || {
-        c.wait_hcm_connected().unwrap();
-        c
-    })
-    .await
-    .unwrap();
-    assert!(c.hcm_status().unwrap().connects > connects_before);
-    let mut s = TcpStream::connect(c.forward).await.unwrap();
-    s.write_all(b"back again").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"back again", "{}", c.logs());
-}

@@ -29,9 +29,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info};
 
-use crate::RelayState;
 use crate::lifecycle::{ListenerLife, PingDue};
 use crate::registry::{ConnectionPermit, ControlOut, Delivery, HcKey, ListenerGuard, PendingHttp, RendezvousReply};
+use crate::state::RelayState;
 use crate::target::Target;
 
 /// Write deadline when keep-alive pings are off.

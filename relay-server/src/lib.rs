@@ -1,11 +1,15 @@
 //! A local, offline Azure Relay Hybrid Connections emulator, usable as a binary
 //! (`relay-server`) or in-process from tests ([`Emulator`]).
 //!
-//! Layout: `model`/`config`/`store` hold the durable namespaces, hybrid connections and keys;
-//! `certs` makes the TLS material; `server` accepts connections; `routes` dispatches by Host
-//! and path; `rendezvous` serves listen/connect/accept; `control` runs a listener's control
-//! channel; `pump` relays frames of a tunnel; `registry` is the live state; `error` maps
-//! every failure to the wire in one place. Protocol details come from `hc-protocol`.
+//! Layout, with imports flowing one way (`server` -> `routes` -> endpoints -> state):
+//! `server` accepts connections (TCP, TLS, HTTP/1.1); `routes` dispatches by path;
+//! `rendezvous` serves listen/connect/accept (with `control` running a listener's control
+//! channel, `lifecycle` its timing, and `pump` a tunnel's frames); `http` is HTTP request
+//! mode; `runtime_info` the management GET; `target` resolves and authorizes;
+//! `registry` is the live state, `state` what all tasks share; `model`/`config`/`store`
+//! hold the durable namespaces, hybrid connections and keys, `certs` the TLS material;
+//! `error` renders every failure in one place. Frames are `hc-ws`'s endpoint; protocol
+//! details come from `hc-protocol`.
 
 pub mod certs;
 pub mod config;
@@ -21,16 +25,15 @@ pub mod rendezvous;
 pub mod routes;
 pub mod runtime_info;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod target;
 pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hc_protocol::frame::close_code;
-use hc_protocol::limits::{DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE, RENDEZVOUS_TIMEOUT, TOKEN_RENEWAL_GRACE};
 use hc_protocol::{ConnectionString, Credential, Right, Rights};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,83 +42,8 @@ use tokio_util::task::TaskTracker;
 pub use certs::TlsMaterial;
 pub use config::ConfigFile;
 pub use model::{Model, ModelError};
+pub use state::{RelayOptions, RelayState, now_unix};
 pub use store::{Store, StoreError};
-
-/// Tunable behaviour; the defaults follow PROTOCOL.md §14.
-#[derive(Debug, Clone)]
-pub struct RelayOptions {
-    /// How long a sender waits for its listener to join (§6.1).
-    pub rendezvous_timeout: Duration,
-    /// How long an expired control channel stays open waiting for `renewToken` (§3.5).
-    pub token_grace: Duration,
-    /// Relay connections (listeners + tunnels) per namespace (§14).
-    pub max_connections_per_namespace: usize,
-    /// Senders and HTTP requests that may wait for a listener at once, per namespace.
-    pub max_pending_rendezvous: usize,
-    /// Time allowed for a TLS handshake and for a request head.
-    pub handshake_timeout: Duration,
-    /// How long shutdown waits for connections to close.
-    pub shutdown_grace: Duration,
-    /// Read buffer per tunnel direction, allocated only while data flows.
-    pub tunnel_buffer_size: usize,
-    /// Ping listeners' control channels this often and drop one that leaves two pings in a row
-    /// unanswered (anything it sends counts), so a listener whose host vanished without closing
-    /// TCP stops being chosen.
-    /// `None` turns it off.
-    pub listener_keepalive: Option<Duration>,
-    /// HTTP request mode: first response deadline, and the idle limit of a response body (§8.2).
-    pub http_response_timeout: Duration,
-    /// HTTP request mode: status when no listener is connected (404 as seen in the field, or
-    /// 502 as the docs say, §8.1).
-    pub http_no_listener_status: u16,
-    /// HTTP request mode: how long a small body may take to arrive before the request goes
-    /// by rendezvous instead of the control channel.
-    pub small_body_wait: Duration,
-    /// Where "now" comes from for token checks and deadlines (tests pass a clock that
-    /// follows paused tokio time).
-    pub clock: hc_ws::Clock,
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        RelayOptions {
-            rendezvous_timeout: RENDEZVOUS_TIMEOUT,
-            token_grace: TOKEN_RENEWAL_GRACE,
-            max_connections_per_namespace: DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE,
-            max_pending_rendezvous: 10_000,
-            handshake_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
-            tunnel_buffer_size: 64 * 1024,
-            listener_keepalive: Some(Duration::from_secs(30)),
-            http_response_timeout: hc_protocol::limits::HTTP_RESPONSE_TIMEOUT,
-            http_no_listener_status: 404,
-            small_body_wait: Duration::from_secs(2),
-            clock: hc_ws::Clock::System,
-        }
-    }
-}
-
-/// State shared by every task of one relay.
-#[derive(Debug)]
-pub struct RelayState {
-    /// Durable model.
-    pub store: Store,
-    /// Live listeners, rendezvous and quotas.
-    pub registry: Arc<registry::Registry>,
-    /// Behaviour.
-    pub options: RelayOptions,
-    /// TLS, or plain ws/http when `None`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Cancelled once to shut everything down.
-    pub cancel: CancellationToken,
-    /// Every connection and tunnel task.
-    pub tracker: TaskTracker,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
 
 /// A handle on a relay: serve it, inspect it, change its namespaces.
 #[derive(Debug, Clone)]
@@ -158,9 +86,25 @@ impl Relay {
         server::serve(self.state.clone(), listener, shutdown).await
     }
 
+    /// Serves one connection over any byte stream, as plain HTTP/1.1 (no TLS): a test can
+    /// hand the relay one end of `tokio::io::duplex` and run a client on the other, with no
+    /// socket and, if it likes, with tokio's time paused. The connection is tracked like the
+    /// ones `serve` accepts.
+    pub fn serve_connection<IO>(&self, io: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.state.tracker.spawn(server::serve_io(self.state.clone(), io, peer));
+    }
+
     /// Starts shutting down (same as the `serve` shutdown future completing).
     pub fn shutdown(&self) {
         self.state.cancel.cancel();
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &RelayOptions {
+        &self.state.options
     }
 
     /// A copy of the current model.

@@ -186,3 +186,96 @@ fn read_failure(e: ReadError) -> End {
         other => End::Aborted(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pump between two client endpoints over small in-memory pipes.
+
+    use super::*;
+    use hc_protocol::frame::OpCode;
+    use hc_ws::Message;
+    use tokio::io::{AsyncWriteExt as _, DuplexStream};
+
+    type Client = (Reader<tokio::io::ReadHalf<DuplexStream>>, Writer<tokio::io::WriteHalf<DuplexStream>>);
+
+    /// A sender and a listener client joined by the pump; the pump's task and its cancel.
+    fn tunnel(grace: Duration) -> (Client, Client, tokio::task::JoinHandle<TunnelReport>, CancellationToken) {
+        let (s_client, s_relay) = tokio::io::duplex(300);
+        let (l_client, l_relay) = tokio::io::duplex(300);
+        let cancel = CancellationToken::new();
+        let options = PumpOptions { buffer_size: 1024, shutdown_grace: grace };
+        let pump = tokio::spawn(bridge(s_relay, l_relay, options, cancel.clone()));
+        let config = Config::new(Role::Client).max_message(1 << 20);
+        (hc_ws::split(s_client, config), hc_ws::split(l_client, config), pump, cancel)
+    }
+
+    async fn next_data<R: AsyncRead + Unpin>(r: &mut Reader<R>) -> Message {
+        loop {
+            match r.next_message().await.unwrap().unwrap() {
+                Message::Ping | Message::Pong => continue,
+                m => return m,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_cross_both_ways_and_half_close_keeps_the_other_direction() {
+        let ((mut sr, mut sw), (mut lr, mut lw), pump, _cancel) = tunnel(Duration::from_secs(5));
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        sw.send(OpCode::Text, b"hello").await.unwrap();
+        assert_eq!(next_data(&mut lr).await, Message::Text("hello".into()));
+        let (sent, got) = tokio::join!(sw.send(OpCode::Binary, &big), next_data(&mut lr));
+        sent.unwrap();
+        assert_eq!(got, Message::Binary(big.clone()), "a frame larger than every buffer, whole");
+        // The sender shuts down its half; the listener still answers, then closes.
+        sw.close(&CloseFrame::new(1000, "Shutdown")).await.unwrap();
+        assert_eq!(next_data(&mut lr).await, Message::Close(CloseFrame::new(1000, "Shutdown")));
+        lw.send(OpCode::Binary, b"still answering").await.unwrap();
+        assert_eq!(next_data(&mut sr).await, Message::Binary(b"still answering".to_vec()));
+        lw.close(&CloseFrame::new(4000, "done")).await.unwrap();
+        assert_eq!(next_data(&mut sr).await, Message::Close(CloseFrame::new(4000, "done")));
+        let report = pump.await.unwrap();
+        assert_eq!(report, TunnelReport { sender_to_listener: 100_005, listener_to_sender: 15, aborted: None });
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_per_hop_while_nothing_else_moves() {
+        let ((mut sr, mut sw), (mut lr, mut lw), _pump, _cancel) = tunnel(Duration::from_secs(5));
+        sw.ping(b"s").await.unwrap();
+        lw.ping(b"l").await.unwrap();
+        assert_eq!(sr.next_message().await.unwrap(), Some(Message::Pong));
+        assert_eq!(lr.next_message().await.unwrap(), Some(Message::Pong));
+        assert_eq!((sw.pings_unanswered(), lw.pings_unanswered()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_abort_stays_an_abort() {
+        let ((sr, sw), (mut lr, _lw), pump, _cancel) = tunnel(Duration::from_secs(5));
+        drop((sr, sw));
+        assert!(lr.next_message().await.unwrap().is_none(), "the listener's side is dropped, no Close");
+        assert!(pump.await.unwrap().aborted.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_side_that_breaks_the_rules_gets_1002_and_the_other_is_dropped() {
+        let ((mut sr, mut sw), (mut lr, _lw), pump, _cancel) = tunnel(Duration::from_secs(5));
+        // An unmasked frame, as no client may send.
+        sw.get_mut().write_all(&hc_protocol::frame::encode_frame(OpCode::Binary, b"x")).await.unwrap();
+        assert!(matches!(sr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1002), .. }))));
+        assert!(lr.next_message().await.unwrap().is_none());
+        assert!(pump.await.unwrap().aborted.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_1001_both_ways_and_gives_up_after_the_grace() {
+        let ((mut sr, _sw), (mut lr, _lw), pump, cancel) = tunnel(Duration::from_secs(5));
+        let t0 = tokio::time::Instant::now();
+        cancel.cancel();
+        assert!(matches!(sr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1001), .. }))));
+        assert!(matches!(lr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1001), .. }))));
+        // Neither side answers the Close: the tunnel is dropped when the grace ends.
+        let report = pump.await.unwrap();
+        assert_eq!(report.aborted.as_deref(), Some("relay shut down before the tunnel closed"));
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    }
+}

@@ -22,12 +22,12 @@ use hyper::upgrade::OnUpgrade;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, debug_span, info};
 
-use crate::RelayState;
 use crate::control::ControlChannel;
 use crate::error::{ErrorFormat, RelayError, Tracking, text_response};
 use crate::head_case::HeaderNames;
 use crate::pump::{self, PumpOptions};
 use crate::registry::{ControlOut, ListenerHandle, RendezvousReply};
+use crate::state::RelayState;
 use crate::target::{Target, TokenSource, find_token};
 use crate::upgrade as ws;
 

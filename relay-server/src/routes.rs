@@ -18,10 +18,10 @@ use hc_protocol::address::{self, HEADER_PROCESS_AT};
 use hc_protocol::runtime_info;
 use http::{HeaderValue, Method, header};
 
-use crate::RelayState;
 use crate::error::Tracking;
 use crate::http::ConnInfo;
 use crate::rendezvous::{self, WsRequest};
+use crate::state::RelayState;
 
 /// The relay's router.
 pub fn router(state: Arc<RelayState>) -> Router {

@@ -9,8 +9,8 @@ use axum::response::Response;
 use hc_protocol::runtime_info::{self, RuntimeInfo};
 use http::{HeaderValue, header};
 
-use crate::RelayState;
 use crate::error::{ErrorFormat, RelayError, Tracking};
+use crate::state::RelayState;
 use crate::target::{Target, find_token};
 
 /// The runtime-info Atom entry, or the error in Service Bus XML.

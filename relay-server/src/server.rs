@@ -14,10 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use crate::RelayState;
 use crate::head_case::{CaptureIo, HeadCapture};
 use crate::http::ConnInfo;
 use crate::routes;
+use crate::state::RelayState;
 
 /// Serves until `shutdown` completes, then drains.
 pub async fn serve(
@@ -73,6 +73,18 @@ async fn serve_connection(state: Arc<RelayState>, router: axum::Router, stream: 
         }
         None => serve_http(state, router, CaptureIo::new(stream, capture.clone()), conn(false)).await,
     }
+}
+
+/// Serves one plain (no TLS) HTTP/1.1 connection over any byte stream: an in-memory pipe in
+/// component tests, where time can be paused and no socket is involved.
+pub async fn serve_io<IO>(state: Arc<RelayState>, io: IO, peer: std::net::SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let capture = Arc::new(HeadCapture::default());
+    let conn = ConnInfo { peer, tls: false, slot: Default::default(), capture: capture.clone() };
+    let router = routes::router(state.clone());
+    serve_http(state, router, CaptureIo::new(io, capture), conn).await
 }
 
 async fn serve_http<IO>(state: Arc<RelayState>, router: axum::Router, io: IO, conn: ConnInfo)

@@ -22,14 +22,19 @@ use crate::handshake::WsStream;
 
 /// The non-relay side's read half as the bridge sees it.
 pub trait Source: AsyncRead + Unpin + Send {
-    /// Waits until a read will not block, so no buffer is held while the side is idle.
-    /// The default does not wait (the read itself then waits, with its buffer).
+    /// Whether [`Source::ready`] really waits for readability (a TCP socket): then no buffer
+    /// is held while the side is idle. Otherwise the read itself waits, with its buffer.
+    const WAITS_FOR_READINESS: bool = false;
+
+    /// Waits until a read will not block (when [`Source::WAITS_FOR_READINESS`]).
     fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
         async { Ok(()) }
     }
 }
 
 impl Source for OwnedReadHalf {
+    const WAITS_FOR_READINESS: bool = true;
+
     fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
         self.readable()
     }
@@ -150,42 +155,56 @@ async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(reader: &mut Rea
 }
 
 /// TCP -> relay: each read becomes one masked binary frame written in place; EOF becomes
-/// Close 1000. Queued Pongs go out between frames.
+/// Close 1000. Queued Pongs go out between frames, also while the TCP side is idle.
 async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(tcp: &mut R, ws: &mut Writer<W>, buffer: usize, bytes: &AtomicU64) -> End {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let readable = tokio::select! {
+        if R::WAITS_FOR_READINESS {
+            let readable = tokio::select! {
+                biased;
+                _ = ws.control_ready() => {
+                    if let Err(e) = ws.flush_control().await {
+                        return End::Aborted(format!("writing to the relay: {e}"));
+                    }
+                    continue;
+                }
+                r = tcp.ready() => r,
+            };
+            if let Err(e) = readable {
+                return End::Aborted(format!("reading from the endpoint: {e}"));
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0; HEADROOM + buffer];
+        }
+        // Reading is cancel-safe: a Pong waiting for the writer interrupts a read that waits.
+        let read = tokio::select! {
             biased;
-            _ = ws.control_ready() => {
+            _ = ws.control_ready() => None,
+            r = tcp.read(&mut buf[HEADROOM..]) => Some(r),
+        };
+        let n = match read {
+            None => {
                 if let Err(e) = ws.flush_control().await {
                     return End::Aborted(format!("writing to the relay: {e}"));
                 }
                 continue;
             }
-            r = tcp.ready() => r,
-        };
-        if let Err(e) = readable {
-            return End::Aborted(format!("reading from the endpoint: {e}"));
-        }
-        if buf.is_empty() {
-            buf = vec![0; HEADROOM + buffer];
-        }
-        let n = match tcp.read(&mut buf[HEADROOM..]).await {
-            Ok(0) => {
+            Some(Ok(0)) => {
                 return match ws.close(&CloseFrame::new(close_code::NORMAL, "")).await {
                     Ok(()) => End::Closed,
                     Err(e) => End::Aborted(format!("writing to the relay: {e}")),
                 };
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return End::Aborted(format!("reading from the endpoint: {e}")),
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Some(Err(e)) => return End::Aborted(format!("reading from the endpoint: {e}")),
         };
         if let Err(e) = ws.send_in_place(OpCode::Binary, &mut buf[..HEADROOM + n]).await {
             return End::Aborted(format!("writing to the relay: {e}"));
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if n < buffer {
+        if n < buffer && R::WAITS_FOR_READINESS {
             // Probably drained: do not hold the buffer while the socket is idle.
             buf = Vec::new();
         }

@@ -65,7 +65,7 @@ impl ControlChannel<WsIo> {
     /// Opens the channel: `GET /$hc/{path}?sb-hc-action=listen&sb-hc-id=…` with the token in
     /// `ServiceBusAuthorization`.
     pub async fn open(config: &ListenerConfig) -> Result<Self, Error> {
-        let token = config.tokens.token(&config.endpoint.host, &config.path, crate::now_unix())?;
+        let token = config.tokens.token(&config.endpoint.host, &config.path, config.endpoint.clock.unix_now())?;
         let token = token.ok_or_else(|| Error::new(ErrorKind::Config, "a listener needs a key or a token"))?;
         let url = address::endpoint_url(
             config.endpoint.ws_scheme(),
@@ -225,5 +225,39 @@ pub async fn reject(endpoint: &RelayEndpoint, address: &str, status: u16, descri
         Err(head) if head.status == 410 => Ok(()),
         Err(head) => Err(Error::from_status("rejecting", head.status, &head.reason)),
         Ok(_) => Err(Error::new(ErrorKind::Protocol, "the relay accepted a reject as a connection")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The listener's control channel against a relay-side endpoint driven by the test.
+
+    use super::*;
+    use hc_ws::Item;
+
+    #[tokio::test]
+    async fn events_pongs_renewal_and_close() {
+        let (relay_io, listener_io) = tokio::io::duplex(512);
+        let mut channel = ControlChannel::from_io(listener_io, 100);
+        let (mut rr, mut rw) = hc_ws::split(relay_io, Config::new(Role::Server));
+        let accept = r#"{"accept":{"address":"wss://h/$hc/a?sb-hc-action=accept&sb-hc-id=1","id":"1","connectHeaders":{"Sec-WebSocket-Key":"k"},"remoteEndpoint":{"address":"127.0.0.1","port":1}}}"#;
+        rw.send(OpCode::Text, accept.as_bytes()).await.unwrap();
+        rw.send(OpCode::Text, br#"{"somethingNew":{}}"#).await.unwrap();
+        rw.ping(b"p").await.unwrap();
+        assert!(matches!(channel.next_event().await.unwrap(), ControlEvent::Accept(a) if a.id == "1"));
+        assert!(matches!(channel.next_event().await.unwrap(), ControlEvent::Ignored(w) if w.contains("somethingNew")));
+        assert!(matches!(channel.next_event().await.unwrap(), ControlEvent::Ping));
+        channel.control_ready().await;
+        channel.flush_control().await.unwrap();
+        assert_eq!(rr.next_item().await.unwrap(), Some(Item::Pong));
+        channel.renew(Token { text: "SharedAccessSignature sr=x&sig=y&se=200&skn=z".into(), expires_at: 200 }).await.unwrap();
+        assert_eq!(channel.expires_at, 200);
+        let renew = rr.next_message().await.unwrap();
+        assert!(matches!(renew, Some(Message::Text(t)) if t.starts_with(r#"{"renewToken":{"token":"SharedAccessSignature"#)));
+        // The relay closes (token expired): the channel reports it and echoes the Close.
+        rw.close(&CloseFrame::new(1008, "ExpiredToken")).await.unwrap();
+        assert!(matches!(channel.next_event().await.unwrap(), ControlEvent::Closed { code: Some(1008), .. }));
+        channel.flush_control().await.unwrap();
+        assert_eq!(rr.next_message().await.unwrap(), Some(Message::Close(CloseFrame::new(1008, "ExpiredToken"))));
     }
 }

@@ -21,7 +21,7 @@ pub struct RuntimeInformation {
 
 /// Reads the runtime information of `path` (any right will do).
 pub async fn get(endpoint: &RelayEndpoint, path: &str, tokens: &TokenProvider) -> Result<RuntimeInformation, Error> {
-    let token = tokens.token(&endpoint.host, path, crate::now_unix())?;
+    let token = tokens.token(&endpoint.host, path, endpoint.clock.unix_now())?;
     let mut headers = vec![("X-PROCESS-AT", "ServiceBus")];
     if let Some(t) = &token {
         headers.push(("Authorization", t.text.as_str()));

@@ -161,49 +161,6 @@ async fn an_id_reused_in_another_namespace_is_independent() {
     assert_eq!(next_data(&mut j2).await.unwrap(), Message::text("two"));
 }
 
-/// A listener that stops reading is dropped within the write deadline (the keep-alive
-/// period), the requests it was given get 502 at once, and nobody waits for a timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_that_stops_reading_is_dropped() {
-    let options = RelayOptions {
-        listener_keepalive: Some(Duration::from_millis(500)),
-        http_response_timeout: Duration::from_secs(30),
-        rendezvous_timeout: Duration::from_secs(30),
-        ..RelayOptions::default()
-    };
-    let relay = TestRelay::start("{}", false, options).await;
-    let url = relay.url("localhost", "/$hc/sample?sb-hc-action=listen");
-    let stream = relay.stream_with_rcvbuf("localhost", 4096).await.unwrap();
-    let stuck =
-        integration_tests::raw::handshake(stream, &url, &[("ServiceBusAuthorization", &relay.listen_token("sample"))]).await.unwrap();
-    assert_eq!(stuck.status, 101);
-    assert_eq!(relay.emulator.relay.listener_count("default", "sample"), 1);
-    let token = relay.send_token("sample");
-    let body = vec![b'x'; 60 * 1024];
-    let started = Instant::now();
-    let requests = (0..40).map(|i| {
-        let mut request = format!(
-            "POST /sample/{i} HTTP/1.1\r\nHost: localhost\r\nServiceBusAuthorization: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&body);
-        let relay = &relay;
-        async move { relay.http_raw(&request).await }
-    });
-    let answers = futures_util::future::join_all(requests).await;
-    let took = started.elapsed();
-    for a in &answers {
-        let a = a.as_ref().expect("every request is answered");
-        assert!(a.status == 502 || a.status == 404, "{} {}", a.status, a.reason);
-    }
-    assert!(took < Duration::from_secs(15), "answered in {took:?}, well before the 30 s HTTP timeout");
-    assert_eq!(relay.emulator.relay.listener_count("default", "sample"), 0, "the stuck listener is no longer chosen");
-    let sender = relay.raw_upgrade(&relay.url("localhost", "/$hc/sample"), &[("ServiceBusAuthorization", &token)]).await.unwrap();
-    assert_eq!(sender.status, 404, "{}", sender.reason);
-    drop(stuck);
-}
-
 /// A correctly signed token may say it expires in the year 584 billion; the channel works.
 #[tokio::test]
 async fn a_token_expiring_near_2_pow_64_is_served() {

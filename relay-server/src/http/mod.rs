@@ -27,10 +27,10 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::RelayState;
 use crate::error::{ErrorFormat, RelayError, Tracking};
 use crate::head_case::HeaderNames;
 use crate::registry::{ControlOut, Delivery, PendingHttp};
+use crate::state::RelayState;
 use crate::target::{Target, TokenSource, find_token};
 
 mod channel;
