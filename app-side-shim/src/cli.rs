@@ -51,7 +51,7 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 4)]
         count: u32,
         /// Seconds between attempts.
-        #[arg(long, default_value_t = 1.0, value_parser = seconds(0.0, 3600.0))]
+        #[arg(long, default_value_t = 1.0, value_parser = hc_process::seconds(0.0, 3600.0))]
         interval: f64,
     },
 }
@@ -87,26 +87,14 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub plan: Option<Plan>,
     /// Seconds live tunnels may run on after a stop signal.
-    #[arg(long, default_value_t = 10.0, value_parser = seconds(0.0, 86_400.0))]
+    #[arg(long, default_value_t = 10.0, value_parser = hc_process::seconds(0.0, 86_400.0))]
     pub grace: f64,
     /// Connections held at once over every local listener and proxy; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
     /// Seconds a SOCKS5 or HTTP CONNECT client has to say where it wants to go.
-    #[arg(long, default_value_t = 10.0, value_parser = seconds(0.1, 3600.0))]
+    #[arg(long, default_value_t = 10.0, value_parser = hc_process::seconds(0.1, 3600.0))]
     pub handshake_timeout: f64,
-}
-
-/// A parser of seconds for a flag: a finite number within `[min, max]`; clap names the flag
-/// in its error.
-fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
-    move |text: &str| {
-        let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
-        if !value.is_finite() || value < min || value > max {
-            return Err(format!("must be a number of seconds from {min} to {max}"));
-        }
-        Ok(value)
-    }
 }
 
 fn load(cli: &Cli) -> anyhow::Result<ShimConfig> {

@@ -85,30 +85,30 @@ pub struct RunArgs {
     #[arg(long, env = "HCM_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Seconds live tunnels may run on after a stop signal.
-    #[arg(long, default_value_t = 30.0, value_parser = seconds(0.0, 86_400.0))]
+    #[arg(long, default_value_t = 30.0, value_parser = hc_process::seconds(0.0, 86_400.0))]
     pub grace: f64,
     /// Exit with an error when a hybrid connection fails for good (404, 401, bad endpoint) or
     /// has no open control channel for --failure-timeout seconds; for supervisors.
     #[arg(long)]
     pub exit_on_failure: bool,
     /// See --exit-on-failure.
-    #[arg(long, default_value_t = 300.0, value_parser = seconds(1.0, 7.0 * 86_400.0))]
+    #[arg(long, default_value_t = 300.0, value_parser = hc_process::seconds(1.0, 7.0 * 86_400.0))]
     pub failure_timeout: f64,
     /// Lifetime in seconds of the tokens this HCM signs; they are renewed at 80%.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_TTL))]
     pub token_ttl: u64,
     /// Seconds between keep-alive pings on control channels.
-    #[arg(long, default_value_t = 30.0, value_parser = seconds(0.1, 3600.0))]
+    #[arg(long, default_value_t = 30.0, value_parser = hc_process::seconds(0.1, 3600.0))]
     pub keepalive: f64,
     /// First reconnect delay in seconds (at least 0.05: the delay doubles from here, so zero
     /// would retry in a tight loop).
-    #[arg(long, default_value_t = 1.0, value_parser = seconds(MIN_BACKOFF, 3600.0))]
+    #[arg(long, default_value_t = 1.0, value_parser = hc_process::seconds(MIN_BACKOFF, 3600.0))]
     pub min_backoff: f64,
     /// Longest reconnect delay in seconds (not less than --min-backoff).
-    #[arg(long, default_value_t = 30.0, value_parser = seconds(MIN_BACKOFF, 86_400.0))]
+    #[arg(long, default_value_t = 30.0, value_parser = hc_process::seconds(MIN_BACKOFF, 86_400.0))]
     pub max_backoff: f64,
     /// Seconds allowed to connect to an endpoint.
-    #[arg(long, default_value_t = 5.0, value_parser = seconds(0.1, 600.0))]
+    #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.1, 600.0))]
     pub endpoint_timeout: f64,
     /// Tunnels served at once over all hybrid connections; more are rejected with 503.
     #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_TUNNELS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -119,18 +119,6 @@ pub struct RunArgs {
 const MIN_BACKOFF: f64 = 0.05;
 /// Longest token lifetime accepted (a year), so expiries stay far from overflow.
 const MAX_TOKEN_TTL: u64 = 365 * 86_400;
-
-/// A parser of seconds for a flag: a finite number within `[min, max]`. clap names the flag
-/// in its error.
-fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
-    move |text: &str| {
-        let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
-        if !value.is_finite() || value < min || value > max {
-            return Err(format!("must be a number of seconds from {min} to {max}"));
-        }
-        Ok(value)
-    }
-}
 
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)

@@ -286,33 +286,50 @@ async fn a_stalled_request_body_gets_a_408() {
     assert_eq!(took, Duration::from_secs(60));
 }
 
+/// An HCM worker serving `sample` of `relay` through in-memory connections, on the relay's
+/// clock; its status board, its entry's key and its stop.
+struct Worker {
+    board: std::sync::Arc<hcm::status::Board>,
+    key: String,
+    cancel: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<hcm::worker::WorkerEnd>,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(relay: &MemRelay, options: hcm::worker::WorkerOptions) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let board = std::sync::Arc::new(hcm::status::Board::new(dir.path()));
+        let entry =
+            hcm::config::Entry::new(&relay.connection_string("sample", "defaultListener"), Some("127.0.0.1:9".into()), 1, None).unwrap();
+        let options = hcm::worker::WorkerOptions { clock: relay.clock(), connector: Some(relay.connector()), ..options };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let task =
+            tokio::spawn(hcm::worker::run(entry.clone(), board.clone(), options, tokio_util::task::TaskTracker::new(), cancel.clone()));
+        Worker { board, key: entry.key(), cancel, task, _dir: dir }
+    }
+
+    fn status(&self) -> hcm::status::HcStatus {
+        self.board.get(&self.key).unwrap()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 /// The HCM renews its token before it expires: over 10 virtual minutes with 20 s tokens and
 /// a 5 s grace, its one control channel stays open.
 #[tokio::test(start_paused = true)]
 async fn the_hcm_renews_and_never_reconnects() {
-    let relay = MemRelay::new(
-        r#"{"namespaces":[{"name":"default","default":true,"hybridConnections":[{"name":"sample","endpoint":"127.0.0.1:9"}]}]}"#,
-        options(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let board = std::sync::Arc::new(hcm::status::Board::new(dir.path()));
-    let entry =
-        hcm::config::Entry::new(&relay.connection_string("sample", "defaultListener"), Some("127.0.0.1:9".into()), 1, None).unwrap();
-    let options = hcm::worker::WorkerOptions {
-        token_ttl: Duration::from_secs(20),
-        clock: relay.clock(),
-        connector: Some(relay.connector()),
-        ..Default::default()
-    };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let worker =
-        tokio::spawn(hcm::worker::run(entry.clone(), board.clone(), options, tokio_util::task::TaskTracker::new(), cancel.clone()));
+    let relay = MemRelay::new("{}", options());
+    let worker = Worker::start(&relay, hcm::worker::WorkerOptions { token_ttl: Duration::from_secs(20), ..Default::default() });
     tokio::time::sleep(Duration::from_secs(600)).await;
-    let status = board.get(&entry.key()).unwrap();
+    let status = worker.status();
     assert_eq!((status.connects, status.channels_open), (1, 1), "{status:?}");
     assert_eq!(relay.relay.listener_count("default", "sample"), 1);
-    cancel.cancel();
-    worker.await.unwrap();
+    worker.stop().await;
 }
 
 /// An HCM whose relay hangs (connections stop carrying bytes) notices within two keep-alive
@@ -320,32 +337,19 @@ async fn the_hcm_renews_and_never_reconnects() {
 #[tokio::test(start_paused = true)]
 async fn the_hcm_notices_a_silent_relay_and_reconnects() {
     let relay = MemRelay::new("{}", RelayOptions { listener_keepalive: None, ..options() });
-    let dir = tempfile::tempdir().unwrap();
-    let board = std::sync::Arc::new(hcm::status::Board::new(dir.path()));
-    let entry =
-        hcm::config::Entry::new(&relay.connection_string("sample", "defaultListener"), Some("127.0.0.1:9".into()), 1, None).unwrap();
-    let options = hcm::worker::WorkerOptions {
-        keepalive: Duration::from_secs(10),
-        clock: relay.clock(),
-        connector: Some(relay.connector()),
-        ..Default::default()
-    };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let worker =
-        tokio::spawn(hcm::worker::run(entry.clone(), board.clone(), options, tokio_util::task::TaskTracker::new(), cancel.clone()));
+    let worker = Worker::start(&relay, hcm::worker::WorkerOptions { keepalive: Duration::from_secs(10), ..Default::default() });
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert_eq!(board.get(&entry.key()).unwrap().connects, 1);
+    assert_eq!(worker.status().connects, 1);
     relay.freeze();
     tokio::time::sleep(Duration::from_secs(31)).await;
-    let down = board.get(&entry.key()).unwrap();
+    let down = worker.status();
     assert_eq!(down.channels_open, 0, "{down:?}");
     assert!(down.last_error.as_deref().is_some_and(|e| e.contains("keep-alive")), "{down:?}");
     relay.thaw();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let up = board.get(&entry.key()).unwrap();
+    let up = worker.status();
     assert!(up.connects >= 2 && up.channels_open == 1, "{up:?}");
-    cancel.cancel();
-    worker.await.unwrap();
+    worker.stop().await;
 }
 
 /// The client's bridge against a relay-side endpoint driven by the test: data both ways,

@@ -56,6 +56,18 @@ pub fn init_logging(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A command-line parser of seconds (for clap's `value_parser`): a finite number within
+/// `[min, max]`. clap names the flag in its error; the text says what was wrong.
+pub fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
+        if !value.is_finite() || value < min || value > max {
+            return Err(format!("must be a number of seconds from {min} to {max}"));
+        }
+        Ok(value)
+    }
+}
+
 /// `$XDG_DATA_HOME/{name}`, else `~/.local/share/{name}`, else `./{name}`.
 pub fn default_data_dir(name: &str) -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -130,6 +142,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(init_logging("relay_server=loud").is_err(), "an unknown level is refused");
         assert!(default_data_dir("x").ends_with("x"));
+        let parse = seconds(0.05, 10.0);
+        assert_eq!(parse(" 2.5 "), Ok(2.5));
+        for bad in ["0", "11", "inf", "NaN", "-1", "soon"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
