@@ -108,10 +108,19 @@ fn load(cli: &Cli) -> anyhow::Result<ShimConfig> {
 pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Result<bool> {
     let config = load(&cli)?;
     match &cli.command {
-        Command::Tcpping { endpoint, count, interval } => {
+        Command::Tcpping {
+            endpoint,
+            count,
+            interval,
+        } => {
             let targets = config.targets(None, cli.ca_file.as_deref())?;
             let target = find(&targets, endpoint)?;
-            Ok(tcpping::run(&target, *count, Duration::try_from_secs_f64(*interval).unwrap_or_default()).await)
+            Ok(tcpping::run(
+                &target,
+                *count,
+                Duration::try_from_secs_f64(*interval).unwrap_or_default(),
+            )
+            .await)
         }
         Command::Run(args) => {
             let targets = config.targets(args.plan, cli.ca_file.as_deref())?;
@@ -124,36 +133,65 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
 /// The configured target for `host:port` or a relay name.
 fn find(targets: &[Arc<Target>], what: &str) -> anyhow::Result<Arc<Target>> {
     let what = what.to_ascii_lowercase();
-    let found: Vec<&Arc<Target>> = targets.iter().filter(|t| t.endpoint() == what || t.hc.path().eq_ignore_ascii_case(&what)).collect();
+    let found: Vec<&Arc<Target>> = targets
+        .iter()
+        .filter(|t| t.endpoint() == what || t.hc.path().eq_ignore_ascii_case(&what))
+        .collect();
     match found.as_slice() {
         [t] => Ok((*t).clone()),
         [] => {
             let known: Vec<String> = targets.iter().map(|t| t.endpoint()).collect();
             bail!(
                 "'{what}' is not a configured endpoint or relay name (configured: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             )
         }
         _ => bail!("'{what}' names several hybrid connections; use host:port"),
     }
 }
 
-fn forward_target(cli: &Cli, targets: &[Arc<Target>], listen: SocketAddr, spec: &str) -> anyhow::Result<Arc<Target>> {
+fn forward_target(
+    cli: &Cli,
+    targets: &[Arc<Target>],
+    listen: SocketAddr,
+    spec: &str,
+) -> anyhow::Result<Arc<Target>> {
     if spec.len() > 9 && spec[..9].eq_ignore_ascii_case("endpoint=") {
         let tls = hc_client::tls::client_config(cli.ca_file.as_deref())?;
         let hc = HybridConnection::from_connection_string(spec, tls)?;
-        return Ok(Arc::new(Target { hostname: listen.ip().to_string(), port: listen.port(), hc }));
+        return Ok(Arc::new(Target {
+            hostname: listen.ip().to_string(),
+            port: listen.port(),
+            hc,
+        }));
     }
     find(targets, spec)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
-async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if args.forwards.is_empty() && !args.hostnames && args.socks5.is_none() && args.http_proxy.is_none() {
-        bail!("nothing to do: give --forward LISTEN=TARGET, --hostnames, --socks5 ADDR or --http-proxy ADDR");
+async fn run(
+    cli: &Cli,
+    args: &RunArgs,
+    targets: Vec<Arc<Target>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if args.forwards.is_empty()
+        && !args.hostnames
+        && args.socks5.is_none()
+        && args.http_proxy.is_none()
+    {
+        bail!(
+            "nothing to do: give --forward LISTEN=TARGET, --hostnames, --socks5 ADDR or --http-proxy ADDR"
+        );
     }
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
     let limits = Limits::new(
@@ -161,15 +199,33 @@ async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: imp
         Duration::try_from_secs_f64(args.handshake_timeout).unwrap_or(Duration::from_secs(10)),
     );
     for spec in &args.forwards {
-        let (listen, target) = spec.split_once('=').with_context(|| format!("--forward '{spec}' is not LISTEN=TARGET"))?;
-        let listen: SocketAddr =
-            listen.parse().with_context(|| format!("--forward '{listen}' is not an address such as 127.0.0.1:15432"))?;
+        let (listen, target) = spec
+            .split_once('=')
+            .with_context(|| format!("--forward '{spec}' is not LISTEN=TARGET"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("--forward '{listen}' is not an address such as 127.0.0.1:15432")
+        })?;
         let target = forward_target(cli, &targets, listen, target)?;
         let listener = bind(listen).await?;
-        println!("Forwarding {} -> {} through {}", listener.local_addr()?, target.endpoint(), target.describe());
-        tokio::spawn(forward::serve(listener, target, limits.clone(), tracker.clone(), cancel.clone()));
+        println!(
+            "Forwarding {} -> {} through {}",
+            listener.local_addr()?,
+            target.endpoint(),
+            target.describe()
+        );
+        tokio::spawn(forward::serve(
+            listener,
+            target,
+            limits.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
     }
-    let _hosts = if args.hostnames { Some(hostname_mode(args, &targets, &limits, &tracker, &cancel).await?) } else { None };
+    let _hosts = if args.hostnames {
+        Some(hostname_mode(args, &targets, &limits, &tracker, &cancel).await?)
+    } else {
+        None
+    };
     let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
     for addr in [args.socks5, args.http_proxy].into_iter().flatten() {
         if args.allow_direct && !addr.ip().is_loopback() {
@@ -179,19 +235,37 @@ async fn run(cli: &Cli, args: &RunArgs, targets: Vec<Arc<Target>>, shutdown: imp
     if let Some(addr) = args.socks5 {
         let listener = bind(addr).await?;
         println!("SOCKS5 proxy on {}", listener.local_addr()?);
-        tokio::spawn(proxy::serve_socks5(listener, router.clone(), limits.clone(), tracker.clone(), cancel.clone()));
+        tokio::spawn(proxy::serve_socks5(
+            listener,
+            router.clone(),
+            limits.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
     }
     if let Some(addr) = args.http_proxy {
         let listener = bind(addr).await?;
         println!("HTTP CONNECT proxy on {}", listener.local_addr()?);
-        tokio::spawn(proxy::serve_http_connect(listener, router.clone(), limits.clone(), tracker.clone(), cancel.clone()));
+        tokio::spawn(proxy::serve_http_connect(
+            listener,
+            router.clone(),
+            limits.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
     }
     println!("Ready.");
     shutdown.await;
     cancel.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs_f64(args.grace.max(0.0)), tracker.wait()).await.is_err() {
-        warn!(remaining = tracker.len(), "grace period over; dropping live tunnels");
+    if tokio::time::timeout(Duration::from_secs_f64(args.grace.max(0.0)), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = tracker.len(),
+            "grace period over; dropping live tunnels"
+        );
     }
     Ok(())
 }
@@ -207,7 +281,9 @@ async fn hostname_mode(
         (Some(p), false) => p.clone(),
         (None, true) => PathBuf::from("/etc/hosts"),
         (Some(_), true) => bail!("give either --hosts-file or --system-hosts, not both"),
-        (None, false) => bail!("hostname mode needs --hosts-file FILE (or --system-hosts to edit /etc/hosts)"),
+        (None, false) => {
+            bail!("hostname mode needs --hosts-file FILE (or --system-hosts to edit /etc/hosts)")
+        }
     };
     if targets.is_empty() {
         bail!("hostname mode needs hybrid connections in the configuration file");
@@ -216,13 +292,28 @@ async fn hostname_mode(
     let mut entries = Vec::new();
     for (ip, target) in &plan {
         let listener = bind(SocketAddr::new(*ip, target.port)).await?;
-        println!("Hostname {} -> {} through {}", target.endpoint(), listener.local_addr()?, target.describe());
-        tokio::spawn(forward::serve(listener, target.clone(), limits.clone(), tracker.clone(), cancel.clone()));
-        if !entries.iter().any(|(_, n): &(std::net::IpAddr, String)| *n == target.hostname) {
+        println!(
+            "Hostname {} -> {} through {}",
+            target.endpoint(),
+            listener.local_addr()?,
+            target.describe()
+        );
+        tokio::spawn(forward::serve(
+            listener,
+            target.clone(),
+            limits.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+        if !entries
+            .iter()
+            .any(|(_, n): &(std::net::IpAddr, String)| *n == target.hostname)
+        {
             entries.push((*ip, target.hostname.clone()));
         }
     }
-    let block = HostsBlock::write(&path, &entries).with_context(|| format!("cannot write hosts entries to {}", path.display()))?;
+    let block = HostsBlock::write(&path, &entries)
+        .with_context(|| format!("cannot write hosts entries to {}", path.display()))?;
     println!("Hosts entries written to {}", path.display());
     Ok(block)
 }

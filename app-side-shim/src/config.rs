@@ -123,19 +123,32 @@ impl Target {
 impl ShimConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid shim configuration", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid shim configuration", path.display()))
     }
 
     /// Every entry resolved, after checking the plan limit.
-    pub fn targets(&self, plan_override: Option<Plan>, extra_ca: Option<&Path>) -> anyhow::Result<Vec<Arc<Target>>> {
+    pub fn targets(
+        &self,
+        plan_override: Option<Plan>,
+        extra_ca: Option<&Path>,
+    ) -> anyhow::Result<Vec<Arc<Target>>> {
         let tls = hc_client::tls::client_config(self.ca_file.as_deref().or(extra_ca))?;
-        let targets: Vec<Arc<Target>> =
-            self.hybrid_connections.iter().map(|e| e.resolve(tls.clone()).map(Arc::new)).collect::<anyhow::Result<_>>()?;
+        let targets: Vec<Arc<Target>> = self
+            .hybrid_connections
+            .iter()
+            .map(|e| e.resolve(tls.clone()).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?;
         if let Some(plan) = plan_override.or(self.plan) {
             let distinct: BTreeSet<String> = targets.iter().map(|t| t.describe()).collect();
             if distinct.len() > plan.limit() {
-                bail!("the {plan:?} plan allows {} hybrid connections, but {} are configured", plan.limit(), distinct.len());
+                bail!(
+                    "the {plan:?} plan allows {} hybrid connections, but {} are configured",
+                    plan.limit(),
+                    distinct.len()
+                );
             }
         }
         let mut seen = BTreeSet::new();
@@ -155,20 +168,44 @@ impl EntryConfig {
             bail!("every hybrid connection needs a hostname and a port (1-65535)");
         }
         let what = || format!("hybrid connection for {hostname}:{}", self.port);
-        let hc = match (&self.connection_string, &self.service_bus_namespace, &self.relay_name) {
-            (Some(cs), None, None) => HybridConnection::from_connection_string(cs, tls).with_context(what)?,
+        let hc = match (
+            &self.connection_string,
+            &self.service_bus_namespace,
+            &self.relay_name,
+        ) {
+            (Some(cs), None, None) => {
+                HybridConnection::from_connection_string(cs, tls).with_context(what)?
+            }
             (None, Some(ns), Some(relay)) => {
-                let suffix = self.service_bus_suffix.as_deref().unwrap_or(".servicebus.windows.net");
+                let suffix = self
+                    .service_bus_suffix
+                    .as_deref()
+                    .unwrap_or(".servicebus.windows.net");
                 let endpoint = format!("sb://{ns}{suffix}/");
                 match (&self.send_key_name, &self.send_key_value) {
-                    (Some(name), Some(key)) => HybridConnection::with_key(&endpoint, relay, name, key, tls).with_context(what)?,
-                    (None, None) => HybridConnection::anonymous(&endpoint, relay, tls).with_context(what)?,
-                    _ => bail!("{}: sendKeyName and sendKeyValue must be given together", what()),
+                    (Some(name), Some(key)) => {
+                        HybridConnection::with_key(&endpoint, relay, name, key, tls)
+                            .with_context(what)?
+                    }
+                    (None, None) => {
+                        HybridConnection::anonymous(&endpoint, relay, tls).with_context(what)?
+                    }
+                    _ => bail!(
+                        "{}: sendKeyName and sendKeyValue must be given together",
+                        what()
+                    ),
                 }
             }
-            _ => bail!("{}: give either connectionString, or serviceBusNamespace and relayName", what()),
+            _ => bail!(
+                "{}: give either connectionString, or serviceBusNamespace and relayName",
+                what()
+            ),
         };
-        Ok(Target { hostname, port: self.port, hc })
+        Ok(Target {
+            hostname,
+            port: self.port,
+            hc,
+        })
     }
 }
 
@@ -186,9 +223,15 @@ mod tests {
     #[test]
     fn app_service_fields_and_plan_limits() {
         let six = (0..6).map(entry).collect::<Vec<_>>().join(",");
-        let cfg: ShimConfig = serde_json::from_str(&format!(r#"{{"plan":"Basic","hybridConnections":[{six}]}}"#)).unwrap();
+        let cfg: ShimConfig = serde_json::from_str(&format!(
+            r#"{{"plan":"Basic","hybridConnections":[{six}]}}"#
+        ))
+        .unwrap();
         let err = cfg.targets(None, None).unwrap_err().to_string();
-        assert!(err.contains("Basic plan allows 5 hybrid connections, but 6 are configured"), "{err}");
+        assert!(
+            err.contains("Basic plan allows 5 hybrid connections, but 6 are configured"),
+            "{err}"
+        );
         let targets = cfg.targets(Some(Plan::Standard), None).unwrap();
         assert_eq!(targets[0].describe(), "contoso.servicebus.windows.net/hc0");
         assert_eq!(targets[0].endpoint(), "h0.corp:1000");
@@ -197,8 +240,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_entry() {
-        let cfg: ShimConfig = serde_json::from_str(r#"{"hybridConnections":[{"hostname":"db","port":5432,"relayName":"x"}]}"#).unwrap();
-        assert!(cfg.targets(None, None).unwrap_err().to_string().contains("db:5432"));
+        let cfg: ShimConfig = serde_json::from_str(
+            r#"{"hybridConnections":[{"hostname":"db","port":5432,"relayName":"x"}]}"#,
+        )
+        .unwrap();
+        assert!(
+            cfg.targets(None, None)
+                .unwrap_err()
+                .to_string()
+                .contains("db:5432")
+        );
         assert!(serde_json::from_str::<ShimConfig>(r#"{"hybridConections":[]}"#).is_err());
     }
 }

@@ -16,7 +16,12 @@ use crate::proxy::{Limits, accept_loop};
 
 /// Tunnels one accepted connection; a failed connect resets the client's connection. `_slot`
 /// counts it against the shim's connection cap while it lives.
-pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
+pub async fn tunnel(
+    tcp: TcpStream,
+    target: Arc<Target>,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
     match target.hc.connect_ws().await {
         Ok(ws) => bridge_logged(ws, tcp, Vec::new(), &target, peer).await,
         Err(e) => {
@@ -28,7 +33,13 @@ pub async fn tunnel(tcp: TcpStream, target: Arc<Target>, peer: SocketAddr, _slot
 
 /// Bridges an open tunnel and writes its one log line (bytes each way, duration, outcome).
 /// `early` holds bytes the client sent before the tunnel was open; they go first.
-pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, early: Vec<u8>, target: &Target, peer: SocketAddr) {
+pub async fn bridge_logged(
+    ws: hc_client::handshake::WsStream,
+    tcp: TcpStream,
+    early: Vec<u8>,
+    target: &Target,
+    peer: SocketAddr,
+) {
     let started = std::time::Instant::now();
     let report = hc_client::bridge::bridge_with_early(ws, tcp, &early, 64 * 1024).await;
     info!(
@@ -44,8 +55,17 @@ pub async fn bridge_logged(ws: hc_client::handshake::WsStream, tcp: TcpStream, e
 }
 
 /// Accepts on `listener` until `cancel`, tunnelling each connection to `target`.
-pub async fn serve(listener: TcpListener, target: Arc<Target>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| tunnel(tcp, target.clone(), peer, slot)).await
+pub async fn serve(
+    listener: TcpListener,
+    target: Arc<Target>,
+    limits: Limits,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| {
+        tunnel(tcp, target.clone(), peer, slot)
+    })
+    .await
 }
 
 /// The loopback address hostname mode gives the `index`-th distinct host name:
@@ -61,10 +81,13 @@ pub fn hostname_plan(targets: &[Arc<Target>]) -> Vec<(IpAddr, Arc<Target>)> {
     targets
         .iter()
         .map(|t| {
-            let i = names.iter().position(|n| *n == t.hostname).unwrap_or_else(|| {
-                names.push(&t.hostname);
-                names.len() - 1
-            });
+            let i = names
+                .iter()
+                .position(|n| *n == t.hostname)
+                .unwrap_or_else(|| {
+                    names.push(&t.hostname);
+                    names.len() - 1
+                });
             (IpAddr::V4(loopback_for(i)), t.clone())
         })
         .collect()

@@ -41,12 +41,20 @@ pub struct HostsBlock {
 /// The process id a block line names; `None` for blocks of older versions, which named none.
 fn owner(line: &str, prefix: &str) -> Option<Option<u32>> {
     let rest = line.trim().strip_prefix(prefix)?;
-    let pid = rest.trim_start().strip_prefix("pid=").map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>());
+    let pid = rest.trim_start().strip_prefix("pid=").map(|r| {
+        r.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+    });
     Some(pid.and_then(|p| p.parse().ok()))
 }
 
 fn alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 /// `text` without the blocks for which `drop_block(owner)` says yes.
@@ -94,7 +102,10 @@ fn rewrite(path: &Path, change: impl FnOnce(String) -> String) -> std::io::Resul
         Err(e) => return Err(e),
     };
     let text = change(existing);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "hosts".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "hosts".into());
     let tmp = dir.join(format!(".{name}.app-side-shim.{}.tmp", std::process::id()));
     let written = (|| {
         let mut f = File::create(&tmp)?;
@@ -126,7 +137,8 @@ impl HostsBlock {
     pub fn write(path: &Path, entries: &[(IpAddr, String)]) -> std::io::Result<HostsBlock> {
         let pid = std::process::id();
         rewrite(path, |existing| {
-            let mut text = without_blocks(&existing, |who| who.is_none_or(|p| p == pid || !alive(p)));
+            let mut text =
+                without_blocks(&existing, |who| who.is_none_or(|p| p == pid || !alive(p)));
             text.push_str(&begin_line(pid));
             text.push('\n');
             for (ip, name) in entries {
@@ -136,13 +148,18 @@ impl HostsBlock {
             text.push('\n');
             text
         })?;
-        Ok(HostsBlock { path: path.to_owned(), pid })
+        Ok(HostsBlock {
+            path: path.to_owned(),
+            pid,
+        })
     }
 
     /// Removes this process's block now.
     pub fn remove(&self) -> std::io::Result<()> {
         let pid = self.pid;
-        rewrite(&self.path, |text| without_blocks(&text, |who| who == Some(pid)))
+        rewrite(&self.path, |text| {
+            without_blocks(&text, |who| who == Some(pid))
+        })
     }
 }
 
@@ -169,10 +186,21 @@ mod tests {
         let block = HostsBlock::write(&path, &[(ip, "api.corp".into())]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.matches(BEGIN_PREFIX).count(), 1);
-        assert!(text.starts_with("127.0.0.1 localhost\n") && text.contains("127.77.0.1\tapi.corp") && !text.contains("db.corp"));
+        assert!(
+            text.starts_with("127.0.0.1 localhost\n")
+                && text.contains("127.77.0.1\tapi.corp")
+                && !text.contains("db.corp")
+        );
         drop(block);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1 localhost\n");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
     }
 
@@ -190,12 +218,25 @@ mod tests {
             end_line(dead)
         );
         std::fs::write(&path, text).unwrap();
-        let block = HostsBlock::write(&path, &[("127.77.0.1".parse().unwrap(), "mine.corp".into())]).unwrap();
+        let block = HostsBlock::write(
+            &path,
+            &[("127.77.0.1".parse().unwrap(), "mine.corp".into())],
+        )
+        .unwrap();
         let now = std::fs::read_to_string(&path).unwrap();
-        assert!(now.contains("other.corp") && now.contains("mine.corp"), "{now}");
-        assert!(!now.contains("stale.corp") && !now.contains("old.corp"), "{now}");
+        assert!(
+            now.contains("other.corp") && now.contains("mine.corp"),
+            "{now}"
+        );
+        assert!(
+            !now.contains("stale.corp") && !now.contains("old.corp"),
+            "{now}"
+        );
         drop(block);
         let after = std::fs::read_to_string(&path).unwrap();
-        assert!(after.contains("other.corp") && !after.contains("mine.corp"), "{after}");
+        assert!(
+            after.contains("other.corp") && !after.contains("mine.corp"),
+            "{after}"
+        );
     }
 }

@@ -41,13 +41,20 @@ pub struct Router {
 impl Router {
     /// A router over `targets`.
     pub fn new(targets: Vec<Arc<Target>>, allow_direct: bool) -> Self {
-        Router { targets, allow_direct }
+        Router {
+            targets,
+            allow_direct,
+        }
     }
 
     /// Decides for `host:port` (`host` lower-cased, IPv6 without brackets).
     pub fn decide(&self, host: &str, port: u16) -> Decision {
         let host = host.to_ascii_lowercase();
-        if let Some(t) = self.targets.iter().find(|t| t.hostname == host && t.port == port) {
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| t.hostname == host && t.port == port)
+        {
             return Decision::Tunnel(t.clone());
         }
         if self.allow_direct {
@@ -60,7 +67,10 @@ impl Router {
                 configured.join(", ")
             )
         } else {
-            format!("{host}:{port} is not the endpoint of any configured hybrid connection (configured: {})", configured.join(", "))
+            format!(
+                "{host}:{port} is not the endpoint of any configured hybrid connection (configured: {})",
+                configured.join(", ")
+            )
         };
         Decision::Refuse(reason)
     }
@@ -82,7 +92,11 @@ pub struct Limits {
 impl Limits {
     /// Limits of `max_connections` held at once and `handshake_timeout` per handshake.
     pub fn new(max_connections: usize, handshake_timeout: Duration) -> Self {
-        Limits { slots: Arc::new(Semaphore::new(max_connections)), max_connections, handshake_timeout }
+        Limits {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            handshake_timeout,
+        }
     }
 }
 
@@ -93,9 +107,18 @@ impl Default for Limits {
 }
 
 /// Accepts SOCKS5 clients until `cancel`.
-pub async fn serve_socks5(listener: TcpListener, router: Arc<Router>, limits: Limits, tracker: TaskTracker, cancel: CancellationToken) {
+pub async fn serve_socks5(
+    listener: TcpListener,
+    router: Arc<Router>,
+    limits: Limits,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
     let deadline = limits.handshake_timeout;
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| socks5(tcp, peer, router.clone(), deadline, slot)).await
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| {
+        socks5(tcp, peer, router.clone(), deadline, slot)
+    })
+    .await
 }
 
 /// Accepts HTTP CONNECT clients until `cancel`.
@@ -107,13 +130,21 @@ pub async fn serve_http_connect(
     cancel: CancellationToken,
 ) {
     let deadline = limits.handshake_timeout;
-    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| http_connect(tcp, peer, router.clone(), deadline, slot)).await
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| {
+        http_connect(tcp, peer, router.clone(), deadline, slot)
+    })
+    .await
 }
 
 /// Accepts until `cancel`; each connection holds one of `limits`' slots while it lives (the
 /// handler keeps it: wrapping its future in another would store that future twice).
-pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, limits: Limits, tracker: TaskTracker, cancel: CancellationToken, handle: F)
-where
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -183,7 +214,9 @@ enum SocksRefusal {
 
 /// Reads a SOCKS5 greeting and CONNECT request (RFC 1928 §3, §4): `(host, port)`. Each
 /// message is read with the fewest reads its length fields allow.
-async fn socks5_request(tcp: &mut TcpStream) -> std::io::Result<Result<(String, u16), SocksRefusal>> {
+async fn socks5_request(
+    tcp: &mut TcpStream,
+) -> std::io::Result<Result<(String, u16), SocksRefusal>> {
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head).await?;
     let mut methods = vec![0u8; head[1] as usize];
@@ -222,7 +255,13 @@ async fn socks5_request(tcp: &mut TcpStream) -> std::io::Result<Result<(String, 
     Ok(Ok((host, port)))
 }
 
-async fn socks5(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration, _slot: OwnedSemaphorePermit) {
+async fn socks5(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    deadline: Duration,
+    _slot: OwnedSemaphorePermit,
+) {
     let (host, port) = match tokio::time::timeout(deadline, socks5_request(&mut tcp)).await {
         Ok(Ok(Ok(hp))) => hp,
         Ok(Ok(Err(SocksRefusal::Reply(code)))) => {
@@ -280,7 +319,11 @@ const MAX_CONNECT_HEAD: usize = 8192;
 /// send its first bytes, such as a TLS ClientHello, without waiting for the 200).
 enum ConnectHead {
     /// `CONNECT host:port`.
-    Connect { host: String, port: u16, early: Vec<u8> },
+    Connect {
+        host: String,
+        port: u16,
+        early: Vec<u8>,
+    },
     /// Another method, or a target without a port.
     NotConnect,
 }
@@ -298,29 +341,62 @@ async fn read_connect(tcp: &mut TcpStream) -> std::io::Result<ConnectHead> {
         }
         let n = tcp.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::other("connection closed inside the request head"));
+            return Err(std::io::Error::other(
+                "connection closed inside the request head",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     let text = String::from_utf8_lossy(&buf[..end]);
     let mut parts = text.split_whitespace();
-    let (Some(method), Some(authority)) = (parts.next(), parts.next()) else { return Ok(ConnectHead::NotConnect) };
+    let (Some(method), Some(authority)) = (parts.next(), parts.next()) else {
+        return Ok(ConnectHead::NotConnect);
+    };
     if !method.eq_ignore_ascii_case("CONNECT") {
         return Ok(ConnectHead::NotConnect);
     }
-    let Some((host, Some(port))) = hc_protocol::uri::split_host_port(authority) else { return Ok(ConnectHead::NotConnect) };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    Ok(ConnectHead::Connect { host, port, early: buf[end..].to_vec() })
+    let Some((host, Some(port))) = hc_protocol::uri::split_host_port(authority) else {
+        return Ok(ConnectHead::NotConnect);
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(ConnectHead::Connect {
+        host,
+        port,
+        early: buf[end..].to_vec(),
+    })
 }
 
-async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>, deadline: Duration, _slot: OwnedSemaphorePermit) {
+async fn http_connect(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    deadline: Duration,
+    _slot: OwnedSemaphorePermit,
+) {
     let (host, port, early) = match tokio::time::timeout(deadline, read_connect(&mut tcp)).await {
         Ok(Ok(ConnectHead::Connect { host, port, early })) => (host, port, early),
         Ok(Ok(ConnectHead::NotConnect)) => {
-            return http_answer(&mut tcp, "405 Method Not Allowed", "This proxy only takes CONNECT host:port.").await;
+            return http_answer(
+                &mut tcp,
+                "405 Method Not Allowed",
+                "This proxy only takes CONNECT host:port.",
+            )
+            .await;
         }
-        Ok(Err(_)) => return http_answer(&mut tcp, "400 Bad Request", "Malformed request head.").await,
-        Err(_) => return http_answer(&mut tcp, "408 Request Timeout", "The CONNECT request head did not arrive in time.").await,
+        Ok(Err(_)) => {
+            return http_answer(&mut tcp, "400 Bad Request", "Malformed request head.").await;
+        }
+        Err(_) => {
+            return http_answer(
+                &mut tcp,
+                "408 Request Timeout",
+                "The CONNECT request head did not arrive in time.",
+            )
+            .await;
+        }
     };
     match router.decide(&host, port) {
         Decision::Refuse(reason) => {
@@ -329,22 +405,42 @@ async fn http_connect(mut tcp: TcpStream, peer: SocketAddr, router: Arc<Router>,
         }
         Decision::Direct => match TcpStream::connect((host.as_str(), port)).await {
             Ok(mut upstream) => {
-                if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() && upstream.write_all(&early).await.is_ok() {
+                if tcp
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .is_ok()
+                    && upstream.write_all(&early).await.is_ok()
+                {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
                 }
             }
-            Err(e) => http_answer(&mut tcp, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await,
+            Err(e) => {
+                http_answer(&mut tcp, "502 Bad Gateway", &format!("{host}:{port}: {e}")).await
+            }
         },
         Decision::Tunnel(target) => match target.hc.connect_ws().await {
             Ok(ws) => {
-                if tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
+                if tcp
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
                     crate::forward::bridge_logged(ws, tcp, early, &target, peer).await;
                 }
             }
             Err(e) => {
                 warn!(%peer, endpoint = %target.endpoint(), error = %e, "CONNECT tunnel failed");
-                let status = if e.is_timeout() { "504 Gateway Timeout" } else { "502 Bad Gateway" };
-                http_answer(&mut tcp, status, &format!("through hybrid connection {}: {e}", target.describe())).await
+                let status = if e.is_timeout() {
+                    "504 Gateway Timeout"
+                } else {
+                    "502 Bad Gateway"
+                };
+                http_answer(
+                    &mut tcp,
+                    status,
+                    &format!("through hybrid connection {}: {e}", target.describe()),
+                )
+                .await
             }
         },
     }

@@ -54,15 +54,25 @@ impl std::fmt::Debug for HybridConnection {
 
 impl HybridConnection {
     /// From a connection string with `EntityPath` (a Send key, a token, or no credentials).
-    pub fn from_connection_string(text: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, Error> {
-        let cs = ConnectionString::parse(text).map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+    pub fn from_connection_string(
+        text: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, Error> {
+        let cs = ConnectionString::parse(text)
+            .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
         let path = cs
             .entity_path
             .clone()
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| Error::new(ErrorKind::Config, "the connection string has no EntityPath"))?;
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Config, "the connection string has no EntityPath")
+            })?;
         let endpoint = RelayEndpoint::from_endpoint(&cs.endpoint, tls)?;
-        Ok(Self::build(endpoint, path, TokenProvider::from_connection_string(&cs, TOKEN_TTL)))
+        Ok(Self::build(
+            endpoint,
+            path,
+            TokenProvider::from_connection_string(&cs, TOKEN_TTL),
+        ))
     }
 
     /// From a namespace endpoint (`sb://contoso.servicebus.windows.net/`), a hybrid connection
@@ -78,7 +88,10 @@ impl HybridConnection {
         let cs = ConnectionString {
             endpoint: namespace_endpoint.to_owned(),
             entity_path: Some(path.to_owned()),
-            credential: Some(Credential::Key { name: key_name.to_owned(), key }),
+            credential: Some(Credential::Key {
+                name: key_name.to_owned(),
+                key,
+            }),
             operation_timeout: None,
             authentication: None,
         };
@@ -86,13 +99,22 @@ impl HybridConnection {
     }
 
     /// Without credentials, for hybrid connections that do not require client authorization.
-    pub fn anonymous(namespace_endpoint: &str, path: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, Error> {
+    pub fn anonymous(
+        namespace_endpoint: &str,
+        path: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, Error> {
         let endpoint = RelayEndpoint::from_endpoint(namespace_endpoint, tls)?;
         Ok(Self::build(endpoint, path.to_owned(), TokenProvider::None))
     }
 
     fn build(endpoint: RelayEndpoint, path: String, tokens: TokenProvider) -> Self {
-        HybridConnection { endpoint, path, tokens, connect_timeout: Duration::from_secs(60) }
+        HybridConnection {
+            endpoint,
+            path,
+            tokens,
+            connect_timeout: Duration::from_secs(60),
+        }
     }
 
     /// Namespace host.
@@ -109,12 +131,18 @@ impl HybridConnection {
     pub async fn connect_ws(&self) -> Result<WsStream, Error> {
         let id = hc_protocol::tracking::guid_from_bytes(rand::random());
         let work = hc_client::sender::connect(&self.endpoint, &self.path, &self.tokens, &id);
-        tokio::time::timeout(self.connect_timeout, work).await.map_err(|_| {
-            Error::new(
-                ErrorKind::Timeout,
-                format!("connecting through '{}' took longer than {} s", self.path, self.connect_timeout.as_secs()),
-            )
-        })?
+        tokio::time::timeout(self.connect_timeout, work)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "connecting through '{}' took longer than {} s",
+                        self.path,
+                        self.connect_timeout.as_secs()
+                    ),
+                )
+            })?
     }
 
     /// Opens a byte stream through the hybrid connection. `shutdown()` half-closes it (the
@@ -123,7 +151,10 @@ impl HybridConnection {
         let ws = self.connect_ws().await?;
         let (app, pump) = tokio::io::duplex(STREAM_BUFFER);
         let task = tokio::spawn(hc_client::bridge::bridge_stream(ws, pump, STREAM_BUFFER));
-        Ok(RelayStream { inner: app, _task: task })
+        Ok(RelayStream {
+            inner: app,
+            _task: task,
+        })
     }
 }
 
@@ -135,13 +166,21 @@ pub struct RelayStream {
 }
 
 impl AsyncRead for RelayStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for RelayStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -24,7 +24,10 @@ pub fn explain(target: &Target, e: &Error) -> String {
     } else if e.is_no_listener() {
         format!("no listener: no Hybrid Connection Manager is connected for {hc}: {e}")
     } else if e.status() == Some(502) {
-        format!("endpoint refused: the Hybrid Connection Manager could not connect to {}: {e}", target.endpoint())
+        format!(
+            "endpoint refused: the Hybrid Connection Manager could not connect to {}: {e}",
+            target.endpoint()
+        )
     } else if e.is_rejected() {
         format!("rejected by the listener: {e}")
     } else if e.is_timeout() {
@@ -48,8 +51,13 @@ pub async fn run(target: &Target, count: u32, interval: Duration) -> bool {
             Ok(ws) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 times.push(ms);
-                println!("Connected to {} through hybrid connection {}: time={ms:.1} ms", target.endpoint(), target.describe());
-                let (_reader, mut writer) = hc_ws::split(ws.io, hc_ws::Config::new(hc_ws::Role::Client));
+                println!(
+                    "Connected to {} through hybrid connection {}: time={ms:.1} ms",
+                    target.endpoint(),
+                    target.describe()
+                );
+                let (_reader, mut writer) =
+                    hc_ws::split(ws.io, hc_ws::Config::new(hc_ws::Role::Client));
                 let _ = writer.close(&CloseFrame::new(1000, "tcpping")).await;
             }
             Err(e) => {

@@ -31,17 +31,40 @@ impl Chain {
     async fn start() -> Chain {
         let dir = tempfile::tempdir().unwrap();
         let (http, http_port) = http_server(dir.path());
-        let emulator = Emulator::start(&ConfigFile::default(), true, RelayOptions::default()).await.unwrap();
+        let emulator = Emulator::start(&ConfigFile::default(), true, RelayOptions::default())
+            .await
+            .unwrap();
         std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem.as_ref().unwrap()).unwrap();
         for hc in ["api", "down", "idle"] {
-            emulator.relay.put_hybrid_connection("default", hc, true, None).unwrap();
+            emulator
+                .relay
+                .put_hybrid_connection("default", hc, true, None)
+                .unwrap();
         }
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let hcm_dir = dir.path().join("hcm");
         let mut config = hcm::config::Config::default();
-        for (hc, endpoint) in [("api", format!("127.0.0.1:{http_port}")), ("down", closed.to_string())] {
-            let cs = emulator.relay.connection_string("default", Some(hc), "defaultListener", &emulator.authority()).unwrap().expose();
-            config.connections.push(hcm::config::Entry::new(&cs, Some(endpoint), 1, Some(dir.path().join("ca.pem"))).unwrap());
+        for (hc, endpoint) in [
+            ("api", format!("127.0.0.1:{http_port}")),
+            ("down", closed.to_string()),
+        ] {
+            let cs = emulator
+                .relay
+                .connection_string(
+                    "default",
+                    Some(hc),
+                    "defaultListener",
+                    &emulator.authority(),
+                )
+                .unwrap()
+                .expose();
+            config.connections.push(
+                hcm::config::Entry::new(&cs, Some(endpoint), 1, Some(dir.path().join("ca.pem")))
+                    .unwrap(),
+            );
         }
         config.save(&hcm_dir).unwrap();
         let hcm_stop = CancellationToken::new();
@@ -57,10 +80,21 @@ impl Chain {
             exit_on_failure: None,
         };
         let stop = hcm_stop.clone();
-        let hcm = tokio::spawn(async move { hcm::service::run(options, async move { stop.cancelled().await }).await });
-        let chain = Chain { emulator, dir, http, http_port, hcm_stop, hcm };
+        let hcm = tokio::spawn(async move {
+            hcm::service::run(options, async move { stop.cancelled().await }).await
+        });
+        let chain = Chain {
+            emulator,
+            dir,
+            http,
+            http_port,
+            hcm_stop,
+            hcm,
+        };
         for _ in 0..1000 {
-            if chain.emulator.relay.listener_count("default", "api") == 1 && chain.emulator.relay.listener_count("default", "down") == 1 {
+            if chain.emulator.relay.listener_count("default", "api") == 1
+                && chain.emulator.relay.listener_count("default", "down") == 1
+            {
                 return chain;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -69,7 +103,16 @@ impl Chain {
     }
 
     fn send_string(&self, hc: &str) -> String {
-        self.emulator.relay.connection_string("default", Some(hc), "defaultSender", &self.emulator.authority()).unwrap().expose()
+        self.emulator
+            .relay
+            .connection_string(
+                "default",
+                Some(hc),
+                "defaultSender",
+                &self.emulator.authority(),
+            )
+            .unwrap()
+            .expose()
     }
 
     fn ca(&self) -> PathBuf {
@@ -78,9 +121,15 @@ impl Chain {
 
     /// A shim config: `api` at api.corp.example:{http port}, plus the failure cases.
     fn shim_config(&self) -> PathBuf {
-        let wrong_key = self.send_string("api").replace("SharedAccessKey=", "SharedAccessKey=x");
-        let dead_relay = self.send_string("api").replace(&format!(":{}/", self.emulator.addr.port()), ":1/");
-        let nope = self.send_string("api").replace("EntityPath=api", "EntityPath=nope");
+        let wrong_key = self
+            .send_string("api")
+            .replace("SharedAccessKey=", "SharedAccessKey=x");
+        let dead_relay = self
+            .send_string("api")
+            .replace(&format!(":{}/", self.emulator.addr.port()), ":1/");
+        let nope = self
+            .send_string("api")
+            .replace("EntityPath=api", "EntityPath=nope");
         let entries = serde_json::json!({
             "caFile": self.ca(),
             "hybridConnections": [
@@ -112,15 +161,30 @@ fn http_server(dir: &Path) -> (Child, u16) {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), BODY).unwrap();
     let mut child = Command::new("python3")
-        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
         .arg(&www)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("python3 is needed for the HTTP endpoint");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).expect(&line);
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split(" port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect(&line);
     (child, port)
 }
 
@@ -162,15 +226,33 @@ impl Shim {
 
     /// The address printed on the line starting with `prefix` (after "-> " for hostnames).
     fn addr(&self, prefix: &str) -> String {
-        let line = self.lines.iter().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in {:?}", self.lines));
-        let rest = line.split(" -> ").nth(if prefix.starts_with("Hostname") { 1 } else { 0 }).unwrap();
-        rest.trim_start_matches(prefix).split_whitespace().next().unwrap().to_owned()
+        let line = self
+            .lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}' in {:?}", self.lines));
+        let rest = line
+            .split(" -> ")
+            .nth(if prefix.starts_with("Hostname") { 1 } else { 0 })
+            .unwrap();
+        rest.trim_start_matches(prefix)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
     }
 
     fn stop(&mut self) -> String {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "shim exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        assert!(
+            status.success(),
+            "shim exited with {status}: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
         std::fs::read_to_string(&self.log).unwrap()
     }
 }
@@ -183,43 +265,96 @@ impl Drop for Shim {
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 async fn curl(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
-        Command::new("curl").args(["-sS", "--max-time", "20"]).args(&args).output().expect("curl is needed")
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(&args)
+            .output()
+            .expect("curl is needed")
     })
     .await
     .unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn library_streams_with_half_close_and_tells_errors_apart() {
     let chain = Chain::start().await;
     let tls = hc_client::tls::client_config(Some(&chain.ca())).unwrap();
-    let hc = HybridConnection::from_connection_string(&chain.send_string("api"), tls.clone()).unwrap();
+    let hc =
+        HybridConnection::from_connection_string(&chain.send_string("api"), tls.clone()).unwrap();
     let mut stream = hc.connect().await.unwrap();
-    stream.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: api\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /hello.txt HTTP/1.0\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
     stream.shutdown().await.unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.unwrap();
-    assert!(reply.starts_with("HTTP/1.0 200") && reply.ends_with(BODY), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.0 200") && reply.ends_with(BODY),
+        "{reply}"
+    );
 
     let connect = |cs: String| {
         let tls = tls.clone();
-        async move { HybridConnection::from_connection_string(&cs, tls).unwrap().connect().await.unwrap_err() }
+        async move {
+            HybridConnection::from_connection_string(&cs, tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap_err()
+        }
     };
     assert!(connect(chain.send_string("idle")).await.is_no_listener());
-    assert!(connect(chain.send_string("api").replace("EntityPath=api", "EntityPath=nope")).await.is_endpoint_not_found());
-    assert!(connect(chain.send_string("api").replace("SharedAccessKey=", "SharedAccessKey=x")).await.is_unauthorized());
+    assert!(
+        connect(
+            chain
+                .send_string("api")
+                .replace("EntityPath=api", "EntityPath=nope")
+        )
+        .await
+        .is_endpoint_not_found()
+    );
+    assert!(
+        connect(
+            chain
+                .send_string("api")
+                .replace("SharedAccessKey=", "SharedAccessKey=x")
+        )
+        .await
+        .is_unauthorized()
+    );
     let rejected = connect(chain.send_string("down")).await;
-    assert!(rejected.is_rejected() && rejected.status() == Some(502) && rejected.to_string().contains("is unreachable"), "{rejected}");
-    assert!(connect(chain.send_string("api").replace(&format!(":{}/", chain.emulator.addr.port()), ":1/")).await.is_network());
+    assert!(
+        rejected.is_rejected()
+            && rejected.status() == Some(502)
+            && rejected.to_string().contains("is unreachable"),
+        "{rejected}"
+    );
+    assert!(
+        connect(
+            chain
+                .send_string("api")
+                .replace(&format!(":{}/", chain.emulator.addr.port()), ":1/")
+        )
+        .await
+        .is_network()
+    );
     chain.stop().await;
 }
 
@@ -244,15 +379,26 @@ async fn explicit_forwards_with_curl() {
             &by_string,
         ],
     );
-    let forwards: Vec<String> =
-        shim.lines.iter().filter(|l| l.starts_with("Forwarding ")).map(|l| l.split_whitespace().nth(1).unwrap().to_owned()).collect();
+    let forwards: Vec<String> = shim
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("Forwarding "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
     assert_eq!(forwards.len(), 2);
     for addr in forwards {
         let out = curl(vec![format!("http://{addr}/hello.txt")]).await;
-        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
+            "{}",
+            text(&out)
+        );
     }
     let log = shim.stop();
-    assert!(log.contains("tunnel") && log.contains("from_endpoint="), "{log}");
+    assert!(
+        log.contains("tunnel") && log.contains("from_endpoint="),
+        "{log}"
+    );
     assert!(!log.contains("SharedAccessKey="), "keys never logged");
     chain.stop().await;
 }
@@ -266,22 +412,49 @@ async fn hostname_mode_lets_unchanged_curl_use_the_real_name() {
     let before = std::fs::read_to_string(&hosts).unwrap();
     let mut shim = Shim::start(
         chain.dir.path(),
-        &["--config", config.to_str().unwrap(), "run", "--hostnames", "--hosts-file", hosts.to_str().unwrap()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--hostnames",
+            "--hosts-file",
+            hosts.to_str().unwrap(),
+        ],
     );
     let written = std::fs::read_to_string(&hosts).unwrap();
-    assert!(written.contains(&format!("127.77.0.1\t{HOST}")), "{written}");
-    assert_eq!(shim.addr(&format!("Hostname {HOST}")), format!("127.77.0.1:{}", chain.http_port));
+    assert!(
+        written.contains(&format!("127.77.0.1\t{HOST}")),
+        "{written}"
+    );
+    assert_eq!(
+        shim.addr(&format!("Hostname {HOST}")),
+        format!("127.77.0.1:{}", chain.http_port)
+    );
     // curl resolves the name through the hosts file, in a private mount namespace.
-    let script =
-        format!("mount --bind {} /etc/hosts && exec curl -sS --max-time 20 http://{HOST}:{}/hello.txt", hosts.display(), chain.http_port);
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec curl -sS --max-time 20 http://{HOST}:{}/hello.txt",
+        hosts.display(),
+        chain.http_port
+    );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap()
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
+        "{}",
+        text(&out)
+    );
     shim.stop();
-    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before, "the block is removed on exit");
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        before,
+        "the block is removed on exit"
+    );
     chain.stop().await;
 }
 
@@ -291,37 +464,94 @@ async fn proxy_mode_tunnels_names_and_refuses_others() {
     let config = chain.shim_config();
     let mut shim = Shim::start(
         chain.dir.path(),
-        &["--config", config.to_str().unwrap(), "run", "--socks5", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0"],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--socks5",
+            "127.0.0.1:0",
+            "--http-proxy",
+            "127.0.0.1:0",
+        ],
     );
     let socks = shim.addr("SOCKS5 proxy on ");
     let http = shim.addr("HTTP CONNECT proxy on ");
     let url = format!("http://{HOST}:{}/hello.txt", chain.http_port);
     let out = curl(vec!["--socks5-hostname".into(), socks.clone(), url.clone()]).await;
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
-    let out = curl(vec!["-p".into(), "-x".into(), format!("http://{http}"), url]).await;
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
+        "{}",
+        text(&out)
+    );
+    let out = curl(vec![
+        "-p".into(),
+        "-x".into(),
+        format!("http://{http}"),
+        url,
+    ])
+    .await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
+        "{}",
+        text(&out)
+    );
     // Refused: another host, and the endpoint's IP literal.
-    let other = curl(vec!["--socks5-hostname".into(), socks.clone(), format!("http://other.example:{}/", chain.http_port)]).await;
+    let other = curl(vec![
+        "--socks5-hostname".into(),
+        socks.clone(),
+        format!("http://other.example:{}/", chain.http_port),
+    ])
+    .await;
     assert!(!other.status.success());
-    let literal = curl(vec!["--socks5-hostname".into(), socks, format!("http://127.0.0.1:{}/hello.txt", chain.http_port)]).await;
+    let literal = curl(vec![
+        "--socks5-hostname".into(),
+        socks,
+        format!("http://127.0.0.1:{}/hello.txt", chain.http_port),
+    ])
+    .await;
     assert!(!literal.status.success());
     let mut tcp = tokio::net::TcpStream::connect(&http).await.unwrap();
-    tcp.write_all(format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", chain.http_port).as_bytes()).await.unwrap();
+    tcp.write_all(format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", chain.http_port).as_bytes())
+        .await
+        .unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.unwrap();
     assert!(
-        answer.starts_with("HTTP/1.1 403") && answer.contains("is an IP address; hybrid connections match endpoint host names"),
+        answer.starts_with("HTTP/1.1 403")
+            && answer.contains("is an IP address; hybrid connections match endpoint host names"),
         "{answer}"
     );
     let log = shim.stop();
-    assert!(log.contains("other.example") && log.contains("not the endpoint of any configured hybrid connection"), "{log}");
+    assert!(
+        log.contains("other.example")
+            && log.contains("not the endpoint of any configured hybrid connection"),
+        "{log}"
+    );
     assert!(log.contains("is an IP address"), "{log}");
     // With --allow-direct, a request that matches no endpoint is connected directly.
-    let mut direct =
-        Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--socks5", "127.0.0.1:0", "--allow-direct"]);
+    let mut direct = Shim::start(
+        chain.dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--socks5",
+            "127.0.0.1:0",
+            "--allow-direct",
+        ],
+    );
     let socks = direct.addr("SOCKS5 proxy on ");
-    let out = curl(vec!["--socks5-hostname".into(), socks, format!("http://127.0.0.1:{}/hello.txt", chain.http_port)]).await;
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY, "{}", text(&out));
+    let out = curl(vec![
+        "--socks5-hostname".into(),
+        socks,
+        format!("http://127.0.0.1:{}/hello.txt", chain.http_port),
+    ])
+    .await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
+        "{}",
+        text(&out)
+    );
     direct.stop();
     chain.stop().await;
 }
@@ -330,7 +560,16 @@ async fn tcpping(config: &Path, endpoint: &str) -> (bool, String) {
     let (config, endpoint) = (config.to_owned(), endpoint.to_owned());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
-            .args(["--config", config.to_str().unwrap(), "tcpping", &endpoint, "-n", "2", "--interval", "0"])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "tcpping",
+                &endpoint,
+                "-n",
+                "2",
+                "--interval",
+                "0",
+            ])
             .output()
             .unwrap()
     })
@@ -344,16 +583,28 @@ async fn tcpping_reports_success_or_the_failing_hop() {
     let chain = Chain::start().await;
     let config = chain.shim_config();
     let (ok, out) = tcpping(&config, &format!("{HOST}:{}", chain.http_port)).await;
-    assert!(ok && out.contains("time=") && out.contains("2 tunnels: 2 succeeded, 0 failed"), "{out}");
+    assert!(
+        ok && out.contains("time=") && out.contains("2 tunnels: 2 succeeded, 0 failed"),
+        "{out}"
+    );
     for (endpoint, says) in [
         ("norelay.corp.example:80", "relay unreachable"),
         ("badkey.corp.example:80", "unauthorized"),
         ("nope.corp.example:80", "hybrid connection does not exist"),
-        ("idle.corp.example:80", "no listener: no Hybrid Connection Manager is connected"),
-        ("down.corp.example:80", "endpoint refused: the Hybrid Connection Manager could not connect to down.corp.example:80"),
+        (
+            "idle.corp.example:80",
+            "no listener: no Hybrid Connection Manager is connected",
+        ),
+        (
+            "down.corp.example:80",
+            "endpoint refused: the Hybrid Connection Manager could not connect to down.corp.example:80",
+        ),
     ] {
         let (ok, out) = tcpping(&config, endpoint).await;
-        assert!(!ok && out.contains(says) && out.contains("0 succeeded, 2 failed"), "{endpoint}: {out}");
+        assert!(
+            !ok && out.contains(says) && out.contains("0 succeeded, 2 failed"),
+            "{endpoint}: {out}"
+        );
     }
     let (ok, out) = tcpping(&config, "unknown.example:1").await;
     assert!(!ok && out.contains("not a configured endpoint"), "{out}");
@@ -367,13 +618,29 @@ fn plan_limits_are_a_startup_error() {
         .map(|i| serde_json::json!({"serviceBusNamespace": "contoso", "relayName": format!("hc{i}"), "hostname": format!("h{i}.corp"), "port": 5432, "sendKeyName": "s", "sendKeyValue": "k"}))
         .collect();
     let path = dir.path().join("shim.json");
-    std::fs::write(&path, serde_json::json!({"hybridConnections": entries}).to_string()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::json!({"hybridConnections": entries}).to_string(),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
-        .args(["--config", path.to_str().unwrap(), "run", "--plan", "basic", "--socks5", "127.0.0.1:0"])
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "run",
+            "--plan",
+            "basic",
+            "--socks5",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("the Basic plan allows 5 hybrid connections, but 6 are configured"), "{}", text(&out));
+    assert!(
+        text(&out).contains("the Basic plan allows 5 hybrid connections, but 6 are configured"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Reads until EOF or error; returns the bytes and whether the peer closed within `limit`.
@@ -398,19 +665,45 @@ async fn read_all_within(tcp: &mut tokio::net::TcpStream, limit: Duration) -> (V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_proxy_clients_are_closed_after_the_handshake_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0", "--http-proxy", "127.0.0.1:0", "--handshake-timeout", "0.5"]);
-    for (proxy, partial) in [("SOCKS5 proxy on ", &b"\x05"[..]), ("HTTP CONNECT proxy on ", &b"CONNECT db:5432 HTTP/1.1\r\n"[..])] {
+    let shim = Shim::start(
+        dir.path(),
+        &[
+            "run",
+            "--socks5",
+            "127.0.0.1:0",
+            "--http-proxy",
+            "127.0.0.1:0",
+            "--handshake-timeout",
+            "0.5",
+        ],
+    );
+    for (proxy, partial) in [
+        ("SOCKS5 proxy on ", &b"\x05"[..]),
+        (
+            "HTTP CONNECT proxy on ",
+            &b"CONNECT db:5432 HTTP/1.1\r\n"[..],
+        ),
+    ] {
         let mut clients = Vec::new();
         for _ in 0..20 {
-            let mut tcp = tokio::net::TcpStream::connect(shim.addr(proxy)).await.unwrap();
+            let mut tcp = tokio::net::TcpStream::connect(shim.addr(proxy))
+                .await
+                .unwrap();
             tcp.write_all(partial).await.unwrap();
             clients.push(tcp);
         }
         for tcp in &mut clients {
             let (got, closed) = read_all_within(tcp, Duration::from_secs(5)).await;
-            assert!(closed, "{proxy}: a silent client is closed after the deadline");
+            assert!(
+                closed,
+                "{proxy}: a silent client is closed after the deadline"
+            );
             if proxy.starts_with("HTTP") {
-                assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&got));
+                assert!(
+                    String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+                    "{}",
+                    String::from_utf8_lossy(&got)
+                );
             }
         }
     }
@@ -420,10 +713,23 @@ async fn silent_proxy_clients_are_closed_after_the_handshake_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0", "--max-connections", "3", "--handshake-timeout", "60"]);
+    let shim = Shim::start(
+        dir.path(),
+        &[
+            "run",
+            "--socks5",
+            "127.0.0.1:0",
+            "--max-connections",
+            "3",
+            "--handshake-timeout",
+            "60",
+        ],
+    );
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on "))
+            .await
+            .unwrap();
         tcp.write_all(&[5, 1, 0]).await.unwrap();
         let mut answer = [0u8; 2];
         tcp.read_exact(&mut answer).await.unwrap();
@@ -434,7 +740,10 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     if let Ok(mut fourth) = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await {
         let _ = fourth.write_all(&[5, 1, 0]).await;
         let (got, closed) = read_all_within(&mut fourth, Duration::from_secs(5)).await;
-        assert!(closed && got.is_empty(), "the fourth is closed at once: {got:?}");
+        assert!(
+            closed && got.is_empty(),
+            "the fourth is closed at once: {got:?}"
+        );
     }
     drop(held);
 }
@@ -444,7 +753,9 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
 async fn no_acceptable_method_is_answered_with_two_bytes_only() {
     let dir = tempfile::tempdir().unwrap();
     let shim = Shim::start(dir.path(), &["run", "--socks5", "127.0.0.1:0"]);
-    let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on ")).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(shim.addr("SOCKS5 proxy on "))
+        .await
+        .unwrap();
     tcp.write_all(&[5, 1, 2]).await.unwrap();
     let (got, closed) = read_all_within(&mut tcp, Duration::from_secs(5)).await;
     assert!(closed);
@@ -458,18 +769,48 @@ async fn no_acceptable_method_is_answered_with_two_bytes_only() {
 async fn connect_with_early_data_and_the_allow_direct_warning() {
     let chain = Chain::start().await;
     let config = chain.shim_config();
-    let mut shim = Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--http-proxy", "127.0.0.1:0"]);
-    let mut tcp = tokio::net::TcpStream::connect(shim.addr("HTTP CONNECT proxy on ")).await.unwrap();
-    let request = format!("CONNECT {HOST}:{} HTTP/1.1\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n", chain.http_port);
+    let mut shim = Shim::start(
+        chain.dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--http-proxy",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut tcp = tokio::net::TcpStream::connect(shim.addr("HTTP CONNECT proxy on "))
+        .await
+        .unwrap();
+    let request = format!(
+        "CONNECT {HOST}:{} HTTP/1.1\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n",
+        chain.http_port
+    );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let (got, closed) = read_all_within(&mut tcp, Duration::from_secs(20)).await;
     let text = String::from_utf8_lossy(&got);
-    assert!(closed && text.starts_with("HTTP/1.1 200 Connection Established") && text.ends_with(BODY), "{text}");
+    assert!(
+        closed && text.starts_with("HTTP/1.1 200 Connection Established") && text.ends_with(BODY),
+        "{text}"
+    );
     drop(tcp);
     shim.stop();
-    let mut open = Shim::start(chain.dir.path(), &["--config", config.to_str().unwrap(), "run", "--socks5", "0.0.0.0:0", "--allow-direct"]);
+    let mut open = Shim::start(
+        chain.dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--socks5",
+            "0.0.0.0:0",
+            "--allow-direct",
+        ],
+    );
     let log = open.stop();
-    assert!(log.contains("--allow-direct on a proxy bound to a non-loopback address"), "{log}");
+    assert!(
+        log.contains("--allow-direct on a proxy bound to a non-loopback address"),
+        "{log}"
+    );
     chain.stop().await;
 }
 

@@ -126,10 +126,27 @@ fn secs(s: f64) -> Duration {
 
 /// Runs one verb.
 pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let dir = cli.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir("hcm"));
+    let dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| hc_process::default_data_dir("hcm"));
     match cli.command {
-        Command::Add { connection_string, endpoint, listeners, ca_file, no_verify } => {
-            add(&dir, &connection_string, endpoint, listeners, ca_file, no_verify).await
+        Command::Add {
+            connection_string,
+            endpoint,
+            listeners,
+            ca_file,
+            no_verify,
+        } => {
+            add(
+                &dir,
+                &connection_string,
+                endpoint,
+                listeners,
+                ca_file,
+                no_verify,
+            )
+            .await
         }
         Command::List { json } => list(&dir, json),
         Command::Show { name, json } => show(&dir, &name, json),
@@ -140,7 +157,11 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
         }
         Command::Run(args) => {
             if args.max_backoff < args.min_backoff {
-                bail!("--max-backoff ({} s) must not be less than --min-backoff ({} s)", args.max_backoff, args.min_backoff);
+                bail!(
+                    "--max-backoff ({} s) must not be less than --min-backoff ({} s)",
+                    args.max_backoff,
+                    args.min_backoff
+                );
             }
             let options = ServiceOptions {
                 data_dir: dir,
@@ -173,12 +194,18 @@ async fn add(
 ) -> anyhow::Result<()> {
     let text = if connection_string == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the connection string from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the connection string from stdin")?;
         s
     } else {
         connection_string.to_owned()
     };
-    let ca_file = ca_file.map(|p| std::fs::canonicalize(&p).with_context(|| format!("CA file {} not found", p.display()))).transpose()?;
+    let ca_file = ca_file
+        .map(|p| {
+            std::fs::canonicalize(&p).with_context(|| format!("CA file {} not found", p.display()))
+        })
+        .transpose()?;
     let entry = Entry::new(&text, endpoint, listeners, ca_file)?;
     if !no_verify {
         verify(&entry).await?;
@@ -213,16 +240,24 @@ async fn verify(entry: &Entry) -> anyhow::Result<()> {
                 (Some(e), _) => format!("{e} (override)"),
                 (None, Some(m)) => format!(
                     "{} (from userMetadata)",
-                    Endpoint::from_user_metadata(m).with_context(|| format!("hybrid connection '{}'", entry.name()))?
+                    Endpoint::from_user_metadata(m)
+                        .with_context(|| format!("hybrid connection '{}'", entry.name()))?
                 ),
                 (None, None) => {
-                    bail!("hybrid connection '{}' has no userMetadata with an endpoint; add it with --endpoint host:port", entry.name())
+                    bail!(
+                        "hybrid connection '{}' has no userMetadata with an endpoint; add it with --endpoint host:port",
+                        entry.name()
+                    )
                 }
             };
-            println!("Endpoint {endpoint}; {} listener(s) connected now", info.listener_count);
+            println!(
+                "Endpoint {endpoint}; {} listener(s) connected now",
+                info.listener_count
+            );
             Ok(())
         }
-        Err(e) if e.is_permanent() => Err(e).with_context(|| format!("the relay refused hybrid connection '{}'", entry.name())),
+        Err(e) if e.is_permanent() => Err(e)
+            .with_context(|| format!("the relay refused hybrid connection '{}'", entry.name())),
         Err(e) => {
             eprintln!("warning: could not check with the relay now ({e}); adding anyway");
             Ok(())
@@ -240,7 +275,9 @@ fn status_text(status: Option<&HcStatus>, live: bool) -> String {
 
 fn row(entry: &Entry, live: Option<&StatusFile>) -> serde_json::Value {
     let status = live.and_then(|l| l.connections.get(&entry.key()));
-    let endpoint = status.and_then(|s| s.endpoint.clone()).or_else(|| entry.endpoint.clone());
+    let endpoint = status
+        .and_then(|s| s.endpoint.clone())
+        .or_else(|| entry.endpoint.clone());
     json!({
         "name": entry.name(),
         "namespace": entry.namespace(),
@@ -261,20 +298,33 @@ fn row(entry: &Entry, live: Option<&StatusFile>) -> serde_json::Value {
 fn list(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let config = Config::load(dir)?;
     let live = StatusFile::read_live(dir);
-    let rows: Vec<serde_json::Value> = config.connections.iter().map(|e| row(e, live.as_ref())).collect();
+    let rows: Vec<serde_json::Value> = config
+        .connections
+        .iter()
+        .map(|e| row(e, live.as_ref()))
+        .collect();
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if rows.is_empty() {
-        println!("No hybrid connections configured. Add one with: hcm add \"<gateway connection string>\"");
+        println!(
+            "No hybrid connections configured. Add one with: hcm add \"<gateway connection string>\""
+        );
         return Ok(());
     }
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let text = |v: &serde_json::Value, k: &str| {
+        v[k].as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "-".into())
+    };
     let table: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
-            let relay = r["relayListenerCount"].as_u64().map(|n| format!(" (relay: {n})")).unwrap_or_default();
+            let relay = r["relayListenerCount"]
+                .as_u64()
+                .map(|n| format!(" (relay: {n})"))
+                .unwrap_or_default();
             [
                 text(r, "name"),
                 text(r, "namespace"),
@@ -285,14 +335,31 @@ fn list(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         })
         .collect();
     let header = ["NAME", "NAMESPACE", "ENDPOINT", "STATUS", "LISTENERS"].map(String::from);
-    let widths: Vec<usize> = (0..5).map(|i| table.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    let line =
-        |r: &[String; 5]| r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            table
+                .iter()
+                .chain([&header])
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |r: &[String; 5]| {
+        r.iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
     println!("{}", line(&header));
     for (cells, r) in table.iter().zip(&rows) {
         println!("{}", line(cells));
         // A hybrid connection short of channels says why, under its row.
-        let short = r["channelsOpen"].as_u64() < r["listeners"].as_u64() && r["status"] != "Not running";
+        let short =
+            r["channelsOpen"].as_u64() < r["listeners"].as_u64() && r["status"] != "Not running";
         if let Some(error) = r["lastError"].as_str().filter(|_| short) {
             println!("  last error: {error}");
         }
@@ -347,7 +414,12 @@ fn show(dir: &Path, name: &str, as_json: bool) -> anyhow::Result<()> {
     for (label, key) in fields {
         let v = &r[key];
         if !v.is_null() {
-            println!("{label:<29} {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+            println!(
+                "{label:<29} {}",
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            );
         }
     }
     Ok(())

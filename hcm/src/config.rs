@@ -58,10 +58,17 @@ impl std::fmt::Debug for Entry {
 
 impl Entry {
     /// A new entry, checking the connection string the way the portal's gateway string looks.
-    pub fn new(connection_string: &str, endpoint: Option<String>, listeners: u32, ca_file: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(
+        connection_string: &str,
+        endpoint: Option<String>,
+        listeners: u32,
+        ca_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let cs = ConnectionString::parse(connection_string).context("invalid connection string")?;
         if cs.entity_path.as_deref().is_none_or(str::is_empty) {
-            bail!("the connection string has no EntityPath; use the hybrid connection's gateway connection string (…;EntityPath=NAME)");
+            bail!(
+                "the connection string has no EntityPath; use the hybrid connection's gateway connection string (…;EntityPath=NAME)"
+            );
         }
         if cs.credential.is_none() {
             bail!(
@@ -71,25 +78,38 @@ impl Entry {
         if let Some(e) = &endpoint {
             hc_protocol::metadata::Endpoint::parse(e)?;
         }
-        if listeners == 0 || listeners > hc_protocol::limits::MAX_LISTENERS_PER_HYBRID_CONNECTION as u32 {
+        if listeners == 0
+            || listeners > hc_protocol::limits::MAX_LISTENERS_PER_HYBRID_CONNECTION as u32
+        {
             bail!("--listeners must be 1 to 25, got {listeners}");
         }
-        Ok(Entry { connection_string: connection_string.trim().to_owned(), endpoint, listeners, ca_file })
+        Ok(Entry {
+            connection_string: connection_string.trim().to_owned(),
+            endpoint,
+            listeners,
+            ca_file,
+        })
     }
 
     /// The parsed connection string (checked when the entry was made).
     pub fn parsed(&self) -> anyhow::Result<ConnectionString> {
-        ConnectionString::parse(&self.connection_string).context("invalid connection string in connections.json")
+        ConnectionString::parse(&self.connection_string)
+            .context("invalid connection string in connections.json")
     }
 
     /// Hybrid connection name (`EntityPath`).
     pub fn name(&self) -> String {
-        self.parsed().ok().and_then(|c| c.entity_path).unwrap_or_default()
+        self.parsed()
+            .ok()
+            .and_then(|c| c.entity_path)
+            .unwrap_or_default()
     }
 
     /// Namespace host.
     pub fn namespace(&self) -> String {
-        self.parsed().map(|c| c.namespace_host()).unwrap_or_default()
+        self.parsed()
+            .map(|c| c.namespace_host())
+            .unwrap_or_default()
     }
 
     /// Unique key: `{namespace}/{name}`.
@@ -112,7 +132,8 @@ impl Config {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(CONFIG_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a valid HCM configuration", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a valid HCM configuration", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -122,7 +143,8 @@ impl Config {
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let json = serde_json::to_vec_pretty(self)?;
-        crate::write_atomically(&dir.join(CONFIG_FILE), &json).with_context(|| format!("cannot write {}", dir.join(CONFIG_FILE).display()))
+        crate::write_atomically(&dir.join(CONFIG_FILE), &json)
+            .with_context(|| format!("cannot write {}", dir.join(CONFIG_FILE).display()))
     }
 
     /// The entry called `name`: `namespace/name`, or just `name` when that is unambiguous.
@@ -131,7 +153,9 @@ impl Config {
             .connections
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.key().eq_ignore_ascii_case(name) || e.name().eq_ignore_ascii_case(name))
+            .filter(|(_, e)| {
+                e.key().eq_ignore_ascii_case(name) || e.name().eq_ignore_ascii_case(name)
+            })
             .map(|(i, _)| i)
             .collect();
         match matches.as_slice() {
@@ -146,19 +170,30 @@ impl Config {
 mod tests {
     use super::*;
 
-    const CS: &str =
-        "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=defaultListener;SharedAccessKey=c2VjcmV0;EntityPath=db";
+    const CS: &str = "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=defaultListener;SharedAccessKey=c2VjcmV0;EntityPath=db";
 
     #[test]
     fn entries_are_checked_and_keyed() {
         let e = Entry::new(CS, Some("localhost:5432".into()), 1, None).unwrap();
-        assert_eq!((e.key(), e.name(), e.key_name()), ("contoso.servicebus.windows.net/db".into(), "db".into(), "defaultListener".into()));
+        assert_eq!(
+            (e.key(), e.name(), e.key_name()),
+            (
+                "contoso.servicebus.windows.net/db".into(),
+                "db".into(),
+                "defaultListener".into()
+            )
+        );
         assert!(!format!("{e:?}").contains("c2VjcmV0"));
         assert!(
-            Entry::new("Endpoint=sb://h/;SharedAccessKeyName=a;SharedAccessKey=b", None, 1, None)
-                .unwrap_err()
-                .to_string()
-                .contains("EntityPath")
+            Entry::new(
+                "Endpoint=sb://h/;SharedAccessKeyName=a;SharedAccessKey=b",
+                None,
+                1,
+                None
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("EntityPath")
         );
         assert!(Entry::new(CS, Some("nope".into()), 1, None).is_err());
         assert!(Entry::new(CS, None, 26, None).is_err());

@@ -41,9 +41,15 @@ struct Running {
 }
 
 /// Serves until `shutdown` completes. Returns an error when `exit_on_failure` fired.
-pub async fn run(options: ServiceOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    options: ServiceOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     if let Ok(n @ 1..) = hc_process::remove_stale_temp_files(&options.data_dir) {
-        info!(removed = n, "removed temporary files left by an interrupted write");
+        info!(
+            removed = n,
+            "removed temporary files left by an interrupted write"
+        );
     }
     let board = Arc::new(Board::new(&options.data_dir));
     let tunnels = TaskTracker::new();
@@ -85,8 +91,14 @@ pub async fn run(options: ServiceOptions, shutdown: impl Future<Output = ()>) ->
         let _ = r.task.await;
     }
     tunnels.close();
-    if tokio::time::timeout(options.grace, tunnels.wait()).await.is_err() {
-        warn!(remaining = tunnels.len(), "grace period over; dropping live tunnels");
+    if tokio::time::timeout(options.grace, tunnels.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = tunnels.len(),
+            "grace period over; dropping live tunnels"
+        );
     }
     stop_writer.cancel();
     let _ = writer.await;
@@ -95,10 +107,19 @@ pub async fn run(options: ServiceOptions, shutdown: impl Future<Output = ()>) ->
 }
 
 /// Starts, stops and restarts workers so that they match `config`.
-fn apply(config: &Config, running: &mut HashMap<String, Running>, board: &Arc<Board>, options: &ServiceOptions, tunnels: &TaskTracker) {
+fn apply(
+    config: &Config,
+    running: &mut HashMap<String, Running>,
+    board: &Arc<Board>,
+    options: &ServiceOptions,
+    tunnels: &TaskTracker,
+) {
     let wanted: HashMap<String, &Entry> = config.connections.iter().map(|e| (e.key(), e)).collect();
-    let stale: Vec<String> =
-        running.iter().filter(|(k, r)| wanted.get(*k).is_none_or(|e| **e != r.entry)).map(|(k, _)| k.clone()).collect();
+    let stale: Vec<String> = running
+        .iter()
+        .filter(|(k, r)| wanted.get(*k).is_none_or(|e| **e != r.entry))
+        .map(|(k, _)| k.clone())
+        .collect();
     for key in stale {
         if let Some(r) = running.remove(&key) {
             info!(hybrid_connection = %key, "removed from the configuration; stopping its listeners");
@@ -112,8 +133,21 @@ fn apply(config: &Config, running: &mut HashMap<String, Running>, board: &Arc<Bo
         }
         info!(hybrid_connection = %key, "starting");
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(worker::run(entry.clone(), board.clone(), options.worker.clone(), tunnels.clone(), cancel.clone()));
-        running.insert(key, Running { entry: entry.clone(), cancel, task });
+        let task = tokio::spawn(worker::run(
+            entry.clone(),
+            board.clone(),
+            options.worker.clone(),
+            tunnels.clone(),
+            cancel.clone(),
+        ));
+        running.insert(
+            key,
+            Running {
+                entry: entry.clone(),
+                cancel,
+                task,
+            },
+        );
     }
 }
 
@@ -128,9 +162,14 @@ fn check_failures(
     let limit = limit?;
     let now = hc_client::now_unix();
     for key in running.keys() {
-        let Some(status) = board.get(key) else { continue };
+        let Some(status) = board.get(key) else {
+            continue;
+        };
         if status.state.is_permanent() {
-            return Some(anyhow::anyhow!("hybrid connection {key} failed: {}", status.last_error.unwrap_or_default()));
+            return Some(anyhow::anyhow!(
+                "hybrid connection {key} failed: {}",
+                status.last_error.unwrap_or_default()
+            ));
         }
         if status.channels_open > 0 {
             down_since.remove(key);

@@ -110,7 +110,11 @@ impl StatusFile {
 }
 
 fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 /// The live status, shared by the service's tasks.
@@ -124,7 +128,11 @@ pub struct Board {
 impl Board {
     /// A board that writes to `{dir}/status.json`.
     pub fn new(dir: &Path) -> Self {
-        Board { connections: Mutex::default(), changed: Notify::new(), path: dir.join(STATUS_FILE) }
+        Board {
+            connections: Mutex::default(),
+            changed: Notify::new(),
+            path: dir.join(STATUS_FILE),
+        }
     }
 
     /// Changes the status of `key` and schedules a write.
@@ -138,19 +146,35 @@ impl Board {
 
     /// Forgets `key` (entry removed).
     pub fn remove(&self, key: &str) {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         self.changed.notify_one();
     }
 
     /// A copy of one status.
     pub fn get(&self, key: &str) -> Option<HcStatus> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Writes the file now.
     pub fn write(&self, running: bool) {
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let file = StatusFile { pid: std::process::id(), running, updated_at: hc_client::now_unix(), connections };
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let file = StatusFile {
+            pid: std::process::id(),
+            running,
+            updated_at: hc_client::now_unix(),
+            connections,
+        };
         if let Ok(json) = serde_json::to_vec_pretty(&file)
             && let Err(e) = crate::write_atomically(&self.path, &json)
         {

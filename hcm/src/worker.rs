@@ -67,7 +67,11 @@ pub const DEFAULT_MAX_TUNNELS: usize = 10_000;
 impl WorkerOptions {
     /// These options with a cap of `max` concurrent tunnels.
     pub fn with_max_tunnels(self, max: usize) -> Self {
-        WorkerOptions { max_tunnels: max, tunnel_slots: Arc::new(Semaphore::new(max)), ..self }
+        WorkerOptions {
+            max_tunnels: max,
+            tunnel_slots: Arc::new(Semaphore::new(max)),
+            ..self
+        }
     }
 }
 
@@ -112,7 +116,13 @@ pub enum WorkerEnd {
 
 /// Serves `entry` until `cancel` or a permanent failure. Tunnels run on `tunnels` and outlive
 /// the worker.
-pub async fn run(entry: Entry, board: Arc<Board>, options: WorkerOptions, tunnels: TaskTracker, cancel: CancellationToken) -> WorkerEnd {
+pub async fn run(
+    entry: Entry,
+    board: Arc<Board>,
+    options: WorkerOptions,
+    tunnels: TaskTracker,
+    cancel: CancellationToken,
+) -> WorkerEnd {
     let key = entry.key();
     let end = match prepare(&entry, &board, &options, tunnels) {
         Ok(ctx) => serve(Arc::new(ctx), &entry, cancel).await,
@@ -135,7 +145,12 @@ pub async fn run(entry: Entry, board: Arc<Board>, options: WorkerOptions, tunnel
     end
 }
 
-fn prepare(entry: &Entry, board: &Arc<Board>, options: &WorkerOptions, tunnels: TaskTracker) -> anyhow::Result<Ctx> {
+fn prepare(
+    entry: &Entry,
+    board: &Arc<Board>,
+    options: &WorkerOptions,
+    tunnels: TaskTracker,
+) -> anyhow::Result<Ctx> {
     let cs = entry.parsed()?;
     let ca = entry.ca_file.as_deref().or(options.ca_file.as_deref());
     let tls = hc_client::tls::client_config(ca)?;
@@ -148,7 +163,15 @@ fn prepare(entry: &Entry, board: &Arc<Board>, options: &WorkerOptions, tunnels: 
         s.state = State::Connecting;
         s.channels_wanted = entry.listeners;
     });
-    Ok(Ctx { key: entry.key(), name: entry.name(), relay, tokens, board: board.clone(), options: options.clone(), tunnels })
+    Ok(Ctx {
+        key: entry.key(),
+        name: entry.name(),
+        relay,
+        tokens,
+        board: board.clone(),
+        options: options.clone(),
+        tunnels,
+    })
 }
 
 async fn serve(ctx: Arc<Ctx>, entry: &Entry, cancel: CancellationToken) -> WorkerEnd {
@@ -162,7 +185,12 @@ async fn serve(ctx: Arc<Ctx>, entry: &Entry, cancel: CancellationToken) -> Worke
     // and reports why, whichever it is.
     let mut channels = JoinSet::new();
     for i in 0..entry.listeners {
-        channels.spawn(channel_loop(ctx.clone(), endpoint.clone(), i, cancel.clone()));
+        channels.spawn(channel_loop(
+            ctx.clone(),
+            endpoint.clone(),
+            i,
+            cancel.clone(),
+        ));
     }
     let mut end = WorkerEnd::Stopped;
     while let Some(done) = channels.join_next().await {
@@ -188,17 +216,23 @@ fn permanent_state(e: &Error) -> State {
 
 /// The endpoint: the override, else `userMetadata` via runtime info, retried with backoff
 /// on transient errors. `Ok(None)` when cancelled.
-async fn discover(ctx: &Ctx, entry: &Entry, cancel: &CancellationToken) -> Result<Option<Endpoint>, WorkerEnd> {
+async fn discover(
+    ctx: &Ctx,
+    entry: &Entry,
+    cancel: &CancellationToken,
+) -> Result<Option<Endpoint>, WorkerEnd> {
     let mut backoff = Backoff::new(ctx.options.backoff_base, ctx.options.backoff_cap);
     loop {
         let result = runtime::get(&ctx.relay, &ctx.name, &ctx.tokens).await;
         if let Ok(info) = &result {
-            ctx.board.update(&ctx.key, |s| s.relay_listener_count = Some(info.listener_count));
+            ctx.board.update(&ctx.key, |s| {
+                s.relay_listener_count = Some(info.listener_count)
+            });
         }
         let found = match (&entry.endpoint, result) {
-            (Some(over), Ok(_)) => {
-                Endpoint::parse(over).map(|e| (e, "override")).map_err(|e| WorkerEnd::Failed(State::Failed, e.to_string()))
-            }
+            (Some(over), Ok(_)) => Endpoint::parse(over)
+                .map(|e| (e, "override"))
+                .map_err(|e| WorkerEnd::Failed(State::Failed, e.to_string())),
             (None, Ok(info)) => match info.user_metadata.as_deref() {
                 None => Err(WorkerEnd::Failed(
                     State::Failed,
@@ -209,9 +243,16 @@ async fn discover(ctx: &Ctx, entry: &Entry, cancel: &CancellationToken) -> Resul
                 )),
                 Some(m) => Endpoint::from_user_metadata(m)
                     .map(|e| (e, "userMetadata"))
-                    .map_err(|e| WorkerEnd::Failed(State::Failed, format!("hybrid connection '{}': {e}", ctx.name))),
+                    .map_err(|e| {
+                        WorkerEnd::Failed(
+                            State::Failed,
+                            format!("hybrid connection '{}': {e}", ctx.name),
+                        )
+                    }),
             },
-            (_, Err(e)) if e.is_permanent() => Err(WorkerEnd::Failed(permanent_state(&e), e.to_string())),
+            (_, Err(e)) if e.is_permanent() => {
+                Err(WorkerEnd::Failed(permanent_state(&e), e.to_string()))
+            }
             (_, Err(e)) => {
                 ctx.board.update(&ctx.key, |s| {
                     s.state = State::Disconnected;
@@ -241,10 +282,20 @@ async fn probe(ctx: &Ctx, endpoint: &Endpoint) {
 
 /// Connects to the endpoint and records whether it answered.
 async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<TcpStream, String> {
-    let result = match timeout(ctx.options.endpoint_timeout, TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await {
+    let result = match timeout(
+        ctx.options.endpoint_timeout,
+        TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await
+    {
         Ok(Ok(tcp)) => Ok(tcp),
-        Ok(Err(e)) => Err(format!("Endpoint {endpoint} is unreachable from the Hybrid Connection Manager: {e}")),
-        Err(_) => Err(format!("Endpoint {endpoint} did not answer within {} s", ctx.options.endpoint_timeout.as_secs_f32())),
+        Ok(Err(e)) => Err(format!(
+            "Endpoint {endpoint} is unreachable from the Hybrid Connection Manager: {e}"
+        )),
+        Err(_) => Err(format!(
+            "Endpoint {endpoint} did not answer within {} s",
+            ctx.options.endpoint_timeout.as_secs_f32()
+        )),
     };
     let now = hc_client::now_unix();
     ctx.board.update(&ctx.key, |s| {
@@ -256,10 +307,20 @@ async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<TcpStream, String> {
 }
 
 /// Keeps control channel `index` open until cancelled or a permanent failure.
-async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: CancellationToken) -> WorkerEnd {
+async fn channel_loop(
+    ctx: Arc<Ctx>,
+    endpoint: Endpoint,
+    index: u32,
+    cancel: CancellationToken,
+) -> WorkerEnd {
     let mut backoff = Backoff::new(ctx.options.backoff_base, ctx.options.backoff_cap);
     let tracking_id = hc_protocol::tracking::guid_from_bytes(rand::random());
-    let config = ListenerConfig { endpoint: ctx.relay.clone(), path: ctx.name.clone(), tokens: ctx.tokens.clone(), tracking_id };
+    let config = ListenerConfig {
+        endpoint: ctx.relay.clone(),
+        path: ctx.name.clone(),
+        tokens: ctx.tokens.clone(),
+        tracking_id,
+    };
     loop {
         let opened = tokio::select! {
             r = ControlChannel::open(&config) => r,
@@ -277,7 +338,9 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
                 }
                 info!(hybrid_connection = %ctx.key, channel = index, reason = %why, "control channel lost; reconnecting");
             }
-            Err(e) if e.is_permanent() => return WorkerEnd::Failed(permanent_state(&e), e.to_string()),
+            Err(e) if e.is_permanent() => {
+                return WorkerEnd::Failed(permanent_state(&e), e.to_string());
+            }
             Err(e) => {
                 if e.is_quota_exceeded() {
                     info!(hybrid_connection = %ctx.key, channel = index, error = %e, "the relay has no room for this listener now; retrying");
@@ -286,7 +349,11 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
                 }
                 ctx.board.update(&ctx.key, |s| {
                     if s.channels_open == 0 {
-                        s.state = if e.is_quota_exceeded() { State::QuotaExceeded } else { State::Disconnected };
+                        s.state = if e.is_quota_exceeded() {
+                            State::QuotaExceeded
+                        } else {
+                            State::Disconnected
+                        };
                     }
                     s.last_error = Some(e.to_string());
                 });
@@ -302,7 +369,9 @@ async fn channel_loop(ctx: Arc<Ctx>, endpoint: Endpoint, index: u32, cancel: Can
 /// Asks the relay how many listeners the hybrid connection has now (for `hcm list`).
 async fn refresh_listener_count(ctx: Arc<Ctx>) {
     if let Ok(info) = runtime::get(&ctx.relay, &ctx.name, &ctx.tokens).await {
-        ctx.board.update(&ctx.key, |s| s.relay_listener_count = Some(info.listener_count));
+        ctx.board.update(&ctx.key, |s| {
+            s.relay_listener_count = Some(info.listener_count)
+        });
     }
 }
 
@@ -330,9 +399,18 @@ fn channel_down(ctx: &Ctx, why: &str) {
 
 /// Reads commands until the channel ends; returns why. Renewal and keep-alive follow
 /// [`Schedule`]; Pongs and the Close echo the channel queued are sent between events.
-async fn serve_channel(ctx: &Arc<Ctx>, endpoint: &Endpoint, mut channel: ControlChannel, cancel: &CancellationToken) -> String {
+async fn serve_channel(
+    ctx: &Arc<Ctx>,
+    endpoint: &Endpoint,
+    mut channel: ControlChannel,
+    cancel: &CancellationToken,
+) -> String {
     let clock = ctx.options.clock;
-    let mut schedule = Schedule::new(ctx.options.token_ttl, ctx.options.keepalive, clock.instant_now());
+    let mut schedule = Schedule::new(
+        ctx.options.token_ttl,
+        ctx.options.keepalive,
+        clock.instant_now(),
+    );
     loop {
         let control_ready = channel.control_ready();
         let step: Result<(), String> = tokio::select! {
@@ -370,7 +448,10 @@ async fn serve_channel(ctx: &Arc<Ctx>, endpoint: &Endpoint, mut channel: Control
 
 /// Sends `renewToken` with a token signed now.
 async fn renew(ctx: &Ctx, channel: &mut ControlChannel) -> Result<(), String> {
-    match ctx.tokens.token(&ctx.relay.host, &ctx.name, ctx.options.clock.unix_now()) {
+    match ctx
+        .tokens
+        .token(&ctx.relay.host, &ctx.name, ctx.options.clock.unix_now())
+    {
         Ok(Some(token)) => channel.renew(token).await.map_err(|e| e.to_string())?,
         Ok(None) => {}
         Err(e) => return Err(e.to_string()),
@@ -389,13 +470,19 @@ fn not_served() -> hc_client::http::HttpResponse {
     }
 }
 
-async fn refuse_http(ctx: &Arc<Ctx>, channel: &mut ControlChannel, command: hc_protocol::control::RequestCommand) -> Result<(), Error> {
+async fn refuse_http(
+    ctx: &Arc<Ctx>,
+    channel: &mut ControlChannel,
+    command: hc_protocol::control::RequestCommand,
+) -> Result<(), Error> {
     if command.is_full() {
         let request = channel.read_request(command).await?;
         return channel.respond(&ctx.relay, &request, &not_served()).await;
     }
     let relay = ctx.relay.clone();
-    tokio::spawn(async move { hc_client::http::serve_rendezvous(&relay, &command.address, |_| not_served()).await });
+    tokio::spawn(async move {
+        hc_client::http::serve_rendezvous(&relay, &command.address, |_| not_served()).await
+    });
     Ok(())
 }
 
@@ -406,11 +493,15 @@ fn spawn_tunnel(ctx: &Arc<Ctx>, endpoint: &Endpoint, accept: AcceptCommand) {
     let slot = match ctx.options.tunnel_slots.clone().try_acquire_owned() {
         Ok(slot) => slot,
         Err(_) => {
-            let why = format!("The Hybrid Connection Manager is at its limit of {} concurrent tunnels.", ctx.options.max_tunnels);
+            let why = format!(
+                "The Hybrid Connection Manager is at its limit of {} concurrent tunnels.",
+                ctx.options.max_tunnels
+            );
             warn!(hybrid_connection = %ctx.key, tracking_id = %accept.id, "{why} Connection rejected.");
             ctx.board.update(&ctx.key, |s| s.tunnels_failed += 1);
             let relay = ctx.relay.clone();
-            ctx.tunnels.spawn(async move { listener::reject(&relay, &accept.address, 503, &why).await });
+            ctx.tunnels
+                .spawn(async move { listener::reject(&relay, &accept.address, 503, &why).await });
             return;
         }
     };

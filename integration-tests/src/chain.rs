@@ -20,7 +20,10 @@ use tokio::net::TcpListener;
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let here = exe.parent().expect("executable directory");
-    let candidates = [here.join(name), here.parent().map(|p| p.join(name)).unwrap_or_default()];
+    let candidates = [
+        here.join(name),
+        here.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
     let found = candidates.iter().find(|p| p.is_file()).cloned();
     found.unwrap_or_else(|| {
         panic!("{name} is missing next to {}: build the workspace's binaries first (`cargo test --workspace` does; for `bench`: `cargo build --release --workspace`)", exe.display())
@@ -55,7 +58,12 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args`, logging stderr to `log`; returns stdout lines up to `until`.
-    pub fn start(program: &Path, args: &[&str], log: PathBuf, until: Option<&str>) -> anyhow::Result<(Proc, Vec<String>)> {
+    pub fn start(
+        program: &Path,
+        args: &[&str],
+        log: PathBuf,
+        until: Option<&str>,
+    ) -> anyhow::Result<(Proc, Vec<String>)> {
         Self::start_logging(program, args, log, until, "info")
     }
 
@@ -87,7 +95,11 @@ impl Proc {
                 }
             }
             if lines.last().map(|l| l.trim()) != Some(until) {
-                bail!("{} exited before '{until}': {lines:?}\n{}", program.display(), std::fs::read_to_string(&log).unwrap_or_default());
+                bail!(
+                    "{} exited before '{until}': {lines:?}\n{}",
+                    program.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         }
         std::thread::spawn(move || for _ in out {});
@@ -101,7 +113,8 @@ impl Proc {
 
     /// Resident memory of the process, KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -112,7 +125,9 @@ impl Proc {
 
     /// Open file descriptors (sockets included) of the process.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// SIGKILL and wait.
@@ -161,7 +176,11 @@ pub const HC: &str = "chain";
 
 /// The rest of the first line of `lines` that starts with `prefix` (after trimming).
 pub fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
-    lines.iter().map(|l| l.trim()).find_map(|l| l.strip_prefix(prefix)).map(|r| r.trim().to_owned())
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|r| r.trim().to_owned())
 }
 
 impl Chain {
@@ -176,32 +195,74 @@ impl Chain {
         let d = dir.path();
         let log = options.log.clone().unwrap_or_else(|| "info".into());
         let mut hybrid_connections = vec![serde_json::json!({"name": HC, "endpoint": endpoint})];
-        hybrid_connections.extend(options.extra_hybrid_connections.iter().map(|name| serde_json::json!({ "name": name })));
-        let relay_config =
-            serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": hybrid_connections}]});
+        hybrid_connections.extend(
+            options
+                .extra_hybrid_connections
+                .iter()
+                .map(|name| serde_json::json!({ "name": name })),
+        );
+        let relay_config = serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": hybrid_connections}]});
         std::fs::write(d.join("relay.json"), relay_config.to_string())?;
         let relay_data = d.join("relay");
         let config = d.join("relay.json");
-        let mut relay_args = vec!["--data-dir", path(&relay_data), "--listen", "127.0.0.1:0", "--config", path(&config)];
+        let mut relay_args = vec![
+            "--data-dir",
+            path(&relay_data),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            path(&config),
+        ];
         if options.plain {
             relay_args.push("--plain");
         }
         relay_args.extend(options.relay_args.iter().map(String::as_str));
-        let (relay, lines) = Proc::start_logging(&binary("relay-server"), &relay_args, d.join("relay.log"), Some("Ready."), &log)?;
-        let listening = banner_value(&lines, "Azure Relay Hybrid Connections emulator listening on ").context("relay banner")?;
-        let relay_port: u16 =
-            listening.split_whitespace().next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).context("relay port")?;
-        let scheme = |cs: String| if options.plain { cs.replacen("Endpoint=sb://", "Endpoint=ws://", 1) } else { cs };
+        let (relay, lines) = Proc::start_logging(
+            &binary("relay-server"),
+            &relay_args,
+            d.join("relay.log"),
+            Some("Ready."),
+            &log,
+        )?;
+        let listening = banner_value(
+            &lines,
+            "Azure Relay Hybrid Connections emulator listening on ",
+        )
+        .context("relay banner")?;
+        let relay_port: u16 = listening
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .context("relay port")?;
+        let scheme = |cs: String| {
+            if options.plain {
+                cs.replacen("Endpoint=sb://", "Endpoint=ws://", 1)
+            } else {
+                cs
+            }
+        };
         // Keys are not printed when stdout is not a terminal; the banner names the file.
-        let keys_file = banner_value(&lines, "Connection strings: ").context("keys file in the banner")?;
-        let keys = std::fs::read_to_string(keys_file.trim_end_matches(" (mode 0600)")).context("reading the keys file")?;
+        let keys_file =
+            banner_value(&lines, "Connection strings: ").context("keys file in the banner")?;
+        let keys = std::fs::read_to_string(keys_file.trim_end_matches(" (mode 0600)"))
+            .context("reading the keys file")?;
         let keys: Vec<String> = keys.lines().map(str::to_owned).collect();
         let listen_cs = scheme(banner_value(&keys, "Listen ").context("Listen connection string")?);
         let send_cs = scheme(banner_value(&keys, "Send ").context("Send connection string")?);
         let ca = relay_data.join("ca.pem");
 
         let hcm_dir = d.join("hcm");
-        let add = Command::new(binary("hcm")).args(["--data-dir", path(&hcm_dir), "add", &listen_cs, "--ca-file", path(&ca)]).output()?;
+        let add = Command::new(binary("hcm"))
+            .args([
+                "--data-dir",
+                path(&hcm_dir),
+                "add",
+                &listen_cs,
+                "--ca-file",
+                path(&ca),
+            ])
+            .output()?;
         if !add.status.success() {
             bail!("hcm add failed: {}", String::from_utf8_lossy(&add.stderr));
         }
@@ -211,21 +272,51 @@ impl Chain {
         let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
         std::fs::write(d.join("shim.json"), shim_config.to_string())?;
         let (shim_json, forward_spec) = (d.join("shim.json"), format!("127.0.0.1:0={endpoint}"));
-        let mut shim_args = vec!["--config", path(&shim_json), "run", "--forward", &forward_spec];
+        let mut shim_args = vec![
+            "--config",
+            path(&shim_json),
+            "run",
+            "--forward",
+            &forward_spec,
+        ];
         shim_args.extend(options.shim_args.iter().map(String::as_str));
-        let (shim, lines) = Proc::start_logging(&binary("app-side-shim"), &shim_args, d.join("shim.log"), Some("Ready."), &log)?;
+        let (shim, lines) = Proc::start_logging(
+            &binary("app-side-shim"),
+            &shim_args,
+            d.join("shim.log"),
+            Some("Ready."),
+            &log,
+        )?;
         let forward = banner_value(&lines, "Forwarding ")
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .context("forward address")?
             .parse()?;
-        let chain = Chain { dir, relay, hcm: Some(hcm), shim, shim_banner: lines, forward, relay_port, send_cs, ca };
+        let chain = Chain {
+            dir,
+            relay,
+            hcm: Some(hcm),
+            shim,
+            shim_banner: lines,
+            forward,
+            relay_port,
+            send_cs,
+            ca,
+        };
         chain.wait_hcm_connected()?;
         Ok(chain)
     }
 
     fn run_hcm(d: &Path, log: &str, extra: &[String]) -> anyhow::Result<Proc> {
         let data = d.join("hcm");
-        let mut args = vec!["--data-dir", path(&data), "run", "--min-backoff", "0.05", "--max-backoff", "0.5"];
+        let mut args = vec![
+            "--data-dir",
+            path(&data),
+            "run",
+            "--min-backoff",
+            "0.05",
+            "--max-backoff",
+            "0.5",
+        ];
         args.extend(extra.iter().map(String::as_str));
         let (p, _) = Proc::start_logging(&binary("hcm"), &args, d.join("hcm.log"), None, log)?;
         Ok(p)
@@ -240,7 +331,10 @@ impl Chain {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("hcm did not connect: {}", self.hcm.as_ref().map(Proc::log_text).unwrap_or_default())
+        bail!(
+            "hcm did not connect: {}",
+            self.hcm.as_ref().map(Proc::log_text).unwrap_or_default()
+        )
     }
 
     /// The relay's data directory (state, certificates, `connection-strings.txt`).
@@ -250,12 +344,19 @@ impl Chain {
 
     /// The HCM's live status for the chain's hybrid connection.
     pub fn hcm_status(&self) -> Option<hcm::status::HcStatus> {
-        hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"))?.connections.values().next().cloned()
+        hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"))?
+            .connections
+            .values()
+            .next()
+            .cloned()
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to the relay process.
     pub fn signal_relay(&self, signal: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill").args([&format!("-{signal}"), &self.relay.pid().to_string()]).status()?.success();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.relay.pid().to_string()])
+            .status()?
+            .success();
         if !ok {
             bail!("kill -{signal} failed");
         }
@@ -292,7 +393,10 @@ fn path(p: &Path) -> &str {
 
 /// A free TCP port on 127.0.0.1 for servers that cannot report the one they bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Waits until something accepts TCP connections on `port` (20 s at most).
@@ -311,7 +415,18 @@ pub fn redis(dir: &Path) -> anyhow::Result<(Proc, u16)> {
     let port = free_port();
     let (p, _) = Proc::start(
         Path::new("redis-server"),
-        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", path(dir)],
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            path(dir),
+        ],
         dir.join("redis.log"),
         None,
     )
@@ -347,22 +462,59 @@ impl Postgres {
             chown_to_postgres(&data)?;
         }
         let port = free_port();
-        let pg = Postgres { port, data, bin, as_postgres };
-        pg.run("initdb", &["-D", path(&pg.data), "--auth=trust", "-U", "postgres", "--no-sync"])?;
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", path(&pg.data));
-        pg.run("pg_ctl", &["-D", path(&pg.data), "-o", &options, "-l", path(&pg.data.join("server.log")), "-w", "start"])?;
+        let pg = Postgres {
+            port,
+            data,
+            bin,
+            as_postgres,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                path(&pg.data),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            path(&pg.data)
+        );
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&pg.data),
+                "-o",
+                &options,
+                "-l",
+                path(&pg.data.join("server.log")),
+                "-w",
+                "start",
+            ],
+        )?;
         Ok(pg)
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let program = self.bin.join(tool);
         let out = if self.as_postgres {
-            Command::new("runuser").args(["-u", "postgres", "--", path(&program)]).args(args).output()?
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", path(&program)])
+                .args(args)
+                .output()?
         } else {
             Command::new(&program).args(args).output()?
         };
         if !out.status.success() {
-            bail!("{tool} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{tool} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -370,16 +522,26 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", path(&self.data), "-m", "immediate", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", path(&self.data), "-m", "immediate", "stop"],
+        );
     }
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn chown_to_postgres(p: &Path) -> anyhow::Result<()> {
-    let ok = Command::new("chown").args(["postgres:postgres", path(p)]).status()?.success();
+    let ok = Command::new("chown")
+        .args(["postgres:postgres", path(p)])
+        .status()?
+        .success();
     if !ok {
         bail!("cannot chown {} to postgres", p.display());
     }

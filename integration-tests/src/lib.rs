@@ -38,9 +38,14 @@ pub type Ws = WebSocketStream<Box<dyn Io>>;
 pub fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter: tracing_subscriber::filter::Targets =
-        std::env::var("RUST_LOG").ok().and_then(|f| f.parse().ok()).unwrap_or_else(|| "debug".parse().unwrap());
-    let _ = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_test_writer()).with(filter).try_init();
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| "debug".parse().unwrap());
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(filter)
+        .try_init();
 }
 
 /// A relay started in-process with its clients' TLS settings.
@@ -70,7 +75,11 @@ pub fn client_tls(ca_pem: &str) -> Arc<rustls::ClientConfig> {
 pub fn url_parts(url: &str) -> (bool, String, u16) {
     let parts = hc_protocol::uri::parse(url).unwrap();
     let tls = matches!(parts.scheme, Some("wss") | Some("https"));
-    (tls, parts.host.to_owned(), parts.port.unwrap_or(if tls { 443 } else { 80 }))
+    (
+        tls,
+        parts.host.to_owned(),
+        parts.port.unwrap_or(if tls { 443 } else { 80 }),
+    )
 }
 
 impl TestRelay {
@@ -78,7 +87,9 @@ impl TestRelay {
     pub async fn start(config: &str, tls: bool, options: RelayOptions) -> Self {
         init_logging();
         let config = ConfigFile::parse(config).expect("test config parses");
-        let emulator = Emulator::start(&config, tls, options).await.expect("emulator starts");
+        let emulator = Emulator::start(&config, tls, options)
+            .await
+            .expect("emulator starts");
         let tls = emulator.ca_pem.as_deref().map(client_tls);
         TestRelay { emulator, tls }
     }
@@ -112,13 +123,32 @@ impl TestRelay {
             Some(hc) => &ns.hybrid_connections[&hc.to_ascii_lowercase()].authorization_rules,
             None => &ns.authorization_rules,
         };
-        rules.iter().find(|r| r.0.name == rule).unwrap().0.primary_key.clone()
+        rules
+            .iter()
+            .find(|r| r.0.name == rule)
+            .unwrap()
+            .0
+            .primary_key
+            .clone()
     }
 
     /// A token as the .NET SDK makes it: `http://{host}/{path}/`, valid for an hour.
-    pub fn token(&self, host: &str, path: &str, namespace: &str, hc_rules: Option<&str>, rule: &str) -> String {
+    pub fn token(
+        &self,
+        host: &str,
+        path: &str,
+        namespace: &str,
+        hc_rules: Option<&str>,
+        rule: &str,
+    ) -> String {
         let key = self.key(namespace, hc_rules, rule);
-        SasToken::create(&format!("http://{host}/{path}/"), rule, &key, relay_server::now_unix() + 3600).expose()
+        SasToken::create(
+            &format!("http://{host}/{path}/"),
+            rule,
+            &key,
+            relay_server::now_unix() + 3600,
+        )
+        .expose()
     }
 
     /// The default namespace's Listen token for `hc` (its `defaultListener` rule).
@@ -132,15 +162,29 @@ impl TestRelay {
     }
 
     /// A tokio-tungstenite client connection to `url` with extra headers.
-    pub fn ws(&self, url: &str, headers: &[(&str, &str)]) -> impl Future<Output = Result<Ws, tungstenite::Error>> + Send + use<> {
-        let (addr, tls, url, headers) = (self.emulator.addr, self.tls.clone(), url.to_owned(), owned(headers));
+    pub fn ws(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Ws, tungstenite::Error>> + Send + use<> {
+        let (addr, tls, url, headers) = (
+            self.emulator.addr,
+            self.tls.clone(),
+            url.to_owned(),
+            owned(headers),
+        );
         async move {
             let (_, host, _) = url_parts(&url);
             let mut request = url.as_str().into_client_request()?;
             for (k, v) in &headers {
-                request.headers_mut().append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
+                request.headers_mut().append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
             }
-            let stream = connect_stream(addr, tls, host).await.map_err(|e| tungstenite::Error::Io(std::io::Error::other(e.to_string())))?;
+            let stream = connect_stream(addr, tls, host)
+                .await
+                .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e.to_string())))?;
             let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
             Ok(ws)
         }
@@ -148,26 +192,47 @@ impl TestRelay {
 
     /// Opens a listener control channel for `hc` in the default namespace.
     pub async fn listen(&self, hc: &str) -> TestListener {
-        let url = self.url("localhost", &format!("/$hc/{hc}?sb-hc-action=listen&sb-hc-id=listener-{hc}"));
-        let control = self.ws(&url, &[("ServiceBusAuthorization", &self.listen_token(hc))]).await.expect("listener connects");
+        let url = self.url(
+            "localhost",
+            &format!("/$hc/{hc}?sb-hc-action=listen&sb-hc-id=listener-{hc}"),
+        );
+        let control = self
+            .ws(&url, &[("ServiceBusAuthorization", &self.listen_token(hc))])
+            .await
+            .expect("listener connects");
         TestListener { control }
     }
 
     /// A raw upgrade request to `url`; returns the status line's code and reason phrase,
     /// the response head, and the socket (still open after a 101).
-    pub fn raw_upgrade(&self, url: &str, headers: &[(&str, &str)]) -> impl Future<Output = anyhow::Result<raw::Handshake>> + Send + use<> {
-        let (addr, tls, url, headers) = (self.emulator.addr, self.tls.clone(), url.to_owned(), owned(headers));
+    pub fn raw_upgrade(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> impl Future<Output = anyhow::Result<raw::Handshake>> + Send + use<> {
+        let (addr, tls, url, headers) = (
+            self.emulator.addr,
+            self.tls.clone(),
+            url.to_owned(),
+            owned(headers),
+        );
         async move {
             let (_, host, _) = url_parts(&url);
             let stream = connect_stream(addr, tls, host).await?;
-            let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             raw::handshake(stream, &url, &refs).await
         }
     }
 }
 
 fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
-    headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 impl TestRelay {
@@ -179,9 +244,11 @@ impl TestRelay {
         let tcp = socket.connect(self.emulator.addr).await?;
         match self.tls.clone() {
             None => Ok(Box::new(tcp)),
-            Some(config) => {
-                Ok(Box::new(tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from(host.to_owned())?, tcp).await?))
-            }
+            Some(config) => Ok(Box::new(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(ServerName::try_from(host.to_owned())?, tcp)
+                    .await?,
+            )),
         }
     }
 
@@ -205,7 +272,9 @@ pub async fn connect_stream(
         None => Ok(Box::new(tcp)),
         Some(config) => {
             let name = ServerName::try_from(host)?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok(Box::new(tls))
         }
     }
@@ -236,7 +305,9 @@ impl TestListener {
     pub async fn next_command(&mut self) -> anyhow::Result<ServiceCommand> {
         use futures_util::StreamExt as _;
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.control.next()).await.context("no command within 10 s")?;
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.control.next())
+                .await
+                .context("no command within 10 s")?;
             match msg {
                 Some(Ok(Message::Text(text))) => match ServiceCommand::parse(&text)? {
                     Incoming::Known(c) => return Ok(c),
@@ -255,9 +326,20 @@ impl TestListener {
     }
 
     /// Joins the rendezvous of `accept`, asking for `protocol`.
-    pub async fn join(&self, relay: &TestRelay, accept: &AcceptCommand, protocol: Option<&str>) -> Ws {
-        let headers: Vec<(&str, &str)> = protocol.map(|p| ("Sec-WebSocket-Protocol", p)).into_iter().collect();
-        relay.ws(&accept.address, &headers).await.expect("rendezvous succeeds")
+    pub async fn join(
+        &self,
+        relay: &TestRelay,
+        accept: &AcceptCommand,
+        protocol: Option<&str>,
+    ) -> Ws {
+        let headers: Vec<(&str, &str)> = protocol
+            .map(|p| ("Sec-WebSocket-Protocol", p))
+            .into_iter()
+            .collect();
+        relay
+            .ws(&accept.address, &headers)
+            .await
+            .expect("rendezvous succeeds")
     }
 }
 
@@ -265,7 +347,10 @@ impl TestListener {
 pub async fn next_data(ws: &mut Ws) -> anyhow::Result<Message> {
     use futures_util::StreamExt as _;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.context("no message within 10 s")? {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no message within 10 s")?
+        {
             Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => bail!("expected a data message, got {other:?}"),
@@ -277,8 +362,13 @@ pub async fn next_data(ws: &mut Ws) -> anyhow::Result<Message> {
 pub async fn next_close(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
     use futures_util::StreamExt as _;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.context("no close within 10 s")? {
-            Some(Ok(Message::Close(Some(f)))) => return Ok((u16::from(f.code), f.reason.to_string())),
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .context("no close within 10 s")?
+        {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Ok((u16::from(f.code), f.reason.to_string()));
+            }
             Some(Ok(Message::Close(None))) => return Ok((1005, String::new())),
             Some(Ok(_)) => continue,
             other => bail!("expected a close frame, got {other:?}"),

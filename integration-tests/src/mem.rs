@@ -46,7 +46,10 @@ impl MemRelay {
     pub fn connect(&self) -> DuplexStream {
         let (client, near) = tokio::io::duplex(PIPE);
         let (far, server) = tokio::io::duplex(PIPE);
-        let peer = SocketAddr::from(([127, 0, 0, 1], self.next_port.fetch_add(1, Ordering::Relaxed)));
+        let peer = SocketAddr::from((
+            [127, 0, 0, 1],
+            self.next_port.fetch_add(1, Ordering::Relaxed),
+        ));
         let (near_r, near_w) = tokio::io::split(near);
         let (far_r, far_w) = tokio::io::split(far);
         tokio::spawn(gated_copy(near_r, far_w, self.gate.subscribe()));
@@ -78,7 +81,10 @@ impl MemRelay {
     /// [`MemRelay::connector`], signing tokens with the relay's clock.
     pub fn endpoint(&self) -> RelayEndpoint {
         let tls = hc_client::tls::client_config(None).expect("tls config");
-        RelayEndpoint::from_endpoint("ws://localhost/", tls).expect("endpoint").with_connector(self.connector()).with_clock(self.clock())
+        RelayEndpoint::from_endpoint("ws://localhost/", tls)
+            .expect("endpoint")
+            .with_connector(self.connector())
+            .with_clock(self.clock())
     }
 
     /// The relay's clock.
@@ -88,12 +94,20 @@ impl MemRelay {
 
     /// A connection string of `rule` on hybrid connection `hc` of the default namespace.
     pub fn connection_string(&self, hc: &str, rule: &str) -> String {
-        self.relay.connection_string("default", Some(hc), rule, "localhost").expect("rule exists").expose().replacen("sb://", "ws://", 1)
+        self.relay
+            .connection_string("default", Some(hc), rule, "localhost")
+            .expect("rule exists")
+            .expose()
+            .replacen("sb://", "ws://", 1)
     }
 }
 
 /// Copies `from` into `to` chunk by chunk, each chunk only while the gate is open.
-async fn gated_copy(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, mut gate: watch::Receiver<bool>) {
+async fn gated_copy(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut gate: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {

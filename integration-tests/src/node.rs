@@ -15,8 +15,13 @@ use tokio::sync::mpsc;
 pub fn package_dir(folder: &str) -> PathBuf {
     static INSTALLED: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(folder);
-    let mut done = INSTALLED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    let result = done.entry(folder.to_owned()).or_insert_with(|| install(&dir));
+    let mut done = INSTALLED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let result = done
+        .entry(folder.to_owned())
+        .or_insert_with(|| install(&dir));
     if let Err(e) = result {
         panic!("cannot install the npm packages in {}: {e}", dir.display());
     }
@@ -24,9 +29,16 @@ pub fn package_dir(folder: &str) -> PathBuf {
 }
 
 fn install(dir: &Path) -> Result<(), String> {
-    let out =
-        Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(dir).output().map_err(|e| format!("npm: {e}"))?;
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    let out = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("npm: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// A running `node peer.js ARGS…` whose JSON lines arrive on a channel.
@@ -38,7 +50,13 @@ pub struct Peer {
 
 impl Peer {
     /// Starts the peer in `folder` trusting `ca`, with the rule `key` (name, key) and `env`.
-    pub fn start(folder: &str, args: &[&str], ca: &Path, key: (&str, &str), env: &[(&str, &str)]) -> Peer {
+    pub fn start(
+        folder: &str,
+        args: &[&str],
+        ca: &Path,
+        key: (&str, &str),
+        env: &[(&str, &str)],
+    ) -> Peer {
         let mut child = Command::new("node")
             .current_dir(package_dir(folder))
             .arg("peer.js")
@@ -55,7 +73,10 @@ impl Peer {
         let (tx, events) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
             use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(v) = serde_json::from_str(&line) {
                     let _ = tx.send(v);
                 }

@@ -22,19 +22,30 @@ pub struct Handshake {
 
 impl std::fmt::Debug for Handshake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handshake").field("status", &self.status).field("reason", &self.reason).field("headers", &self.headers).finish()
+        f.debug_struct("Handshake")
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("headers", &self.headers)
+            .finish()
     }
 }
 
 impl Handshake {
     /// First value of a response header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Sends an upgrade request for `url` on `stream` and reads the response head.
-pub async fn handshake(mut stream: Box<dyn Io>, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Handshake> {
+pub async fn handshake(
+    mut stream: Box<dyn Io>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Handshake> {
     let parts = hc_protocol::uri::parse(url)?;
     let target = match parts.query {
         Some(q) => format!("{}?{q}", parts.path),
@@ -57,7 +68,10 @@ pub async fn handshake(mut stream: Box<dyn Io>, url: &str, headers: &[(&str, &st
     let end = loop {
         let mut byte = [0u8; 1];
         if stream.read(&mut byte).await? == 0 {
-            bail!("connection closed before the response head ended: {:?}", String::from_utf8_lossy(&buf));
+            bail!(
+                "connection closed before the response head ended: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
         buf.push(byte[0]);
         if buf.ends_with(b"\r\n\r\n") {
@@ -72,14 +86,31 @@ pub async fn handshake(mut stream: Box<dyn Io>, url: &str, headers: &[(&str, &st
     let status_line = lines.next().unwrap_or_default();
     let mut status_parts = status_line.splitn(3, ' ');
     let _version = status_parts.next();
-    let status = status_parts.next().context("status line has no code")?.parse()?;
+    let status = status_parts
+        .next()
+        .context("status line has no code")?
+        .parse()?;
     let reason = status_parts.next().unwrap_or_default().to_owned();
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
-    Ok(Handshake { status, reason, headers, client: RawClient { io: stream, buf: Vec::new() } })
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Handshake {
+        status,
+        reason,
+        headers,
+        client: RawClient {
+            io: stream,
+            buf: Vec::new(),
+        },
+    })
 }
 
 fn rand_bytes() -> [u8; 16] {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     nanos.to_le_bytes()
 }
 
@@ -92,7 +123,9 @@ pub struct RawClient {
 
 impl std::fmt::Debug for RawClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawClient").field("buffered", &self.buf.len()).finish()
+        f.debug_struct("RawClient")
+            .field("buffered", &self.buf.len())
+            .finish()
     }
 }
 
@@ -112,7 +145,13 @@ impl RawClient {
     pub async fn send(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
         let mask = [0x11, 0x22, 0x33, 0x44];
         let mut head = [0u8; frame::MAX_HEADER_LEN];
-        let n = FrameHeader { fin, opcode, mask: Some(mask), payload_len: payload.len() as u64 }.encode(&mut head);
+        let n = FrameHeader {
+            fin,
+            opcode,
+            mask: Some(mask),
+            payload_len: payload.len() as u64,
+        }
+        .encode(&mut head);
         let mut body = payload.to_vec();
         frame::apply_mask(&mut body, mask, 0);
         self.io.write_all(&[&head[..n], &body[..]].concat()).await?;
@@ -133,13 +172,21 @@ impl RawClient {
                 if self.buf.len() >= total {
                     let payload = self.buf[n..total].to_vec();
                     self.buf.drain(..total);
-                    return Ok(Some(RawFrame { fin: h.fin, opcode: h.opcode, payload }));
+                    return Ok(Some(RawFrame {
+                        fin: h.fin,
+                        opcode: h.opcode,
+                        payload,
+                    }));
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
             let got = self.io.read(&mut chunk).await?;
             if got == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { bail!("EOF inside a frame") };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    bail!("EOF inside a frame")
+                };
             }
             self.buf.extend_from_slice(&chunk[..got]);
         }
@@ -162,30 +209,52 @@ pub struct HttpAnswer {
 impl HttpAnswer {
     /// First value of a response header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Writes `request` whole, then reads the answer until EOF; the request should say
 /// `Connection: close`.
 pub async fn http_exchange(mut stream: Box<dyn Io>, request: &[u8]) -> anyhow::Result<HttpAnswer> {
-    stream.write_all(request).await.context("writing the request")?;
+    stream
+        .write_all(request)
+        .await
+        .context("writing the request")?;
     stream.flush().await?;
     let mut all = Vec::new();
-    stream.read_to_end(&mut all).await.context("reading the answer")?;
+    stream
+        .read_to_end(&mut all)
+        .await
+        .context("reading the answer")?;
     parse_answer(&all)
 }
 
 /// Splits an HTTP answer into status line, headers and the rest.
 pub fn parse_answer(all: &[u8]) -> anyhow::Result<HttpAnswer> {
-    let end =
-        all.windows(4).position(|w| w == b"\r\n\r\n").with_context(|| format!("no complete head in {:?}", String::from_utf8_lossy(all)))?;
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("no complete head in {:?}", String::from_utf8_lossy(all)))?;
     let text = String::from_utf8_lossy(&all[..end]).into_owned();
     let mut lines = text.split("\r\n");
     let mut status_parts = lines.next().unwrap_or_default().splitn(3, ' ');
     let _version = status_parts.next();
-    let status = status_parts.next().context("status line has no code")?.parse()?;
+    let status = status_parts
+        .next()
+        .context("status line has no code")?
+        .parse()?;
     let reason = status_parts.next().unwrap_or_default().to_owned();
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
-    Ok(HttpAnswer { status, reason, headers, body: all[end + 4..].to_vec() })
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        reason,
+        headers,
+        body: all[end + 4..].to_vec(),
+    })
 }

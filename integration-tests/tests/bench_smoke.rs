@@ -5,8 +5,15 @@
 
 #[test]
 fn the_benchmark_harness_runs_and_reports_every_figure() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench")).args(["--smoke", "--json", "--idle-tunnels", "50"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--json", "--idle-tunnels", "50"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for run in ["direct", "plain", "tls"] {
         for key in [
@@ -19,12 +26,22 @@ fn the_benchmark_harness_runs_and_reports_every_figure() {
             "open_p99_ms",
             "tunnels_per_s",
         ] {
-            assert!(v[run][key].as_f64().is_some_and(|x| x > 0.0), "{run}.{key} in {v}");
+            assert!(
+                v[run][key].as_f64().is_some_and(|x| x > 0.0),
+                "{run}.{key} in {v}"
+            );
         }
         assert_eq!(v[run]["open_errors"], 0, "{run}");
     }
     for run in ["plain", "tls"] {
-        assert_eq!((v[run]["idle"]["tunnels"].as_u64(), v[run]["idle"]["errors"].as_u64()), (Some(50), Some(0)), "{v}");
+        assert_eq!(
+            (
+                v[run]["idle"]["tunnels"].as_u64(),
+                v[run]["idle"]["errors"].as_u64()
+            ),
+            (Some(50), Some(0)),
+            "{v}"
+        );
         assert!(v[run]["upload_mib_s_ratio"].as_f64().is_some());
     }
 }

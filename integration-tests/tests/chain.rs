@@ -12,12 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(endpoint: String) -> Chain {
-    tokio::task::spawn_blocking(move || Chain::start(&endpoint)).await.unwrap().expect("chain starts")
+    tokio::task::spawn_blocking(move || Chain::start(&endpoint))
+        .await
+        .unwrap()
+        .expect("chain starts")
 }
 
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -40,11 +51,20 @@ async fn redis_cli_does_real_work_through_the_tunnel() {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-        (cli(&["GET", "counter"]), cli(&["STRLEN", "big"]), cli(&["DBSIZE"]))
+        (
+            cli(&["GET", "counter"]),
+            cli(&["STRLEN", "big"]),
+            cli(&["DBSIZE"]),
+        )
     })
     .await
     .unwrap();
-    assert_eq!((out.0.trim(), out.1.trim(), out.2.trim()), ("200", "1048576", "3"), "{}", c.logs());
+    assert_eq!(
+        (out.0.trim(), out.1.trim(), out.2.trim()),
+        ("200", "1048576", "3"),
+        "{}",
+        c.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,11 +81,33 @@ async fn psql_does_real_work_through_the_tunnel() {
     let (h, p) = (c.forward.ip().to_string(), c.forward.port().to_string());
     let sql = "create table t(i int, s text); insert into t select g, md5(g::text) from generate_series(1, 20000) g; select count(*), sum(i), count(distinct s) from t;";
     let out = tokio::task::spawn_blocking(move || {
-        run("psql", &["-h", &h, "-p", &p, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        run(
+            "psql",
+            &[
+                "-h",
+                &h,
+                "-p",
+                &p,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+        )
     })
     .await
     .unwrap();
-    assert_eq!(out.lines().last().unwrap_or_default(), "20000|200010000|20000", "{out}\n{}", c.logs());
+    assert_eq!(
+        out.lines().last().unwrap_or_default(),
+        "20000|200010000|20000",
+        "{out}\n{}",
+        c.logs()
+    );
 }
 
 /// Deterministic bytes (xorshift), so both ends can be hashed without keeping them.
@@ -87,7 +129,11 @@ async fn quarter_gigabyte_each_way_arrives_intact() {
     let tcp = TcpStream::connect(c.forward).await.unwrap();
     let (mut r, mut w) = tcp.into_split();
     let writer = tokio::spawn(async move {
-        let (mut state, mut hash, mut buf) = (0x9e37_79b9_7f4a_7c15u64, Sha256::new(), vec![0u8; 256 * 1024]);
+        let (mut state, mut hash, mut buf) = (
+            0x9e37_79b9_7f4a_7c15u64,
+            Sha256::new(),
+            vec![0u8; 256 * 1024],
+        );
         let mut sent = 0;
         while sent < TOTAL {
             fill(&mut buf, &mut state);
@@ -109,9 +155,16 @@ async fn quarter_gigabyte_each_way_arrives_intact() {
     }
     let sent_hash = writer.await.unwrap();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("256 MiB each way in {secs:.1} s ({:.0} MiB/s each way)", 256.0 / secs);
+    eprintln!(
+        "256 MiB each way in {secs:.1} s ({:.0} MiB/s each way)",
+        256.0 / secs
+    );
     assert_eq!(received, TOTAL, "{}", c.logs());
-    assert_eq!(hash.finalize(), sent_hash, "SHA-256 of what came back equals what was sent");
+    assert_eq!(
+        hash.finalize(),
+        sent_hash,
+        "SHA-256 of what came back equals what was sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +183,11 @@ async fn two_hundred_concurrent_tunnels_account_for_every_byte() {
                 s.shutdown().await?;
                 let mut back = Vec::new();
                 s.read_to_end(&mut back).await?;
-                anyhow::ensure!(back == data, "tunnel {i}: {} bytes back, content differs", back.len());
+                anyhow::ensure!(
+                    back == data,
+                    "tunnel {i}: {} bytes back, content differs",
+                    back.len()
+                );
                 Ok::<usize, anyhow::Error>(back.len())
             })
         })
@@ -143,14 +200,22 @@ async fn two_hundred_concurrent_tunnels_account_for_every_byte() {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    assert!(errors.is_empty(), "{} errors: {:?}\n{}", errors.len(), &errors[..errors.len().min(5)], c.logs());
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}\n{}",
+        errors.len(),
+        &errors[..errors.len().min(5)],
+        c.logs()
+    );
     assert_eq!(bytes, N * EACH);
     // The HCM counted every byte both ways.
     let expected = (N * EACH) as u64;
     for _ in 0..500 {
-        if c.hcm_status()
-            .is_some_and(|s| s.bytes_to_endpoint == expected && s.bytes_from_endpoint == expected && s.tunnels_total == N as u64)
-        {
+        if c.hcm_status().is_some_and(|s| {
+            s.bytes_to_endpoint == expected
+                && s.bytes_from_endpoint == expected
+                && s.tunnels_total == N as u64
+        }) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,7 +234,12 @@ async fn half_close_in_both_directions() {
     s.shutdown().await.unwrap();
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).await.unwrap();
-    assert!(reply == request, "{} of {} bytes", reply.len(), request.len());
+    assert!(
+        reply == request,
+        "{} of {} bytes",
+        reply.len(),
+        request.len()
+    );
     drop(c);
 
     // The server closes first: the client reads the greeting, then EOF.
@@ -177,7 +247,10 @@ async fn half_close_in_both_directions() {
     let c = start(greeter.to_string()).await;
     let mut s = TcpStream::connect(c.forward).await.unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("EOF, not a hang").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("EOF, not a hang")
+        .unwrap();
     assert_eq!(got, b"bye from the server\n");
 }
 
@@ -191,7 +264,13 @@ async fn aborted_clients_leave_nothing_behind() {
     warm.shutdown().await.unwrap();
     let mut nothing = Vec::new();
     warm.read_to_end(&mut nothing).await.unwrap();
-    let settled = || (c.relay.fd_count(), c.hcm.as_ref().unwrap().fd_count(), c.shim.fd_count());
+    let settled = || {
+        (
+            c.relay.fd_count(),
+            c.hcm.as_ref().unwrap().fd_count(),
+            c.shim.fd_count(),
+        )
+    };
     let mut baseline = settled();
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -215,7 +294,12 @@ async fn aborted_clients_leave_nothing_behind() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("file descriptors (relay, hcm, shim) {:?} -> {:?}; hcm {:?}", baseline, settled(), c.hcm_status());
+    panic!(
+        "file descriptors (relay, hcm, shim) {:?} -> {:?}; hcm {:?}",
+        baseline,
+        settled(),
+        c.hcm_status()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +333,11 @@ async fn a_killed_hcm_fails_the_tunnel_and_a_new_one_serves_again() {
         }
     })
     .await;
-    assert!(ended.is_ok(), "the client saw neither an error nor EOF: it hangs\n{}", c.logs());
+    assert!(
+        ended.is_ok(),
+        "the client saw neither an error nor EOF: it hangs\n{}",
+        c.logs()
+    );
     writer.abort();
     tokio::task::spawn_blocking(move || {
         c.restart_hcm().unwrap();

@@ -30,7 +30,8 @@ fn options() -> RelayOptions {
 }
 
 fn listener_config(relay: &MemRelay, ttl: Duration) -> ListenerConfig {
-    let cs = ConnectionString::parse(&relay.connection_string("sample", "defaultListener")).unwrap();
+    let cs =
+        ConnectionString::parse(&relay.connection_string("sample", "defaultListener")).unwrap();
     ListenerConfig {
         endpoint: relay.endpoint(),
         path: "sample".into(),
@@ -59,12 +60,21 @@ async fn next_event_before(channel: &mut ControlChannel, until: Instant) -> Opti
 async fn an_expired_channel_closes_after_the_grace_period_and_a_renewal_moves_it() {
     let relay = MemRelay::new("{}", options());
     let t0 = Instant::now();
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(10))).await.unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(10)))
+        .await
+        .unwrap();
     assert_eq!(relay.relay.listener_count("default", "sample"), 1);
     // The token lives 10 s; the relay's grace is 5 s. Nothing happens before 15 s.
-    assert!(next_event_before(&mut channel, t0 + Duration::from_secs(14)).await.is_none());
+    assert!(
+        next_event_before(&mut channel, t0 + Duration::from_secs(14))
+            .await
+            .is_none()
+    );
     match next_event_before(&mut channel, t0 + Duration::from_secs(17)).await {
-        Some(ControlEvent::Closed { code: Some(1008), reason }) => assert!(reason.starts_with("ExpiredToken:"), "{reason}"),
+        Some(ControlEvent::Closed {
+            code: Some(1008),
+            reason,
+        }) => assert!(reason.starts_with("ExpiredToken:"), "{reason}"),
         other => panic!("expected 1008, got {other:?}"),
     }
 
@@ -72,28 +82,50 @@ async fn an_expired_channel_closes_after_the_grace_period_and_a_renewal_moves_it
     let t0 = Instant::now();
     let config = listener_config(&relay, Duration::from_secs(10));
     let mut channel = ControlChannel::open(&config).await.unwrap();
-    assert!(next_event_before(&mut channel, t0 + Duration::from_secs(8)).await.is_none());
-    let token = config.tokens.token("localhost", "sample", relay.clock().unix_now() + 90).unwrap().unwrap();
+    assert!(
+        next_event_before(&mut channel, t0 + Duration::from_secs(8))
+            .await
+            .is_none()
+    );
+    let token = config
+        .tokens
+        .token("localhost", "sample", relay.clock().unix_now() + 90)
+        .unwrap()
+        .unwrap();
     channel.renew(token).await.unwrap();
-    assert!(next_event_before(&mut channel, t0 + Duration::from_secs(100)).await.is_none(), "still open at 100 s");
+    assert!(
+        next_event_before(&mut channel, t0 + Duration::from_secs(100))
+            .await
+            .is_none(),
+        "still open at 100 s"
+    );
     assert!(matches!(
         next_event_before(&mut channel, t0 + Duration::from_secs(120)).await,
-        Some(ControlEvent::Closed { code: Some(1008), .. })
+        Some(ControlEvent::Closed {
+            code: Some(1008),
+            ..
+        })
     ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_invalid_renewal_closes_with_1008() {
     let relay = MemRelay::new("{}", options());
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
-    let sender = ConnectionString::parse(&relay.connection_string("sample", "defaultSender")).unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let sender =
+        ConnectionString::parse(&relay.connection_string("sample", "defaultSender")).unwrap();
     let wrong = TokenProvider::from_connection_string(&sender, Duration::from_secs(3600))
         .token("localhost", "sample", relay.clock().unix_now())
         .unwrap()
         .unwrap();
     channel.renew(wrong).await.unwrap();
     match next_event_before(&mut channel, Instant::now() + Duration::from_secs(5)).await {
-        Some(ControlEvent::Closed { code: Some(1008), reason }) => assert!(reason.contains("'Listen' claim"), "{reason}"),
+        Some(ControlEvent::Closed {
+            code: Some(1008),
+            reason,
+        }) => assert!(reason.contains("'Listen' claim"), "{reason}"),
         other => panic!("{other:?}"),
     }
 }
@@ -104,7 +136,9 @@ async fn an_invalid_renewal_closes_with_1008() {
 async fn a_listener_that_answers_no_ping_is_dropped() {
     let relay = MemRelay::new("{}", options());
     let t0 = Instant::now();
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
     let ended = loop {
         match channel.next_event().await {
             Ok(ControlEvent::Ping) => continue, // read, never answered
@@ -123,20 +157,31 @@ async fn a_listener_that_answers_no_ping_is_dropped() {
 async fn a_listener_that_stops_reading_is_dropped_within_the_write_deadline() {
     let relay = MemRelay::new("{}", options());
     let t0 = Instant::now();
-    let _stuck = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
-    let sender_cs = ConnectionString::parse(&relay.connection_string("sample", "defaultSender")).unwrap();
+    let _stuck = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let sender_cs =
+        ConnectionString::parse(&relay.connection_string("sample", "defaultSender")).unwrap();
     let tokens = TokenProvider::from_connection_string(&sender_cs, Duration::from_secs(3600));
     // Senders fill the listener's pipe with accepts until writes to it block.
     let endpoint = relay.endpoint();
     let senders: Vec<_> = (0..3000)
         .map(|i| {
             let (endpoint, tokens) = (endpoint.clone(), tokens.clone());
-            tokio::spawn(async move { hc_client::sender::connect(&endpoint, "sample", &tokens, &format!("s{i}")).await.err() })
+            tokio::spawn(async move {
+                hc_client::sender::connect(&endpoint, "sample", &tokens, &format!("s{i}"))
+                    .await
+                    .err()
+            })
         })
         .collect();
     for s in senders {
         let err = s.await.unwrap().expect("no sender got through");
-        assert!(err.status().is_some_and(|s| s == 502 || s == 404 || s == 504), "{err}");
+        assert!(
+            err.status()
+                .is_some_and(|s| s == 502 || s == 404 || s == 504),
+            "{err}"
+        );
     }
     assert_eq!(relay.relay.listener_count("default", "sample"), 0);
     assert!(
@@ -158,8 +203,12 @@ async fn http_get(relay: &MemRelay, target: &str, token: &str) -> (u16, Option<S
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let via = resp.headers().get("via").map(|v| v.to_str().unwrap().to_owned());
-    let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    let via = resp
+        .headers()
+        .get("via")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
     (status, via, body)
 }
 
@@ -177,7 +226,9 @@ fn send_token(relay: &MemRelay) -> String {
 #[tokio::test(start_paused = true)]
 async fn http_mode_answers_and_times_out() {
     let relay = MemRelay::new("{}", options());
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
     let token = send_token(&relay);
     let answered = std::sync::atomic::AtomicUsize::new(0);
     let listener = async {
@@ -225,13 +276,21 @@ async fn http_mode_answers_and_times_out() {
 #[tokio::test(start_paused = true)]
 async fn http_mode_refuses_an_informational_status() {
     let relay = MemRelay::new("{}", options());
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
     let token = send_token(&relay);
     let listener = async {
         if let ControlEvent::Request(r) = channel.next_event().await.unwrap() {
             let request = channel.read_request(r).await.unwrap();
-            let response = hc_client::http::HttpResponse { status: 101, ..Default::default() };
-            channel.respond(&relay.endpoint(), &request, &response).await.unwrap();
+            let response = hc_client::http::HttpResponse {
+                status: 101,
+                ..Default::default()
+            };
+            channel
+                .respond(&relay.endpoint(), &request, &response)
+                .await
+                .unwrap();
         }
     };
     let (_, (status, _, _)) = tokio::join!(listener, http_get(&relay, "/sample/x", &token));
@@ -243,7 +302,9 @@ async fn http_mode_refuses_an_informational_status() {
 async fn a_stalled_request_body_gets_a_408() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let relay = MemRelay::new("{}", options());
-    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600))).await.unwrap();
+    let mut channel = ControlChannel::open(&listener_config(&relay, Duration::from_secs(3600)))
+        .await
+        .unwrap();
     let endpoint = relay.endpoint();
     let listener = async {
         loop {
@@ -282,7 +343,10 @@ async fn a_stalled_request_body_gets_a_408() {
         () = listener => unreachable!(),
         r = client => r,
     };
-    assert!(text.starts_with("HTTP/1.1 408 The request body stopped arriving"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 408 The request body stopped arriving"),
+        "{text}"
+    );
     assert_eq!(took, Duration::from_secs(60));
 }
 
@@ -300,13 +364,33 @@ impl Worker {
     fn start(relay: &MemRelay, options: hcm::worker::WorkerOptions) -> Worker {
         let dir = tempfile::tempdir().unwrap();
         let board = std::sync::Arc::new(hcm::status::Board::new(dir.path()));
-        let entry =
-            hcm::config::Entry::new(&relay.connection_string("sample", "defaultListener"), Some("127.0.0.1:9".into()), 1, None).unwrap();
-        let options = hcm::worker::WorkerOptions { clock: relay.clock(), connector: Some(relay.connector()), ..options };
+        let entry = hcm::config::Entry::new(
+            &relay.connection_string("sample", "defaultListener"),
+            Some("127.0.0.1:9".into()),
+            1,
+            None,
+        )
+        .unwrap();
+        let options = hcm::worker::WorkerOptions {
+            clock: relay.clock(),
+            connector: Some(relay.connector()),
+            ..options
+        };
         let cancel = tokio_util::sync::CancellationToken::new();
-        let task =
-            tokio::spawn(hcm::worker::run(entry.clone(), board.clone(), options, tokio_util::task::TaskTracker::new(), cancel.clone()));
-        Worker { board, key: entry.key(), cancel, task, _dir: dir }
+        let task = tokio::spawn(hcm::worker::run(
+            entry.clone(),
+            board.clone(),
+            options,
+            tokio_util::task::TaskTracker::new(),
+            cancel.clone(),
+        ));
+        Worker {
+            board,
+            key: entry.key(),
+            cancel,
+            task,
+            _dir: dir,
+        }
     }
 
     fn status(&self) -> hcm::status::HcStatus {
@@ -324,10 +408,20 @@ impl Worker {
 #[tokio::test(start_paused = true)]
 async fn the_hcm_renews_and_never_reconnects() {
     let relay = MemRelay::new("{}", options());
-    let worker = Worker::start(&relay, hcm::worker::WorkerOptions { token_ttl: Duration::from_secs(20), ..Default::default() });
+    let worker = Worker::start(
+        &relay,
+        hcm::worker::WorkerOptions {
+            token_ttl: Duration::from_secs(20),
+            ..Default::default()
+        },
+    );
     tokio::time::sleep(Duration::from_secs(600)).await;
     let status = worker.status();
-    assert_eq!((status.connects, status.channels_open), (1, 1), "{status:?}");
+    assert_eq!(
+        (status.connects, status.channels_open),
+        (1, 1),
+        "{status:?}"
+    );
     assert_eq!(relay.relay.listener_count("default", "sample"), 1);
     worker.stop().await;
 }
@@ -336,15 +430,32 @@ async fn the_hcm_renews_and_never_reconnects() {
 /// intervals and reconnects once the relay answers again.
 #[tokio::test(start_paused = true)]
 async fn the_hcm_notices_a_silent_relay_and_reconnects() {
-    let relay = MemRelay::new("{}", RelayOptions { listener_keepalive: None, ..options() });
-    let worker = Worker::start(&relay, hcm::worker::WorkerOptions { keepalive: Duration::from_secs(10), ..Default::default() });
+    let relay = MemRelay::new(
+        "{}",
+        RelayOptions {
+            listener_keepalive: None,
+            ..options()
+        },
+    );
+    let worker = Worker::start(
+        &relay,
+        hcm::worker::WorkerOptions {
+            keepalive: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(worker.status().connects, 1);
     relay.freeze();
     tokio::time::sleep(Duration::from_secs(31)).await;
     let down = worker.status();
     assert_eq!(down.channels_open, 0, "{down:?}");
-    assert!(down.last_error.as_deref().is_some_and(|e| e.contains("keep-alive")), "{down:?}");
+    assert!(
+        down.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("keep-alive")),
+        "{down:?}"
+    );
     relay.thaw();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let up = worker.status();
@@ -366,14 +477,26 @@ async fn the_bridge_half_closes_and_answers_pings_while_idle() {
     let (mut app_r, mut app_w) = tokio::io::split(app);
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     rw.ping(b"idle?").await.unwrap();
-    assert_eq!(rr.next_item().await.unwrap(), Some(Item::Pong), "answered with no TCP traffic");
-    rw.send(hc_protocol::frame::OpCode::Binary, b"to the endpoint").await.unwrap();
+    assert_eq!(
+        rr.next_item().await.unwrap(),
+        Some(Item::Pong),
+        "answered with no TCP traffic"
+    );
+    rw.send(hc_protocol::frame::OpCode::Binary, b"to the endpoint")
+        .await
+        .unwrap();
     let mut buf = [0u8; 15];
     app_r.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"to the endpoint");
     // The relay closes first (the sender shut down); the endpoint still answers.
-    rw.close(&hc_protocol::frame::CloseFrame::new(1000, "Shutdown")).await.unwrap();
-    assert_eq!(app_r.read(&mut buf).await.unwrap(), 0, "EOF on the TCP side");
+    rw.close(&hc_protocol::frame::CloseFrame::new(1000, "Shutdown"))
+        .await
+        .unwrap();
+    assert_eq!(
+        app_r.read(&mut buf).await.unwrap(),
+        0,
+        "EOF on the TCP side"
+    );
     app_w.write_all(b"answer").await.unwrap();
     app_w.shutdown().await.unwrap();
     let mut got = Vec::new();
@@ -394,5 +517,8 @@ async fn the_bridge_half_closes_and_answers_pings_while_idle() {
     }
     assert_eq!(got, b"answer");
     let report = bridge.await.unwrap();
-    assert_eq!((report.to_tcp, report.from_tcp, report.aborted), (15, 6, None));
+    assert_eq!(
+        (report.to_tcp, report.from_tcp, report.aborted),
+        (15, 6, None)
+    );
 }

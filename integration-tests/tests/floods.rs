@@ -20,7 +20,10 @@ async fn tunnel_round_trip(chain: &Chain) -> Duration {
     let mut tcp = TcpStream::connect(chain.forward).await.unwrap();
     tcp.write_all(b"during the flood").await.unwrap();
     let mut got = [0u8; 16];
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut got)).await.expect("echo within 10 s").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut got))
+        .await
+        .expect("echo within 10 s")
+        .unwrap();
     assert_eq!(&got, b"during the flood");
     started.elapsed()
 }
@@ -31,7 +34,8 @@ async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut all = Vec::with_capacity(n);
     while all.len() < n {
         let batch = (n - all.len()).min(50);
-        let opened = futures_util::future::join_all((0..batch).map(|_| TcpStream::connect(addr))).await;
+        let opened =
+            futures_util::future::join_all((0..batch).map(|_| TcpStream::connect(addr))).await;
         all.extend(opened.into_iter().map(Result::unwrap));
     }
     all
@@ -66,56 +70,103 @@ async fn floods_do_not_stop_new_tunnels_and_are_shed() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let echo = chain::echo_server().await;
     let options = ChainOptions {
-        relay_args: vec!["--handshake-timeout".into(), "5".into(), "--max-connections-per-namespace".into(), "100000".into()],
-        shim_args: vec!["--socks5".into(), "127.0.0.1:0".into(), "--handshake-timeout".into(), "5".into()],
+        relay_args: vec![
+            "--handshake-timeout".into(),
+            "5".into(),
+            "--max-connections-per-namespace".into(),
+            "100000".into(),
+        ],
+        shim_args: vec![
+            "--socks5".into(),
+            "127.0.0.1:0".into(),
+            "--handshake-timeout".into(),
+            "5".into(),
+        ],
         log: Some("warn,relay_server=debug".into()),
         ..Default::default()
     };
     let endpoint = echo.to_string();
-    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await.unwrap().expect("chain starts");
-    let socks = chain::banner_value(&chain.shim_banner, "SOCKS5 proxy on ").unwrap().parse::<std::net::SocketAddr>().unwrap();
+    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options))
+        .await
+        .unwrap()
+        .expect("chain starts");
+    let socks = chain::banner_value(&chain.shim_banner, "SOCKS5 proxy on ")
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
     let relay_addr: std::net::SocketAddr = ([127, 0, 0, 1], chain.relay_port).into();
     tunnel_round_trip(&chain).await;
     let (relay_base, shim_base) = (chain.relay.fd_count(), chain.shim.fd_count());
 
     let idle = connect_many(relay_addr, 3000).await;
-    let relay_peak = reach(Duration::from_secs(2), relay_base + 2500, || chain.relay.fd_count()).await;
+    let relay_peak = reach(Duration::from_secs(2), relay_base + 2500, || {
+        chain.relay.fd_count()
+    })
+    .await;
     let tls = integration_tests::client_tls(&std::fs::read_to_string(&chain.ca).unwrap());
     let slowloris = futures_util::future::join_all((0..500).map(|_| {
         let tls = tls.clone();
         async move {
             let tcp = TcpStream::connect(relay_addr).await.unwrap();
-            let mut s =
-                tokio_rustls::TlsConnector::from(Arc::clone(&tls)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-            s.write_all(b"GET /$hc/chain HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(Arc::clone(&tls))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            s.write_all(b"GET /$hc/chain HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+                .await
+                .unwrap();
             s.flush().await.unwrap();
             s
         }
     }))
     .await;
     let silent = connect_many(socks, 1000).await;
-    let shim_peak = reach(Duration::from_secs(2), shim_base + 900, || chain.shim.fd_count()).await;
+    let shim_peak = reach(Duration::from_secs(2), shim_base + 900, || {
+        chain.shim.fd_count()
+    })
+    .await;
 
     let mut worst = Duration::ZERO;
     for _ in 0..3 {
         worst = worst.max(tunnel_round_trip(&chain).await);
     }
-    assert!(worst < Duration::from_secs(2), "a new tunnel took {worst:?} during the flood\n{}", chain.logs());
+    assert!(
+        worst < Duration::from_secs(2),
+        "a new tunnel took {worst:?} during the flood\n{}",
+        chain.logs()
+    );
 
     // The processes shed the flood themselves: the clients keep their sockets open.
-    let relay_after = settle(Duration::from_secs(15), relay_base + 4, || chain.relay.fd_count()).await;
-    let shim_after = settle(Duration::from_secs(15), shim_base + 4, || chain.shim.fd_count()).await;
+    let relay_after = settle(Duration::from_secs(15), relay_base + 4, || {
+        chain.relay.fd_count()
+    })
+    .await;
+    let shim_after = settle(Duration::from_secs(15), shim_base + 4, || {
+        chain.shim.fd_count()
+    })
+    .await;
     eprintln!(
         "relay descriptors {relay_base} -> {relay_peak} (highest seen) -> {relay_after}; shim {shim_base} -> {shim_peak} -> {shim_after}; slowest new tunnel during the flood {worst:?}"
     );
     // Every flood connection reached the relay and was shed by its deadline: the relay logs
     // each at debug level.
     let log = chain.relay.log_text();
-    let (idle_shed, slow_shed) =
-        (log.matches("TLS handshake timed out").count(), log.matches("http connection ended with an error").count());
-    assert!(idle_shed >= 3000 && slow_shed >= 500, "shed by the relay: {idle_shed} idle, {slow_shed} slowloris");
-    assert!(relay_after <= relay_base + 4, "relay kept {relay_after} descriptors (baseline {relay_base})");
-    assert!(shim_after <= shim_base + 4, "shim kept {shim_after} descriptors (baseline {shim_base})");
+    let (idle_shed, slow_shed) = (
+        log.matches("TLS handshake timed out").count(),
+        log.matches("http connection ended with an error").count(),
+    );
+    assert!(
+        idle_shed >= 3000 && slow_shed >= 500,
+        "shed by the relay: {idle_shed} idle, {slow_shed} slowloris"
+    );
+    assert!(
+        relay_after <= relay_base + 4,
+        "relay kept {relay_after} descriptors (baseline {relay_base})"
+    );
+    assert!(
+        shim_after <= shim_base + 4,
+        "shim kept {shim_after} descriptors (baseline {shim_base})"
+    );
     drop((idle, slowloris, silent));
     tunnel_round_trip(&chain).await;
     assert_eq!(chain.relay.log_text().matches("panicked").count(), 0);

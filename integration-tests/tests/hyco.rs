@@ -18,14 +18,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Peer;
 
 impl Peer {
-    fn start(mode: &str, url: &str, ca: &std::path::Path, key: (&str, &str), env: &[(&str, &str)]) -> integration_tests::node::Peer {
+    fn start(
+        mode: &str,
+        url: &str,
+        ca: &std::path::Path,
+        key: (&str, &str),
+        env: &[(&str, &str)],
+    ) -> integration_tests::node::Peer {
         integration_tests::node::Peer::start("node", &[mode, url], ca, key, env)
     }
 }
 
 /// Name and key of a rule, from the relay's model.
 fn key(relay: &TestRelay, hc: &str, rule: &str) -> (String, String) {
-    (rule.to_owned(), relay.key("default", Some(hc), rule).expose().to_owned())
+    (
+        rule.to_owned(),
+        relay.key("default", Some(hc), rule).expose().to_owned(),
+    )
 }
 
 fn ca_file(relay: &TestRelay, dir: &tempfile::TempDir) -> PathBuf {
@@ -41,21 +50,40 @@ async fn hyco_ws_listener_and_sender_through_our_relay() {
     let ca = ca_file(&relay, &dir);
     let (ln, lk) = key(&relay, "sample", "defaultListener");
     let (sn, sk) = key(&relay, "sample", "defaultSender");
-    let mut listener = Peer::start("listen-echo", &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"), &ca, (&ln, &lk), &[]);
+    let mut listener = Peer::start(
+        "listen-echo",
+        &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
+        &ca,
+        (&ln, &lk),
+        &[],
+    );
     listener.until("listening").await;
     for mode in ["send", "send-query"] {
-        let mut sender = Peer::start(mode, &relay.url("localhost", "/$hc/sample?sb-hc-action=connect"), &ca, (&sn, &sk), &[]);
+        let mut sender = Peer::start(
+            mode,
+            &relay.url("localhost", "/$hc/sample?sb-hc-action=connect"),
+            &ca,
+            (&sn, &sk),
+            &[],
+        );
         let events = sender.until("close").await;
         let echoes: Vec<&Value> = events.iter().filter(|e| e["event"] == "echo").collect();
         assert_eq!(echoes.len(), 3, "{mode}: {events:?}");
         assert!(echoes.iter().all(|e| e["ok"] == true), "{mode}: {events:?}");
         assert_eq!(echoes[2]["length"], 16 * 1024 * 1024);
         let close = events.last().unwrap();
-        assert_eq!((close["code"].as_u64(), close["reason"].as_str()), (Some(4000), Some("bye")), "{mode}: the sender's close comes back");
+        assert_eq!(
+            (close["code"].as_u64(), close["reason"].as_str()),
+            (Some(4000), Some("bye")),
+            "{mode}: the sender's close comes back"
+        );
         let seen = listener.until("close").await;
         let messages: Vec<&Value> = seen.iter().filter(|e| e["event"] == "message").collect();
         assert_eq!(
-            messages.iter().map(|m| m["binary"].as_bool().unwrap()).collect::<Vec<_>>(),
+            messages
+                .iter()
+                .map(|m| m["binary"].as_bool().unwrap())
+                .collect::<Vec<_>>(),
             [false, true, true],
             "{mode}: text stays text"
         );
@@ -72,14 +100,35 @@ async fn hyco_ws_listener_and_sender_through_our_relay() {
 async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
     let echo = chain::echo_server().await;
     let endpoint = echo.to_string();
-    let c = tokio::task::spawn_blocking(move || Chain::start(&endpoint)).await.unwrap().unwrap();
+    let c = tokio::task::spawn_blocking(move || Chain::start(&endpoint))
+        .await
+        .unwrap()
+        .unwrap();
     let cs = ConnectionString::parse(&c.send_cs).unwrap();
-    let Some(Credential::Key { name, key }) = &cs.credential else { panic!() };
-    let url = format!("wss://localhost:{}/$hc/{}?sb-hc-action=connect", c.relay_port, chain::HC);
+    let Some(Credential::Key { name, key }) = &cs.credential else {
+        panic!()
+    };
+    let url = format!(
+        "wss://localhost:{}/$hc/{}?sb-hc-action=connect",
+        c.relay_port,
+        chain::HC
+    );
     let payload = "through hyco-ws, our relay and our hcm";
-    let mut sender = Peer::start("send-bytes", &url, &c.ca, (name, key.expose()), &[("HC_PAYLOAD", payload)]);
+    let mut sender = Peer::start(
+        "send-bytes",
+        &url,
+        &c.ca,
+        (name, key.expose()),
+        &[("HC_PAYLOAD", payload)],
+    );
     let events = sender.until("close").await;
-    assert!(events.iter().any(|e| e["event"] == "reply" && e["text"] == payload), "{events:?}\n{}", c.logs());
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "reply" && e["text"] == payload),
+        "{events:?}\n{}",
+        c.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +137,25 @@ async fn our_sender_library_to_a_hyco_ws_listener() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_file(&relay, &dir);
     let (ln, lk) = key(&relay, "sample", "defaultListener");
-    let mut listener = Peer::start("listen-echo", &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"), &ca, (&ln, &lk), &[]);
+    let mut listener = Peer::start(
+        "listen-echo",
+        &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
+        &ca,
+        (&ln, &lk),
+        &[],
+    );
     listener.until("listening").await;
-    let send =
-        relay.emulator.relay.connection_string("default", Some("sample"), "defaultSender", &relay.emulator.authority()).unwrap().expose();
+    let send = relay
+        .emulator
+        .relay
+        .connection_string(
+            "default",
+            Some("sample"),
+            "defaultSender",
+            &relay.emulator.authority(),
+        )
+        .unwrap()
+        .expose();
     let tls = hc_client::tls::client_config(Some(&ca)).unwrap();
     let hc = app_side_shim::HybridConnection::from_connection_string(&send, tls).unwrap();
     let mut stream = hc.connect().await.unwrap();
@@ -99,18 +163,29 @@ async fn our_sender_library_to_a_hyco_ws_listener() {
     stream.write_all(&data).await.unwrap();
     let mut back = vec![0u8; data.len()];
     stream.read_exact(&mut back).await.unwrap();
-    assert!(back == data, "the hyco-ws listener echoed every byte in order");
+    assert!(
+        back == data,
+        "the hyco-ws listener echoed every byte in order"
+    );
     stream.shutdown().await.unwrap();
     let seen = listener.until("close").await;
     assert_eq!(seen.last().unwrap()["code"], 1000, "{seen:?}");
-    let total: u64 = seen.iter().filter(|e| e["event"] == "message").map(|e| e["length"].as_u64().unwrap()).sum();
+    let total: u64 = seen
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, data.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_client_sees_the_documented_statuses() {
     let relay = TestRelay::default_tls().await;
-    relay.emulator.relay.put_hybrid_connection("default", "other", true, None).unwrap();
+    relay
+        .emulator
+        .relay
+        .put_hybrid_connection("default", "other", true, None)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = ca_file(&relay, &dir);
     let listen_url = relay.url("localhost", "/$hc/sample?sb-hc-action=listen");
@@ -118,13 +193,55 @@ async fn the_official_client_sees_the_documented_statuses() {
     let (sn, sk) = key(&relay, "sample", "defaultSender");
     let (ln, lk) = key(&relay, "sample", "defaultListener");
     let (on, ok) = key(&relay, "other", "defaultListener");
-    struct Case<'a>(&'a str, &'a str, (&'a str, &'a str), &'a [(&'a str, &'a str)], u64, &'a str);
+    struct Case<'a>(
+        &'a str,
+        &'a str,
+        (&'a str, &'a str),
+        &'a [(&'a str, &'a str)],
+        u64,
+        &'a str,
+    );
     let cases = [
-        Case("wrong key", &connect_url, (&sn, "bm90IHRoZSBrZXk="), &[], 401, "InvalidSignature:"),
-        Case("expired token", &connect_url, (&sn, &sk), &[("HC_TOKEN_SECONDS", "-3600")], 401, "ExpiredToken:"),
-        Case("Send-only rule used to listen", &listen_url, (&sn, &sk), &[], 403, "Unauthorized access. 'Listen' claim(s) are required"),
-        Case("other hybrid connection's rule", &listen_url, (&on, &ok), &[], 401, "InvalidSignature:"),
-        Case("no listener", &connect_url, (&sn, &sk), &[], 404, "There are no listeners connected for the endpoint."),
+        Case(
+            "wrong key",
+            &connect_url,
+            (&sn, "bm90IHRoZSBrZXk="),
+            &[],
+            401,
+            "InvalidSignature:",
+        ),
+        Case(
+            "expired token",
+            &connect_url,
+            (&sn, &sk),
+            &[("HC_TOKEN_SECONDS", "-3600")],
+            401,
+            "ExpiredToken:",
+        ),
+        Case(
+            "Send-only rule used to listen",
+            &listen_url,
+            (&sn, &sk),
+            &[],
+            403,
+            "Unauthorized access. 'Listen' claim(s) are required",
+        ),
+        Case(
+            "other hybrid connection's rule",
+            &listen_url,
+            (&on, &ok),
+            &[],
+            401,
+            "InvalidSignature:",
+        ),
+        Case(
+            "no listener",
+            &connect_url,
+            (&sn, &sk),
+            &[],
+            404,
+            "There are no listeners connected for the endpoint.",
+        ),
         Case("valid listen token", &listen_url, (&ln, &lk), &[], 101, ""),
     ];
     for Case(what, url, key, env, status, reason) in cases {
@@ -132,13 +249,18 @@ async fn the_official_client_sees_the_documented_statuses() {
         let e = peer.until("status").await;
         let e = e.last().unwrap();
         assert_eq!(e["status"].as_u64(), Some(status), "{what}: {e}");
-        assert!(e["reason"].as_str().unwrap_or_default().starts_with(reason), "{what}: {e}");
+        assert!(
+            e["reason"].as_str().unwrap_or_default().starts_with(reason),
+            "{what}: {e}"
+        );
     }
 }
 
 /// Open descriptors of this process (the in-process relay's sockets are among them).
 fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,11 +288,30 @@ async fn a_reconnect_storm_from_a_bad_key_leaves_the_relay_healthy() {
     // Still serving: a good listener and sender work.
     let (ln, lk) = key(&relay, "sample", "defaultListener");
     let (sn, sk) = key(&relay, "sample", "defaultSender");
-    let mut listener = Peer::start("listen-echo", &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"), &ca, (&ln, &lk), &[]);
+    let mut listener = Peer::start(
+        "listen-echo",
+        &relay.url("localhost", "/$hc/sample?sb-hc-action=listen"),
+        &ca,
+        (&ln, &lk),
+        &[],
+    );
     listener.until("listening").await;
-    let mut sender = Peer::start("send", &relay.url("localhost", "/$hc/sample?sb-hc-action=connect"), &ca, (&sn, &sk), &[]);
+    let mut sender = Peer::start(
+        "send",
+        &relay.url("localhost", "/$hc/sample?sb-hc-action=connect"),
+        &ca,
+        (&sn, &sk),
+        &[],
+    );
     let events = sender.until("close").await;
-    assert_eq!(events.iter().filter(|e| e["event"] == "echo" && e["ok"] == true).count(), 3, "{events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "echo" && e["ok"] == true)
+            .count(),
+        3,
+        "{events:?}"
+    );
     drop((listener, sender));
     // Nothing leaked: descriptors go back to where they were.
     for _ in 0..500 {
@@ -179,5 +320,9 @@ async fn a_reconnect_storm_from_a_bad_key_leaves_the_relay_healthy() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("descriptors {baseline} -> {}, connections {}", fd_count(), relay.emulator.relay.connection_count("default"));
+    panic!(
+        "descriptors {baseline} -> {}, connections {}",
+        fd_count(),
+        relay.emulator.relay.connection_count("default")
+    );
 }

@@ -90,12 +90,23 @@ impl Relay {
                 name: (*rule).into(),
                 primary_key: self.keys[&("sample".to_owned(), (*rule).to_owned())].clone(),
                 secondary_key: SasKey::new("unused secondary key").unwrap(),
-                rights: Rights::of(&[if *rule == "defaultListener" { Right::Listen } else { Right::Send }]),
+                rights: Rights::of(&[if *rule == "defaultListener" {
+                    Right::Listen
+                } else {
+                    Right::Send
+                }]),
             })
             .collect();
         let hosts = vec!["localhost".to_owned()];
-        let scope = AuthScope { namespace_hosts: &hosts, resource_path: "sample", entity_rules: &rules, namespace_rules: &[] };
-        [Right::Listen, Right::Send].iter().any(|r| hc_protocol::auth::authorize(token, &scope, *r, now).is_ok())
+        let scope = AuthScope {
+            namespace_hosts: &hosts,
+            resource_path: "sample",
+            entity_rules: &rules,
+            namespace_rules: &[],
+        };
+        [Right::Listen, Right::Send]
+            .iter()
+            .any(|r| hc_protocol::auth::authorize(token, &scope, *r, now).is_ok())
     }
 
     async fn tcp(&self) -> TcpStream {
@@ -113,7 +124,8 @@ fn upgrade(target: &str, extra: &str) -> Vec<u8> {
 }
 
 fn get(target: &str, extra: &str) -> Vec<u8> {
-    format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+    format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n")
+        .into_bytes()
 }
 
 /// A masked frame as a client sends it, with any header bits.
@@ -156,7 +168,9 @@ fn mutate_token(rng: &mut StdRng, valid: &str) -> String {
             3 => "A".repeat(rng.random_range(300..9000)),
             4 => "-1".into(),
             5 => "18446744073709551616".into(),
-            6 => (0..rng.random_range(1..40)).map(|_| char::from(rng.random_range(0x21u8..0x7f))).collect(),
+            6 => (0..rng.random_range(1..40))
+                .map(|_| char::from(rng.random_range(0x21u8..0x7f)))
+                .collect(),
             _ => "1e10".into(),
         }
     };
@@ -174,29 +188,66 @@ fn mutate_token(rng: &mut StdRng, valid: &str) -> String {
         2 => replace_field(valid, field, &junk(rng)),
         3 => remove_field(valid, field),
         4 => format!("{valid}&{field}={}", junk(rng)),
-        5 => valid.replacen("SharedAccessSignature ", ["SharedAccessSignature", "Bearer ", "", "SAS "][rng.random_range(0..4)], 1),
-        6 => replace_field(valid, "se", ["0", "1", "99999999999999", &u64::MAX.to_string(), "\u{967}\u{968}"][rng.random_range(0..5)]),
-        7 => replace_field(valid, "skn", ["defaultListener", "RootManageSharedAccessKey", "nope", ""][rng.random_range(0..4)]),
+        5 => valid.replacen(
+            "SharedAccessSignature ",
+            ["SharedAccessSignature", "Bearer ", "", "SAS "][rng.random_range(0..4)],
+            1,
+        ),
+        6 => replace_field(
+            valid,
+            "se",
+            [
+                "0",
+                "1",
+                "99999999999999",
+                &u64::MAX.to_string(),
+                "\u{967}\u{968}",
+            ][rng.random_range(0..5)],
+        ),
+        7 => replace_field(
+            valid,
+            "skn",
+            ["defaultListener", "RootManageSharedAccessKey", "nope", ""][rng.random_range(0..4)],
+        ),
         _ => junk(rng),
     }
 }
 
 fn replace_field(token: &str, field: &str, value: &str) -> String {
     let (prefix, pairs) = token.split_once(' ').unwrap_or(("", token));
-    let pairs: Vec<String> =
-        pairs.split('&').map(|p| if p.split('=').next() == Some(field) { format!("{field}={value}") } else { p.to_owned() }).collect();
+    let pairs: Vec<String> = pairs
+        .split('&')
+        .map(|p| {
+            if p.split('=').next() == Some(field) {
+                format!("{field}={value}")
+            } else {
+                p.to_owned()
+            }
+        })
+        .collect();
     format!("{prefix} {}", pairs.join("&"))
 }
 
 fn remove_field(token: &str, field: &str) -> String {
     let (prefix, pairs) = token.split_once(' ').unwrap_or(("", token));
-    let pairs: Vec<&str> = pairs.split('&').filter(|p| p.split('=').next() != Some(field)).collect();
+    let pairs: Vec<&str> = pairs
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(field))
+        .collect();
     format!("{prefix} {}", pairs.join("&"))
 }
 
 /// Header values may not hold control characters; percent-encode what a header cannot carry.
 fn header_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
+        .collect()
 }
 
 fn token_cases(relay: &Relay, rng: &mut StdRng, n: usize) -> Vec<Case> {
@@ -226,20 +277,69 @@ fn token_cases(relay: &Relay, rng: &mut StdRng, n: usize) -> Vec<Case> {
                         ),
                     )
                 }
-                2 => ("upgrade, query", upgrade(&format!("/$hc/sample?sb-hc-token={encoded}"), "")),
-                3 => ("upgrade, Authorization", upgrade("/$hc/sample", &format!("Authorization: {}\r\n", header_safe(&token)))),
-                4 => ("http mode, header", get("/sample/x", &format!("ServiceBusAuthorization: {}\r\n", header_safe(&token)))),
-                5 => ("http mode, query", get(&format!("/sample/x?sb-hc-token={encoded}"), "")),
-                6 => ("runtime info", get("/sample?api-version=2016-07", &format!("Authorization: {}\r\n", header_safe(&token)))),
-                _ => ("http mode, Authorization", get("/sample/y", &format!("Authorization: {}\r\n", header_safe(&token)))),
+                2 => (
+                    "upgrade, query",
+                    upgrade(&format!("/$hc/sample?sb-hc-token={encoded}"), ""),
+                ),
+                3 => (
+                    "upgrade, Authorization",
+                    upgrade(
+                        "/$hc/sample",
+                        &format!("Authorization: {}\r\n", header_safe(&token)),
+                    ),
+                ),
+                4 => (
+                    "http mode, header",
+                    get(
+                        "/sample/x",
+                        &format!("ServiceBusAuthorization: {}\r\n", header_safe(&token)),
+                    ),
+                ),
+                5 => (
+                    "http mode, query",
+                    get(&format!("/sample/x?sb-hc-token={encoded}"), ""),
+                ),
+                6 => (
+                    "runtime info",
+                    get(
+                        "/sample?api-version=2016-07",
+                        &format!("Authorization: {}\r\n", header_safe(&token)),
+                    ),
+                ),
+                _ => (
+                    "http mode, Authorization",
+                    get(
+                        "/sample/y",
+                        &format!("Authorization: {}\r\n", header_safe(&token)),
+                    ),
+                ),
             };
-            Case { kind: "tokens", what: format!("{what}: {token:.120}"), input: Input::Http(bytes), expect: Expect::ClientError }
+            Case {
+                kind: "tokens",
+                what: format!("{what}: {token:.120}"),
+                input: Input::Http(bytes),
+                expect: Expect::ClientError,
+            }
         })
         .collect()
 }
 
 fn param_cases(rng: &mut StdRng, n: usize) -> Vec<Case> {
-    let values = ["", "x", "%zz", "%00", "\u{e9}", "LISTEN", "accept", "request", "connect ", "0", "-1", "99999999999999999999", "%2e%2e"];
+    let values = [
+        "",
+        "x",
+        "%zz",
+        "%00",
+        "\u{e9}",
+        "LISTEN",
+        "accept",
+        "request",
+        "connect ",
+        "0",
+        "-1",
+        "99999999999999999999",
+        "%2e%2e",
+    ];
     (0..n)
         .map(|i| {
             let v = values[rng.random_range(0..values.len())];
@@ -430,11 +530,27 @@ fn frame_cases(rng: &mut StdRng, n: usize, control: bool) -> Vec<Case> {
             let (what, bytes, codes): (String, Vec<u8>, &'static [u16]) = match i % 11 {
                 0 => {
                     let op = [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf][rng.random_range(0..10)];
-                    (format!("reserved opcode {op}"), frame_bytes(0x80 | op, true, None, b"x"), PROTOCOL)
+                    (
+                        format!("reserved opcode {op}"),
+                        frame_bytes(0x80 | op, true, None, b"x"),
+                        PROTOCOL,
+                    )
                 }
-                1 => ("unmasked frame".into(), frame_bytes(0x82, false, None, b"data"), PROTOCOL),
-                2 => ("fragmented ping".into(), frame_bytes(0x09, true, None, b"p"), PROTOCOL),
-                3 => ("ping over 125 bytes".into(), frame_bytes(0x89, true, None, &[b'p'; 126]), PROTOCOL),
+                1 => (
+                    "unmasked frame".into(),
+                    frame_bytes(0x82, false, None, b"data"),
+                    PROTOCOL,
+                ),
+                2 => (
+                    "fragmented ping".into(),
+                    frame_bytes(0x09, true, None, b"p"),
+                    PROTOCOL,
+                ),
+                3 => (
+                    "ping over 125 bytes".into(),
+                    frame_bytes(0x89, true, None, &[b'p'; 126]),
+                    PROTOCOL,
+                ),
                 4 => (
                     "length with the top bit set".into(),
                     frame_bytes(0x82, true, Some(1 << 63 | rng.random_range(0..1000)), b""),
@@ -442,24 +558,53 @@ fn frame_cases(rng: &mut StdRng, n: usize, control: bool) -> Vec<Case> {
                 ),
                 5 => {
                     let rsv = [0x40u8, 0x20, 0x10, 0x70][rng.random_range(0..4)];
-                    (format!("reserved bits {rsv:#x}"), frame_bytes(0x80 | rsv | 2, true, None, b"x"), PROTOCOL)
+                    (
+                        format!("reserved bits {rsv:#x}"),
+                        frame_bytes(0x80 | rsv | 2, true, None, b"x"),
+                        PROTOCOL,
+                    )
                 }
-                6 => ("continuation first".into(), frame_bytes(0x80, true, None, b"x"), PROTOCOL),
-                7 => ("close with one byte".into(), frame_bytes(0x88, true, None, &[3]), PROTOCOL),
+                6 => (
+                    "continuation first".into(),
+                    frame_bytes(0x80, true, None, b"x"),
+                    PROTOCOL,
+                ),
+                7 => (
+                    "close with one byte".into(),
+                    frame_bytes(0x88, true, None, &[3]),
+                    PROTOCOL,
+                ),
                 8 => {
-                    let code = [0u16, 999, 1004, 1005, 1006, 1015, 5000, 65535][rng.random_range(0..8)];
-                    (format!("close code {code}"), frame_bytes(0x88, true, None, &code.to_be_bytes()), PROTOCOL)
+                    let code =
+                        [0u16, 999, 1004, 1005, 1006, 1015, 5000, 65535][rng.random_range(0..8)];
+                    (
+                        format!("close code {code}"),
+                        frame_bytes(0x88, true, None, &code.to_be_bytes()),
+                        PROTOCOL,
+                    )
                 }
-                9 => ("close reason not UTF-8".into(), frame_bytes(0x88, true, None, b"\x03\xe8\xff\xfe"), &[1002, 1007]),
+                9 => (
+                    "close reason not UTF-8".into(),
+                    frame_bytes(0x88, true, None, b"\x03\xe8\xff\xfe"),
+                    &[1002, 1007],
+                ),
                 _ => {
                     let mut b = frame_bytes(0x01, true, None, b"start");
                     b.extend(frame_bytes(0x82, true, None, b"new message inside"));
                     ("data frame inside a fragmented message".into(), b, PROTOCOL)
                 }
             };
-            let input = if control { Input::Control(bytes) } else { Input::Tunnel(bytes) };
+            let input = if control {
+                Input::Control(bytes)
+            } else {
+                Input::Tunnel(bytes)
+            };
             Case {
-                kind: if control { "frames on control channels" } else { "frames on tunnels" },
+                kind: if control {
+                    "frames on control channels"
+                } else {
+                    "frames on tunnels"
+                },
                 what,
                 input,
                 expect: Expect::Close(codes),
@@ -475,7 +620,9 @@ async fn read_status(io: &mut TcpStream) -> Outcome {
     loop {
         match tokio::time::timeout(Duration::from_secs(15), io.read(&mut chunk)).await {
             Err(_) => return Outcome::Dropped("no answer within 15 s".into()),
-            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Outcome::Dropped("closed without an answer".into()),
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => {
+                return Outcome::Dropped("closed without an answer".into());
+            }
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
@@ -511,8 +658,12 @@ async fn probe_alive(client: &mut RawClient) -> Outcome {
     }
     loop {
         match tokio::time::timeout(Duration::from_secs(15), client.recv()).await {
-            Ok(Ok(Some(f))) if f.opcode == OpCode::Pong && f.payload == b"probe" => return Outcome::Alive,
-            Ok(Ok(Some(f))) if f.opcode == OpCode::Close => return Outcome::Close(CloseFrame::parse(&f.payload).ok().and_then(|c| c.code)),
+            Ok(Ok(Some(f))) if f.opcode == OpCode::Pong && f.payload == b"probe" => {
+                return Outcome::Alive;
+            }
+            Ok(Ok(Some(f))) if f.opcode == OpCode::Close => {
+                return Outcome::Close(CloseFrame::parse(&f.payload).ok().and_then(|c| c.code));
+            }
             Ok(Ok(Some(_))) => continue,
             _ => return Outcome::Dropped("no pong".into()),
         }
@@ -522,7 +673,13 @@ async fn probe_alive(client: &mut RawClient) -> Outcome {
 async fn listen(relay: &Relay, hc: &str) -> RawClient {
     let token = relay.token(hc, "defaultListener", relay_server::now_unix() + 3600);
     let url = format!("ws://localhost:{}/$hc/{hc}?sb-hc-action=listen", relay.port);
-    let h = raw::handshake(Box::new(relay.tcp().await), &url, &[("ServiceBusAuthorization", &token)]).await.unwrap();
+    let h = raw::handshake(
+        Box::new(relay.tcp().await),
+        &url,
+        &[("ServiceBusAuthorization", &token)],
+    )
+    .await
+    .unwrap();
     assert_eq!(h.status, 101, "{}", h.reason);
     h.client
 }
@@ -545,7 +702,9 @@ async fn tunnel(relay: &Relay, listener: &tokio::sync::Mutex<RawClient>) -> (Raw
                 l.send(true, OpCode::Pong, &f.payload).await.unwrap();
             }
         };
-        raw::handshake(Box::new(relay.tcp().await), &address, &[]).await.unwrap()
+        raw::handshake(Box::new(relay.tcp().await), &address, &[])
+            .await
+            .unwrap()
     };
     let (s, joined) = tokio::join!(sender, join);
     let s = s.unwrap();
@@ -559,7 +718,9 @@ async fn run_case(relay: &Relay, case: &Case, listener: &tokio::sync::Mutex<RawC
             let mut tcp = relay.tcp().await;
             if let Err(e) = tcp.write_all(bytes).await {
                 // The relay may answer and close before a huge head is written; read it.
-                if e.kind() != std::io::ErrorKind::BrokenPipe && e.kind() != std::io::ErrorKind::ConnectionReset {
+                if e.kind() != std::io::ErrorKind::BrokenPipe
+                    && e.kind() != std::io::ErrorKind::ConnectionReset
+                {
                     return Outcome::Dropped(format!("write failed: {e}"));
                 }
             }
@@ -604,21 +765,31 @@ async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
         ..Default::default()
     };
     let endpoint = echo.to_string();
-    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await.unwrap().expect("chain starts");
+    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options))
+        .await
+        .unwrap()
+        .expect("chain starts");
     let mut keys = BTreeMap::new();
     for hc in ["sample", "tunnel"] {
         for rule in ["defaultSender", "defaultListener"] {
             keys.insert((hc.to_owned(), rule.to_owned()), hc_key(&chain, hc, rule));
         }
     }
-    let relay = Relay { port: chain.relay_port, keys };
+    let relay = Relay {
+        port: chain.relay_port,
+        keys,
+    };
     let rss_before = chain.relay.rss_kib();
 
     // Phase 1, HTTP: `sample` has no listener, so a mutated token that still verifies gets a
     // 404 rather than a rendezvous. Phase 2, channels: listeners on `sample` get the control
     // cases; `tunnel`'s one listener (ours) joins the tunnel cases.
     // MALFORMED_SHARE=10 runs a tenth of every category (for a quick look by hand).
-    let share: usize = std::env::var("MALFORMED_SHARE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let share: usize = std::env::var("MALFORMED_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut rng = StdRng::seed_from_u64(0x5eed_0010);
     let mut http = Vec::new();
     http.extend(token_cases(&relay, &mut rng, 4000 / share));
@@ -650,10 +821,10 @@ async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
                     entry.0 += 1;
                     if !ok {
                         entry.1 += 1;
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("[{}] {} -> {:?} (expected {:?})", case.kind, case.what, outcome, case.expect));
+                        failures.lock().unwrap().push(format!(
+                            "[{}] {} -> {:?} (expected {:?})",
+                            case.kind, case.what, outcome, case.expect
+                        ));
                     }
                 }
             })
@@ -661,23 +832,43 @@ async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
     }
     let took = started.elapsed();
     let rss_after = chain.relay.rss_kib();
-    eprintln!("{total} malformed inputs in {:.1} s; relay RSS {rss_before} KiB -> {rss_after} KiB", took.as_secs_f64());
+    eprintln!(
+        "{total} malformed inputs in {:.1} s; relay RSS {rss_before} KiB -> {rss_after} KiB",
+        took.as_secs_f64()
+    );
     for (kind, (n, bad)) in tally.lock().unwrap().iter() {
         eprintln!("  {kind:<28} {n:>6} inputs, {bad} unexpected");
     }
     let failures = failures.into_inner().unwrap();
     let mut kinds: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for f in &failures {
-        let key = f.split(" -> ").nth(1).unwrap_or_default().chars().take(60).collect::<String>();
+        let key = f
+            .split(" -> ")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take(60)
+            .collect::<String>();
         let e = kinds.entry(key).or_insert((0, f.clone()));
         e.0 += 1;
     }
-    let summary: Vec<String> = kinds.values().map(|(n, example)| format!("{n} x {example:.300}")).collect();
-    assert!(failures.is_empty(), "{} unexpected answers:\n{}", failures.len(), summary.join("\n"));
+    let summary: Vec<String> = kinds
+        .values()
+        .map(|(n, example)| format!("{n} x {example:.300}"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} unexpected answers:\n{}",
+        failures.len(),
+        summary.join("\n")
+    );
 
     let log = chain.relay.log_text();
     assert_eq!(log.matches("panicked").count(), 0, "relay log:\n{log}");
-    assert!(rss_after < rss_before + 64 * 1024, "relay memory grew from {rss_before} KiB to {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "relay memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
     // A normal tunnel through the shim, relay and HCM still works.
     let mut tcp = TcpStream::connect(chain.forward).await.unwrap();
     tcp.write_all(b"still works").await.unwrap();
@@ -688,10 +879,22 @@ async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
 
 /// The primary key of a rule of one of the relay's hybrid connections, from its keys file.
 fn hc_key(chain: &Chain, hc: &str, rule: &str) -> SasKey {
-    let keys = std::fs::read_to_string(chain.relay_data_dir().join("connection-strings.txt")).unwrap();
+    let keys =
+        std::fs::read_to_string(chain.relay_data_dir().join("connection-strings.txt")).unwrap();
     let line = keys
         .lines()
-        .find(|l| l.contains(&format!("SharedAccessKeyName={rule};")) && l.ends_with(&format!("EntityPath={hc}")))
+        .find(|l| {
+            l.contains(&format!("SharedAccessKeyName={rule};"))
+                && l.ends_with(&format!("EntityPath={hc}"))
+        })
         .unwrap_or_else(|| panic!("no {rule} for {hc} in\n{keys}"));
-    SasKey::new(line.split("SharedAccessKey=").nth(1).unwrap().split(';').next().unwrap()).unwrap()
+    SasKey::new(
+        line.split("SharedAccessKey=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap(),
+    )
+    .unwrap()
 }

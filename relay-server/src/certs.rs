@@ -56,22 +56,35 @@ pub struct TlsMaterial {
 
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsMaterial").field("server_key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("TlsMaterial")
+            .field("server_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, CA_COMMON_NAME);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(params)
 }
 
-fn issue_server(issuer: &Issuer<'_, KeyPair>, hosts: &[String]) -> Result<(String, String), rcgen::Error> {
+fn issue_server(
+    issuer: &Issuer<'_, KeyPair>,
+    hosts: &[String],
+) -> Result<(String, String), rcgen::Error> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(hosts.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, "Hybrid Connections emulator");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Hybrid Connections emulator");
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -83,7 +96,11 @@ impl TlsMaterial {
         let ca_key = KeyPair::generate()?;
         let ca_pem = ca_params()?.self_signed(&ca_key)?.pem();
         let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
-        Ok(TlsMaterial { ca_pem, server_pem, server_key_pem })
+        Ok(TlsMaterial {
+            ca_pem,
+            server_pem,
+            server_key_pem,
+        })
     }
 
     /// Loads the CA from `dir` (making it the first time) and a server certificate for
@@ -117,10 +134,21 @@ impl TlsMaterial {
             }
         };
         let wanted = hosts.join("\n");
-        if !fresh_ca && let (Some(cert), Some(key), Some(names)) = (read(SERVER_FILE)?, read(SERVER_KEY_FILE)?, read(SERVER_HOSTS_FILE)?) {
-            let usable = names == wanted && pair_matches(&cert, &key) && signed_by(&cert, &ca_pem, hosts);
+        if !fresh_ca
+            && let (Some(cert), Some(key), Some(names)) = (
+                read(SERVER_FILE)?,
+                read(SERVER_KEY_FILE)?,
+                read(SERVER_HOSTS_FILE)?,
+            )
+        {
+            let usable =
+                names == wanted && pair_matches(&cert, &key) && signed_by(&cert, &ca_pem, hosts);
             if usable {
-                return Ok(TlsMaterial { ca_pem, server_pem: cert, server_key_pem: key });
+                return Ok(TlsMaterial {
+                    ca_pem,
+                    server_pem: cert,
+                    server_key_pem: key,
+                });
             }
             if names == wanted {
                 tracing::warn!(dir = %dir.display(), "server.pem and server-key.pem do not belong together (interrupted write?); issuing them again");
@@ -130,7 +158,11 @@ impl TlsMaterial {
         write(dir, SERVER_KEY_FILE, &server_key_pem)?;
         write(dir, SERVER_FILE, &server_pem)?;
         write(dir, SERVER_HOSTS_FILE, &wanted)?;
-        Ok(TlsMaterial { ca_pem, server_pem, server_key_pem })
+        Ok(TlsMaterial {
+            ca_pem,
+            server_pem,
+            server_key_pem,
+        })
     }
 
     /// A rustls server configuration (HTTP/1.1 only, as WebSocket upgrades need).
@@ -138,7 +170,8 @@ impl TlsMaterial {
         let certs = CertificateDer::pem_slice_iter(self.server_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CertError::Pem(SERVER_FILE.into()))?;
-        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).map_err(|_| CertError::Pem(SERVER_KEY_FILE.into()))?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .map_err(|_| CertError::Pem(SERVER_KEY_FILE.into()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -151,31 +184,64 @@ impl TlsMaterial {
 
 /// Whether the private key in `key_pem` belongs to the first certificate in `cert_pem`.
 fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
-    let Ok(certs) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>() else { return false };
-    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else { return false };
-    let Ok(signing) = rustls::crypto::ring::sign::any_supported_type(&key) else { return false };
-    !certs.is_empty() && rustls::sign::CertifiedKey::new(certs, signing).keys_match().is_ok()
+    let Ok(certs) =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(signing) = rustls::crypto::ring::sign::any_supported_type(&key) else {
+        return false;
+    };
+    !certs.is_empty()
+        && rustls::sign::CertifiedKey::new(certs, signing)
+            .keys_match()
+            .is_ok()
 }
 
 /// Whether `cert_pem` was issued by the CA in `ca_pem` for the first of `hosts`.
 fn signed_by(cert_pem: &str, ca_pem: &str, hosts: &[String]) -> bool {
-    let Some(name) = hosts.first().and_then(|h| rustls::pki_types::ServerName::try_from(h.clone()).ok()) else { return false };
+    let Some(name) = hosts
+        .first()
+        .and_then(|h| rustls::pki_types::ServerName::try_from(h.clone()).ok())
+    else {
+        return false;
+    };
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
         let _ = roots.add(ca);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build() else { return false };
-    let Some(Ok(cert)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else { return false };
-    rustls::client::danger::ServerCertVerifier::verify_server_cert(&*verifier, &cert, &[], &name, &[], rustls::pki_types::UnixTime::now())
-        .is_ok()
+    let Ok(verifier) =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+    else {
+        return false;
+    };
+    let Some(Ok(cert)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return false;
+    };
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(
+        &*verifier,
+        &cert,
+        &[],
+        &name,
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    )
+    .is_ok()
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, CertError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CertError::Io { path: path.into(), source }),
+        Err(source) => Err(CertError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -194,7 +260,10 @@ mod tests {
         let hosts = vec!["localhost".to_owned(), "default.localhost".to_owned()];
         let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
         let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
-        assert_eq!((first.ca_pem.clone(), first.server_pem.clone()), (again.ca_pem.clone(), again.server_pem.clone()));
+        assert_eq!(
+            (first.ca_pem.clone(), first.server_pem.clone()),
+            (again.ca_pem.clone(), again.server_pem.clone())
+        );
         let more = vec!["localhost".to_owned(), "contoso.localhost".to_owned()];
         let changed = TlsMaterial::load_or_create(dir.path(), &more).unwrap();
         assert_eq!(changed.ca_pem, first.ca_pem);
@@ -210,7 +279,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["localhost".to_owned()];
         let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
-        std::fs::write(dir.path().join(SERVER_KEY_FILE), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        std::fs::write(
+            dir.path().join(SERVER_KEY_FILE),
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
         let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
         assert!(again.server_config().is_ok(), "the pair matches again");
         assert_eq!(again.ca_pem, first.ca_pem, "the CA is kept");
@@ -224,10 +297,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["localhost".to_owned()];
         let first = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
-        std::fs::write(dir.path().join(CA_KEY_FILE), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        std::fs::write(
+            dir.path().join(CA_KEY_FILE),
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
         let again = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
         assert_ne!(again.ca_pem, first.ca_pem);
-        assert!(signed_by(&again.server_pem, &again.ca_pem, &hosts) && again.server_config().is_ok());
+        assert!(
+            signed_by(&again.server_pem, &again.ca_pem, &hosts) && again.server_config().is_ok()
+        );
         // A server certificate from another CA (ca.pem replaced alone) is issued again too.
         let other = TlsMaterial::generate(&hosts).unwrap();
         std::fs::write(dir.path().join(SERVER_FILE), &other.server_pem).unwrap();

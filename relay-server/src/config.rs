@@ -10,8 +10,8 @@ use hc_protocol::Rights;
 use serde::Deserialize;
 
 use crate::model::{
-    self, DEFAULT_NAMESPACE, HybridConnection, LISTENER_RULE, Model, ModelError, Namespace, ROOT_RULE, Rule, SAMPLE_HYBRID_CONNECTION,
-    SENDER_RULE,
+    self, DEFAULT_NAMESPACE, HybridConnection, LISTENER_RULE, Model, ModelError, Namespace,
+    ROOT_RULE, Rule, SAMPLE_HYBRID_CONNECTION, SENDER_RULE,
 };
 
 /// The whole file.
@@ -77,7 +77,10 @@ pub struct RuleConfig {
 
 impl std::fmt::Debug for RuleConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleConfig").field("name", &self.name).field("rights", &self.rights).finish_non_exhaustive()
+        f.debug_struct("RuleConfig")
+            .field("name", &self.name)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,12 +106,22 @@ impl ConfigFile {
 fn rule_from_config(existing: &[Rule], rc: &RuleConfig) -> Result<Rule, ModelError> {
     let rights = model::parse_rights(&rc.rights)?;
     let old = existing.iter().find(|r| r.0.name == rc.name);
-    let primary = rc.primary_key.as_deref().or(old.map(|r| r.0.primary_key.expose()));
-    let secondary = rc.secondary_key.as_deref().or(old.map(|r| r.0.secondary_key.expose()));
+    let primary = rc
+        .primary_key
+        .as_deref()
+        .or(old.map(|r| r.0.primary_key.expose()));
+    let secondary = rc
+        .secondary_key
+        .as_deref()
+        .or(old.map(|r| r.0.secondary_key.expose()));
     model::new_rule(&rc.name, rights, primary, secondary)
 }
 
-fn apply_rules(rules: &mut Vec<Rule>, owner: &str, configs: &[RuleConfig]) -> Result<(), ModelError> {
+fn apply_rules(
+    rules: &mut Vec<Rule>,
+    owner: &str,
+    configs: &[RuleConfig],
+) -> Result<(), ModelError> {
     for rc in configs {
         let rule = rule_from_config(rules, rc)?;
         model::upsert_rule(rules, owner, rule)?;
@@ -119,12 +132,22 @@ fn apply_rules(rules: &mut Vec<Rule>, owner: &str, configs: &[RuleConfig]) -> Re
 fn apply_namespace(model: &mut Model, cfg: &NamespaceConfig, now: u64) -> Result<(), ModelError> {
     model::validate_namespace_name(&cfg.name)?;
     if cfg.default {
-        model.namespaces.values_mut().for_each(|ns| ns.default = false);
+        model
+            .namespaces
+            .values_mut()
+            .for_each(|ns| ns.default = false);
     }
-    let ns = model.namespaces.entry(cfg.name.to_ascii_lowercase()).or_insert_with(|| empty_namespace(&cfg.name, now));
+    let ns = model
+        .namespaces
+        .entry(cfg.name.to_ascii_lowercase())
+        .or_insert_with(|| empty_namespace(&cfg.name, now));
     ns.aliases = cfg.aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
     ns.default = cfg.default;
-    apply_rules(&mut ns.authorization_rules, &cfg.name, &cfg.authorization_rules)?;
+    apply_rules(
+        &mut ns.authorization_rules,
+        &cfg.name,
+        &cfg.authorization_rules,
+    )?;
     ensure_root_rule(ns)?;
     for hc in &cfg.hybrid_connections {
         apply_hybrid_connection(ns, hc, now)?;
@@ -132,19 +155,32 @@ fn apply_namespace(model: &mut Model, cfg: &NamespaceConfig, now: u64) -> Result
     Ok(())
 }
 
-fn apply_hybrid_connection(ns: &mut Namespace, cfg: &HybridConnectionConfig, now: u64) -> Result<(), ModelError> {
+fn apply_hybrid_connection(
+    ns: &mut Namespace,
+    cfg: &HybridConnectionConfig,
+    now: u64,
+) -> Result<(), ModelError> {
     model::validate_hybrid_connection_name(&cfg.name)?;
     let metadata = match (&cfg.endpoint, &cfg.user_metadata) {
         (Some(endpoint), _) => Some(model::endpoint_metadata(&cfg.name, endpoint)?),
         (None, metadata) => metadata.clone(),
     };
-    let hc = ns.hybrid_connections.entry(cfg.name.to_ascii_lowercase()).or_insert_with(|| empty_hybrid_connection(&cfg.name, now));
-    if hc.requires_client_authorization != cfg.requires_client_authorization || hc.user_metadata != metadata {
+    let hc = ns
+        .hybrid_connections
+        .entry(cfg.name.to_ascii_lowercase())
+        .or_insert_with(|| empty_hybrid_connection(&cfg.name, now));
+    if hc.requires_client_authorization != cfg.requires_client_authorization
+        || hc.user_metadata != metadata
+    {
         hc.updated_at = now;
     }
     hc.requires_client_authorization = cfg.requires_client_authorization;
     hc.user_metadata = metadata;
-    apply_rules(&mut hc.authorization_rules, &cfg.name, &cfg.authorization_rules)?;
+    apply_rules(
+        &mut hc.authorization_rules,
+        &cfg.name,
+        &cfg.authorization_rules,
+    )?;
     ensure_app_service_rules(hc)
 }
 
@@ -175,7 +211,8 @@ pub fn empty_hybrid_connection(name: &str, now: u64) -> HybridConnection {
 /// Adds `RootManageSharedAccessKey` (all rights) when the namespace has no rule (§3.4).
 pub fn ensure_root_rule(ns: &mut Namespace) -> Result<(), ModelError> {
     if ns.authorization_rules.is_empty() {
-        ns.authorization_rules.push(model::new_rule(ROOT_RULE, Rights::ALL, None, None)?);
+        ns.authorization_rules
+            .push(model::new_rule(ROOT_RULE, Rights::ALL, None, None)?);
     }
     Ok(())
 }
@@ -185,8 +222,18 @@ pub fn ensure_root_rule(ns: &mut Namespace) -> Result<(), ModelError> {
 pub fn ensure_app_service_rules(hc: &mut HybridConnection) -> Result<(), ModelError> {
     use hc_protocol::Right;
     if hc.authorization_rules.is_empty() {
-        hc.authorization_rules.push(model::new_rule(LISTENER_RULE, Rights::of(&[Right::Listen]), None, None)?);
-        hc.authorization_rules.push(model::new_rule(SENDER_RULE, Rights::of(&[Right::Send]), None, None)?);
+        hc.authorization_rules.push(model::new_rule(
+            LISTENER_RULE,
+            Rights::of(&[Right::Listen]),
+            None,
+            None,
+        )?);
+        hc.authorization_rules.push(model::new_rule(
+            SENDER_RULE,
+            Rights::of(&[Right::Send]),
+            None,
+            None,
+        )?);
     }
     Ok(())
 }
@@ -202,7 +249,8 @@ pub fn ensure_default_namespace(model: &mut Model, now: u64) -> Result<(), Model
     ensure_root_rule(&mut ns)?;
     let mut hc = empty_hybrid_connection(SAMPLE_HYBRID_CONNECTION, now);
     ensure_app_service_rules(&mut hc)?;
-    ns.hybrid_connections.insert(SAMPLE_HYBRID_CONNECTION.into(), hc);
+    ns.hybrid_connections
+        .insert(SAMPLE_HYBRID_CONNECTION.into(), hc);
     model.namespaces.insert(DEFAULT_NAMESPACE.into(), ns);
     Ok(())
 }
@@ -229,28 +277,58 @@ mod tests {
         let mut m = Model::default();
         cfg.apply(&mut m, 100).unwrap();
         let ns = m.namespace("contoso").unwrap();
-        assert_eq!(ns.authorization_rules[0].0.primary_key.expose(), "fixed-key");
+        assert_eq!(
+            ns.authorization_rules[0].0.primary_key.expose(),
+            "fixed-key"
+        );
         let db = &ns.hybrid_connections["db"];
-        assert_eq!(db.user_metadata.as_deref(), Some(r#"[{"key":"endpoint","value":"localhost:5432"}]"#));
-        assert_eq!(db.authorization_rules.iter().map(|r| r.0.name.as_str()).collect::<Vec<_>>(), ["defaultListener", "defaultSender"]);
+        assert_eq!(
+            db.user_metadata.as_deref(),
+            Some(r#"[{"key":"endpoint","value":"localhost:5432"}]"#)
+        );
+        assert_eq!(
+            db.authorization_rules
+                .iter()
+                .map(|r| r.0.name.as_str())
+                .collect::<Vec<_>>(),
+            ["defaultListener", "defaultSender"]
+        );
         let generated = db.authorization_rules[0].0.primary_key.clone();
         let open = &ns.hybrid_connections["open"];
         assert!(!open.requires_client_authorization && open.authorization_rules.len() == 1);
         // Applying again (a restart) keeps the generated keys.
         cfg.apply(&mut m, 200).unwrap();
-        assert_eq!(m.namespace("contoso").unwrap().hybrid_connections["db"].authorization_rules[0].0.primary_key, generated);
-        assert_eq!(m.namespace("contoso").unwrap().hybrid_connections["db"].updated_at, 100);
+        assert_eq!(
+            m.namespace("contoso").unwrap().hybrid_connections["db"].authorization_rules[0]
+                .0
+                .primary_key,
+            generated
+        );
+        assert_eq!(
+            m.namespace("contoso").unwrap().hybrid_connections["db"].updated_at,
+            100
+        );
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let err = ConfigFile::parse(r#"{"namespaces":[{"name":"contoso","hybridConections":[]}]}"#).unwrap_err();
+        let err = ConfigFile::parse(r#"{"namespaces":[{"name":"contoso","hybridConections":[]}]}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("hybridConections"), "{err}");
         let bad_endpoint = r#"{"namespaces":[{"name":"contoso","hybridConnections":[{"name":"db","endpoint":"nope"}]}]}"#;
-        let err = ConfigFile::parse(bad_endpoint).unwrap().apply(&mut Model::default(), 0).unwrap_err();
-        assert!(err.to_string().contains("'db'") && err.to_string().contains("nope"), "{err}");
+        let err = ConfigFile::parse(bad_endpoint)
+            .unwrap()
+            .apply(&mut Model::default(), 0)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("'db'") && err.to_string().contains("nope"),
+            "{err}"
+        );
         let bad_right = r#"{"namespaces":[{"name":"contoso","authorizationRules":[{"name":"r","rights":["Owner"]}]}]}"#;
-        let err = ConfigFile::parse(bad_right).unwrap().apply(&mut Model::default(), 0).unwrap_err();
+        let err = ConfigFile::parse(bad_right)
+            .unwrap()
+            .apply(&mut Model::default(), 0)
+            .unwrap_err();
         assert_eq!(err, ModelError::UnknownRight("Owner".into()));
     }
 
@@ -259,7 +337,10 @@ mod tests {
         let mut m = Model::default();
         ensure_default_namespace(&mut m, 5).unwrap();
         let ns = m.namespace_for_host("localhost:9443").unwrap();
-        assert_eq!((ns.name.as_str(), ns.authorization_rules[0].0.name.as_str()), ("default", ROOT_RULE));
+        assert_eq!(
+            (ns.name.as_str(), ns.authorization_rules[0].0.name.as_str()),
+            ("default", ROOT_RULE)
+        );
         assert!(ns.hybrid_connections.contains_key("sample"));
         let before = m.namespaces.len();
         ensure_default_namespace(&mut m, 6).unwrap();

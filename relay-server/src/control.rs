@@ -30,7 +30,9 @@ use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info};
 
 use crate::lifecycle::{ListenerLife, PingDue};
-use crate::registry::{ConnectionPermit, ControlOut, Delivery, HcKey, ListenerGuard, PendingHttp, RendezvousReply};
+use crate::registry::{
+    ConnectionPermit, ControlOut, Delivery, HcKey, ListenerGuard, PendingHttp, RendezvousReply,
+};
 use crate::state::RelayState;
 use crate::target::Target;
 
@@ -87,7 +89,15 @@ impl Shared<'_> {
 impl ControlChannel {
     /// Serves the channel until it closes.
     pub async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send>(self, io: IO) {
-        let ControlChannel { state, hc, tracking_id, expires_at, guard, permit, mut rx } = self;
+        let ControlChannel {
+            state,
+            hc,
+            tracking_id,
+            expires_at,
+            guard,
+            permit,
+            mut rx,
+        } = self;
         let keepalive = state.options.listener_keepalive;
         let config = Config::new(Role::Server)
             .max_message(MAX_CONTROL_MESSAGE_BYTES)
@@ -100,7 +110,12 @@ impl ControlChannel {
             hc: &hc,
             tracking_id: &tracking_id,
             listener_id: guard.id(),
-            life: Mutex::new(ListenerLife::new(expires_at, state.options.token_grace, keepalive, now)),
+            life: Mutex::new(ListenerLife::new(
+                expires_at,
+                state.options.token_grace,
+                keepalive,
+                now,
+            )),
             changed: Notify::new(),
         };
         let mid_write = AtomicBool::new(false);
@@ -120,7 +135,11 @@ impl ControlChannel {
 
 /// Sends what `exit` calls for (unless a write was cut in the middle of a frame), closes TCP,
 /// and says why the channel ended.
-async fn finish<W: AsyncWrite + Unpin>(exit: Exit, writer: &mut Writer<W>, mid_write: bool) -> String {
+async fn finish<W: AsyncWrite + Unpin>(
+    exit: Exit,
+    writer: &mut Writer<W>,
+    mid_write: bool,
+) -> String {
     let why = match &exit {
         Exit::Close(code, reason) => format!("closed by relay: {code} {reason}"),
         Exit::Echo(close) => format!("closed by listener: {:?} {}", close.code, close.reason),
@@ -142,7 +161,11 @@ async fn finish<W: AsyncWrite + Unpin>(exit: Exit, writer: &mut Writer<W>, mid_w
 
 impl Shared<'_> {
     /// Reads the listener's messages until one ends the channel.
-    async fn inbound<R: AsyncRead + Unpin>(&self, reader: &mut Reader<R>, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) -> Exit {
+    async fn inbound<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut Reader<R>,
+        awaiting: &mut Option<(ResponseCommand, PendingHttp)>,
+    ) -> Exit {
         loop {
             let message = reader.next_message().await;
             if let Ok(Some(m)) = &message {
@@ -157,13 +180,17 @@ impl Shared<'_> {
                             let _ = pending.reply.send(Delivery::Control(response, Some(b)));
                         }
                         // Node sends an empty binary message after a body:false response (§5.3).
-                        None => debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel"),
+                        None => {
+                            debug!(tracking_id = %self.tracking_id, len = b.len(), "ignored binary message on control channel")
+                        }
                     }
                     None
                 }
                 Ok(Some(Message::Ping | Message::Pong)) => None,
                 Ok(Some(Message::Close(close))) => Some(Exit::Echo(close)),
-                Ok(None) => Some(Exit::Drop("listener closed TCP without a close frame".into())),
+                Ok(None) => Some(Exit::Drop(
+                    "listener closed TCP without a close frame".into(),
+                )),
                 Err(e) => Some(read_error_exit(e)),
             };
             if let Some(exit) = exit {
@@ -184,7 +211,10 @@ impl Shared<'_> {
         loop {
             let (expiry, next_ping) = {
                 let life = self.life();
-                (life.expiry_deadline(clock.unix_now(), clock.instant_now()), life.next_ping())
+                (
+                    life.expiry_deadline(clock.unix_now(), clock.instant_now()),
+                    life.next_ping(),
+                )
             };
             let step = tokio::select! {
                 _ = writer.control_ready() => guarded(mid_write, writer.flush_control()).await,
@@ -223,7 +253,11 @@ impl Shared<'_> {
         format!("{text} TrackingId:{}", self.tracking_id)
     }
 
-    fn on_command(&self, text: &str, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) -> Option<Exit> {
+    fn on_command(
+        &self,
+        text: &str,
+        awaiting: &mut Option<(ResponseCommand, PendingHttp)>,
+    ) -> Option<Exit> {
         match ListenerCommand::parse(text) {
             Ok(Incoming::Known(ListenerCommand::RenewToken(renew))) => self.renew(&renew.token),
             Ok(Incoming::Known(ListenerCommand::Response(r))) => {
@@ -236,9 +270,15 @@ impl Shared<'_> {
             }
             // A response that cannot be read fails its request at once (502); the channel
             // stays, since the listener's other requests are not affected.
-            Err(ControlError::BadCommand { command, reason, request_id: Some(id) }) if command == "response" => {
+            Err(ControlError::BadCommand {
+                command,
+                reason,
+                request_id: Some(id),
+            }) if command == "response" => {
                 if let Some(pending) = self.take_own_request(&id) {
-                    let _ = pending.reply.send(Delivery::Failed(format!("The listener sent an invalid response: {reason}")));
+                    let _ = pending.reply.send(Delivery::Failed(format!(
+                        "The listener sent an invalid response: {reason}"
+                    )));
                 }
                 None
             }
@@ -248,7 +288,11 @@ impl Shared<'_> {
 
     /// A `response` answers a request only if this listener was given that request; anything
     /// else is ignored and the request stays where it is.
-    fn on_response(&self, r: ResponseCommand, awaiting: &mut Option<(ResponseCommand, PendingHttp)>) {
+    fn on_response(
+        &self,
+        r: ResponseCommand,
+        awaiting: &mut Option<(ResponseCommand, PendingHttp)>,
+    ) {
         if let Some((response, pending)) = awaiting.take() {
             let _ = pending.reply.send(Delivery::Control(response, None));
         }
@@ -265,7 +309,9 @@ impl Shared<'_> {
 
     fn take_own_request(&self, id: &str) -> Option<PendingHttp> {
         let me = self.listener_id;
-        self.state.registry.take_http_if(self.hc, id, |p| p.listener == me)
+        self.state
+            .registry
+            .take_http_if(self.hc, id, |p| p.listener == me)
     }
 
     /// `renewToken`: a valid Listen token moves the expiry; anything else closes with 1008.
@@ -273,7 +319,10 @@ impl Shared<'_> {
         let now = self.state.options.clock.unix_now();
         let result = Target::lookup(&self.state.store.read(), self.hc)
             .map_err(|e| e.to_string())
-            .and_then(|t| t.authorize(Some(token), Right::Listen, now).map_err(|e| e.to_string()));
+            .and_then(|t| {
+                t.authorize(Some(token), Right::Listen, now)
+                    .map_err(|e| e.to_string())
+            });
         match result {
             Ok(auth) => {
                 debug!(tracking_id = %self.tracking_id, expires_at = auth.expires_at, "token renewed");
@@ -281,14 +330,20 @@ impl Shared<'_> {
                 self.changed.notify_one();
                 None
             }
-            Err(why) => Some(Exit::Close(close_code::POLICY_VIOLATION, format!("{why} TrackingId:{}", self.tracking_id))),
+            Err(why) => Some(Exit::Close(
+                close_code::POLICY_VIOLATION,
+                format!("{why} TrackingId:{}", self.tracking_id),
+            )),
         }
     }
 }
 
 /// Runs a write, marking it as in progress (a write cut in the middle leaves a partial frame
 /// on the wire, after which no Close may be written).
-async fn guarded<F: Future<Output = std::io::Result<()>>>(mid_write: &AtomicBool, write: F) -> std::io::Result<()> {
+async fn guarded<F: Future<Output = std::io::Result<()>>>(
+    mid_write: &AtomicBool,
+    write: F,
+) -> std::io::Result<()> {
     mid_write.store(true, Ordering::Release);
     let result = write.await;
     mid_write.store(false, Ordering::Release);
@@ -297,8 +352,14 @@ async fn guarded<F: Future<Output = std::io::Result<()>>>(mid_write: &AtomicBool
 
 fn read_error_exit(e: ReadError) -> Exit {
     match e {
-        ReadError::TooLarge(max) => Exit::Close(close_code::MESSAGE_TOO_BIG, format!("control message larger than {max} bytes")),
-        ReadError::InvalidUtf8 => Exit::Close(close_code::INVALID_PAYLOAD, ReadError::InvalidUtf8.to_string()),
+        ReadError::TooLarge(max) => Exit::Close(
+            close_code::MESSAGE_TOO_BIG,
+            format!("control message larger than {max} bytes"),
+        ),
+        ReadError::InvalidUtf8 => Exit::Close(
+            close_code::INVALID_PAYLOAD,
+            ReadError::InvalidUtf8.to_string(),
+        ),
         e @ (ReadError::Io(_) | ReadError::UnexpectedEof) => Exit::Drop(e.to_string()),
         e => Exit::Close(close_code::PROTOCOL_ERROR, e.to_string()),
     }
@@ -321,13 +382,20 @@ fn fail_undelivered(state: &RelayState, hc: &HcKey, rx: &mut mpsc::Receiver<Cont
         match out {
             ControlOut::Accept { id, .. } => {
                 if let Some(p) = state.registry.take_pending(hc, &id) {
-                    let description = "The listener disconnected before it was offered the connection.".to_owned();
-                    let _ = p.send(RendezvousReply::Rejected { status: 502, description });
+                    let description =
+                        "The listener disconnected before it was offered the connection."
+                            .to_owned();
+                    let _ = p.send(RendezvousReply::Rejected {
+                        status: 502,
+                        description,
+                    });
                 }
             }
             ControlOut::Request { id, .. } => {
                 if let Some(p) = state.registry.take_http_if(hc, &id, |_| true) {
-                    let _ = p.reply.send(Delivery::Failed("The listener disconnected before it was sent the request.".into()));
+                    let _ = p.reply.send(Delivery::Failed(
+                        "The listener disconnected before it was sent the request.".into(),
+                    ));
                 }
             }
             _ => {}
@@ -337,10 +405,17 @@ fn fail_undelivered(state: &RelayState, hc: &HcKey, rx: &mut mpsc::Receiver<Cont
 
 /// Requests this listener was given but has not answered (or opened a rendezvous for) get
 /// 502 now instead of waiting for the HTTP timeout.
-fn fail_unanswered(state: &RelayState, hc: &HcKey, listener: u64, awaiting: Option<(ResponseCommand, PendingHttp)>) {
+fn fail_unanswered(
+    state: &RelayState,
+    hc: &HcKey,
+    listener: u64,
+    awaiting: Option<(ResponseCommand, PendingHttp)>,
+) {
     let why = "The listener disconnected before it answered the request.";
     if let Some((_, pending)) = awaiting {
-        let _ = pending.reply.send(Delivery::Failed(format!("{why} (the response body never came)")));
+        let _ = pending.reply.send(Delivery::Failed(format!(
+            "{why} (the response body never came)"
+        )));
     }
     for pending in state.registry.take_http_all(hc, |p| p.listener == listener) {
         let _ = pending.reply.send(Delivery::Failed(why.into()));

@@ -34,13 +34,17 @@ pub enum RelayError {
     #[error("The request body stopped arriving for longer than the allowed time.")]
     RequestBodyTimeout,
     /// The listener did not answer an HTTP request in time (§8.2).
-    #[error("The request was routed to the listener but the listener did not respond in the required time.")]
+    #[error(
+        "The request was routed to the listener but the listener did not respond in the required time."
+    )]
     HttpTimeout,
     /// Token refused (401) or right missing (403).
     #[error("{0}")]
     Auth(AuthError),
     /// The 26th listener (§5.1, §16 open question: 403 QuotaExceeded).
-    #[error("QuotaExceeded: MaximumListenersPerEndpoint: the hybrid connection already has {0} listeners.")]
+    #[error(
+        "QuotaExceeded: MaximumListenersPerEndpoint: the hybrid connection already has {0} listeners."
+    )]
     TooManyListeners(usize),
     /// The namespace's connection quota is used up.
     #[error("QuotaExceeded: the namespace already has {0} connections.")]
@@ -75,9 +79,13 @@ impl RelayError {
     pub fn status(&self) -> u16 {
         match self {
             RelayError::BadRequest(_) => 400,
-            RelayError::UnknownHost(_) | RelayError::EndpointNotFound | RelayError::NoListeners => 404,
+            RelayError::UnknownHost(_) | RelayError::EndpointNotFound | RelayError::NoListeners => {
+                404
+            }
             RelayError::Auth(e) => e.status(),
-            RelayError::TooManyListeners(_) | RelayError::TooManyConnections(_) | RelayError::RendezvousExpired => 403,
+            RelayError::TooManyListeners(_)
+            | RelayError::TooManyConnections(_)
+            | RelayError::RendezvousExpired => 403,
             RelayError::ListenerTimeout | RelayError::HttpTimeout => 504,
             RelayError::NoListenersHttp(status) => *status,
             RelayError::RequestBodyTimeout => 408,
@@ -99,16 +107,24 @@ impl RelayError {
         let (body, content_type) = match format {
             ErrorFormat::Text => return r,
             ErrorFormat::Xml => {
-                let detail = hc_protocol::runtime_info::xml_escape(&tracking.decorate(&self.to_string()));
-                (format!("<Error><Code>{status}</Code><Detail>{detail}</Detail></Error>"), "application/xml; charset=utf-8")
+                let detail =
+                    hc_protocol::runtime_info::xml_escape(&tracking.decorate(&self.to_string()));
+                (
+                    format!("<Error><Code>{status}</Code><Detail>{detail}</Detail></Error>"),
+                    "application/xml; charset=utf-8",
+                )
             }
             ErrorFormat::Json => {
-                let json = serde_json::json!({"error": {"code": json_code(status), "message": text}});
+                let json =
+                    serde_json::json!({"error": {"code": json_code(status), "message": text}});
                 (json.to_string(), "application/json; charset=utf-8")
             }
         };
         *r.body_mut() = Body::from(body);
-        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
         r
     }
 }
@@ -162,8 +178,14 @@ impl Tracking {
     /// The tracking text of a request: `{sb-hc-id or a new GUID}_G0`, `sb://{host}/{path}`.
     pub fn for_request(query: &str, host: &str, path: &str, now: u64) -> Tracking {
         let client_id = hc_protocol::address::query_value(query, hc_protocol::address::QUERY_ID);
-        let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
-        Tracking { id, system_tracker: tracking::system_tracker(&crate::model::host_without_port(host), path), now }
+        let id = tracking::tracking_id(client_id.as_deref(), || {
+            tracking::guid_from_bytes(rand::random())
+        });
+        Tracking {
+            id,
+            system_tracker: tracking::system_tracker(&crate::model::host_without_port(host), path),
+            now,
+        }
     }
 
     /// `{message} TrackingId:…, SystemTracker:…, Timestamp:…`.
@@ -177,7 +199,10 @@ pub fn text_response(status: u16, text: &str) -> Response {
     let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Body::from(text.to_owned()));
     *response.status_mut() = status_code;
-    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason_phrase(text)) {
         response.extensions_mut().insert(reason);
     }
@@ -186,7 +211,15 @@ pub fn text_response(status: u16, text: &str) -> Response {
 
 /// A reason phrase may not hold control characters; replace them with spaces.
 fn reason_phrase(text: &str) -> Vec<u8> {
-    text.bytes().map(|b| if b == b'\t' || (b >= 0x20 && b != 0x7f) { b } else { b' ' }).collect()
+    text.bytes()
+        .map(|b| {
+            if b == b'\t' || (b >= 0x20 && b != 0x7f) {
+                b
+            } else {
+                b' '
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -195,7 +228,11 @@ mod tests {
 
     #[test]
     fn statuses_and_reasons() {
-        let t = Tracking { id: "abc_G0".into(), system_tracker: "sb://default.localhost/hyco".into(), now: 1_700_000_000 };
+        let t = Tracking {
+            id: "abc_G0".into(),
+            system_tracker: "sb://default.localhost/hyco".into(),
+            now: 1_700_000_000,
+        };
         let r = RelayError::EndpointNotFound.render(&t, ErrorFormat::Text);
         assert_eq!(r.status(), 404);
         let reason = r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
@@ -203,25 +240,53 @@ mod tests {
             reason.as_bytes(),
             b"Endpoint does not exist. TrackingId:abc_G0, SystemTracker:sb://default.localhost/hyco, Timestamp:2023-11-14T22:13:20"
         );
-        let r = RelayError::Rejected { status: 401, description: "go\r\naway".into() }.render(&t, ErrorFormat::Text);
-        assert_eq!((r.status().as_u16(), r.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes()), (401, &b"go  away"[..]));
-        assert_eq!(RelayError::Auth(AuthError::MissingRight(hc_protocol::Right::Listen)).status(), 403);
+        let r = RelayError::Rejected {
+            status: 401,
+            description: "go\r\naway".into(),
+        }
+        .render(&t, ErrorFormat::Text);
+        assert_eq!(
+            (
+                r.status().as_u16(),
+                r.extensions()
+                    .get::<hyper::ext::ReasonPhrase>()
+                    .unwrap()
+                    .as_bytes()
+            ),
+            (401, &b"go  away"[..])
+        );
+        assert_eq!(
+            RelayError::Auth(AuthError::MissingRight(hc_protocol::Right::Listen)).status(),
+            403
+        );
         assert_eq!(RelayError::ListenerTimeout.status(), 504);
     }
 
     #[tokio::test]
     async fn every_format_carries_the_tracked_message() {
         use http_body_util::BodyExt as _;
-        let t = Tracking { id: "abc_G0".into(), system_tracker: "localhost:hyco".into(), now: 1_700_000_000 };
+        let t = Tracking {
+            id: "abc_G0".into(),
+            system_tracker: "localhost:hyco".into(),
+            now: 1_700_000_000,
+        };
         for (format, starts) in [
             (ErrorFormat::Text, "There are"),
             (ErrorFormat::Xml, "<Error><Code>404</Code><Detail>There are"),
-            (ErrorFormat::Json, "{\"error\":{\"code\":\"EndpointNotFound\""),
+            (
+                ErrorFormat::Json,
+                "{\"error\":{\"code\":\"EndpointNotFound\"",
+            ),
         ] {
             let r = RelayError::NoListeners.render(&t, format);
             assert_eq!(r.status(), 404);
-            let body = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-            assert!(body.starts_with(starts) && body.contains("TrackingId:abc_G0"), "{format:?}: {body}");
+            let body =
+                String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec())
+                    .unwrap();
+            assert!(
+                body.starts_with(starts) && body.contains("TrackingId:abc_G0"),
+                "{format:?}: {body}"
+            );
         }
     }
 }

@@ -37,7 +37,10 @@ pub struct HeaderNames(HashMap<String, String>);
 impl HeaderNames {
     /// The name as the client wrote it, else in its usual capitalisation.
     pub fn spell(&self, lower: &str) -> String {
-        self.0.get(lower).cloned().unwrap_or_else(|| title_case(lower))
+        self.0
+            .get(lower)
+            .cloned()
+            .unwrap_or_else(|| title_case(lower))
     }
 }
 
@@ -59,8 +62,12 @@ impl HeadCapture {
     pub fn names(&self, method: &str, target: &str) -> HeaderNames {
         let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!("{method} {target} HTTP/1.");
-        let Some(start) = find(&bytes, line.as_bytes()) else { return HeaderNames::default() };
-        let Some(len) = find(&bytes[start..], b"\r\n\r\n") else { return HeaderNames::default() };
+        let Some(start) = find(&bytes, line.as_bytes()) else {
+            return HeaderNames::default();
+        };
+        let Some(len) = find(&bytes[start..], b"\r\n\r\n") else {
+            return HeaderNames::default();
+        };
         let head = &bytes[start..start + len];
         let mut names = HashMap::new();
         for raw in head.split(|b| *b == b'\n').skip(1) {
@@ -69,7 +76,9 @@ impl HeadCapture {
                 && !name.is_empty()
                 && !name.contains(char::is_whitespace)
             {
-                names.entry(name.to_ascii_lowercase()).or_insert_with(|| name.to_owned());
+                names
+                    .entry(name.to_ascii_lowercase())
+                    .or_insert_with(|| name.to_owned());
             }
         }
         bytes.drain(..start + len + 4);
@@ -106,7 +115,9 @@ pub fn title_case(name: &str) -> String {
             "websocket" => "WebSocket".to_owned(),
             p => {
                 let mut c = p.chars();
-                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
             }
         })
         .collect::<Vec<_>>()
@@ -128,7 +139,11 @@ impl<IO> CaptureIo<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CaptureIo<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -140,11 +155,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CaptureIo<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for CaptureIo<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -174,8 +197,15 @@ mod tests {
         assert_eq!(first.spell("x-myheader"), "x-MyHeader");
         assert_eq!(first.spell("content-length"), "Content-Length");
         let second = c.names("GET", "/hc/b");
-        assert_eq!((second.spell("host"), second.spell("sec-websocket-key")), ("HOST".into(), "Sec-WebSocket-Key".into()));
-        assert_eq!(second.spell("x-unseen-name"), "X-Unseen-Name", "unknown names fall back to title case");
+        assert_eq!(
+            (second.spell("host"), second.spell("sec-websocket-key")),
+            ("HOST".into(), "Sec-WebSocket-Key".into())
+        );
+        assert_eq!(
+            second.spell("x-unseen-name"),
+            "X-Unseen-Name",
+            "unknown names fall back to title case"
+        );
         assert!(c.bytes.lock().unwrap().is_empty());
     }
 
@@ -187,7 +217,10 @@ mod tests {
         assert_eq!(c.names("GET", "/"), HeaderNames::default());
         c.stop();
         c.record(b"GET / HTTP/1.1\r\nA: b\r\n\r\n");
-        assert!(c.bytes.lock().unwrap().is_empty(), "nothing is copied after an upgrade");
+        assert!(
+            c.bytes.lock().unwrap().is_empty(),
+            "nothing is copied after an upgrade"
+        );
     }
 
     #[test]

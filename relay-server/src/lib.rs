@@ -53,36 +53,71 @@ pub struct Relay {
 
 impl Relay {
     /// A relay over `store`; `tls` `None` serves plain ws/http.
-    pub fn new(store: Store, tls: Option<Arc<rustls::ServerConfig>>, options: RelayOptions) -> Self {
-        let state =
-            RelayState { store, registry: Arc::default(), options, tls, cancel: CancellationToken::new(), tracker: TaskTracker::new() };
-        Relay { state: Arc::new(state) }
+    pub fn new(
+        store: Store,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        options: RelayOptions,
+    ) -> Self {
+        let state = RelayState {
+            store,
+            registry: Arc::default(),
+            options,
+            tls,
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Relay {
+            state: Arc::new(state),
+        }
     }
 
     /// A relay over a data directory, as `relay-server` runs: `state.json` (created when
     /// missing), `config` applied on top, the default namespace when there is none, and the CA
     /// and server certificate kept there (TLS unless `plain`).
-    pub fn open(data_dir: &std::path::Path, config: Option<&ConfigFile>, plain: bool, options: RelayOptions) -> anyhow::Result<Relay> {
+    pub fn open(
+        data_dir: &std::path::Path,
+        config: Option<&ConfigFile>,
+        plain: bool,
+        options: RelayOptions,
+    ) -> anyhow::Result<Relay> {
         use anyhow::Context as _;
-        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         match hc_process::remove_stale_temp_files(data_dir) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, dir = %data_dir.display(), "removed temporary files left by an interrupted write"),
-            Err(e) => tracing::warn!(error = %e, dir = %data_dir.display(), "cannot look for leftover temporary files"),
+            Ok(n) => {
+                tracing::info!(removed = n, dir = %data_dir.display(), "removed temporary files left by an interrupted write")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %data_dir.display(), "cannot look for leftover temporary files")
+            }
         }
         let mut model = Store::load(data_dir)?;
         if let Some(config) = config {
             config.apply(&mut model, now_unix())?;
         }
         config::ensure_default_namespace(&mut model, now_unix())?;
-        let material = TlsMaterial::load_or_create(data_dir, &model.all_hosts()).context("preparing TLS certificates")?;
-        let tls = if plain { None } else { Some(material.server_config()?) };
-        Ok(Relay::new(Store::persistent(data_dir, model)?, tls, options))
+        let material = TlsMaterial::load_or_create(data_dir, &model.all_hosts())
+            .context("preparing TLS certificates")?;
+        let tls = if plain {
+            None
+        } else {
+            Some(material.server_config()?)
+        };
+        Ok(Relay::new(
+            Store::persistent(data_dir, model)?,
+            tls,
+            options,
+        ))
     }
 
     /// Serves on an already bound listener until `shutdown` completes, then closes every
     /// connection (listeners and tunnels get Close 1001) within the shutdown grace period.
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         server::serve(self.state.clone(), listener, shutdown).await
     }
 
@@ -94,7 +129,9 @@ impl Relay {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.state.tracker.spawn(server::serve_io(self.state.clone(), io, peer));
+        self.state
+            .tracker
+            .spawn(server::serve_io(self.state.clone(), io, peer));
     }
 
     /// Starts shutting down (same as the `serve` shutdown future completing).
@@ -114,12 +151,17 @@ impl Relay {
 
     /// Listeners connected to a hybrid connection.
     pub fn listener_count(&self, namespace: &str, hybrid_connection: &str) -> usize {
-        self.state.registry.listener_count(&(namespace.to_ascii_lowercase(), hybrid_connection.to_ascii_lowercase()))
+        self.state.registry.listener_count(&(
+            namespace.to_ascii_lowercase(),
+            hybrid_connection.to_ascii_lowercase(),
+        ))
     }
 
     /// Connections counted against a namespace's quota.
     pub fn connection_count(&self, namespace: &str) -> usize {
-        self.state.registry.connection_count(&namespace.to_ascii_lowercase())
+        self.state
+            .registry
+            .connection_count(&namespace.to_ascii_lowercase())
     }
 
     /// Senders waiting for a listener.
@@ -139,7 +181,10 @@ impl Relay {
         self.state.store.update(|m| {
             model::validate_hybrid_connection_name(name)?;
             let ns = m.namespace_mut(namespace)?;
-            let hc = ns.hybrid_connections.entry(name.to_ascii_lowercase()).or_insert_with(|| config::empty_hybrid_connection(name, now));
+            let hc = ns
+                .hybrid_connections
+                .entry(name.to_ascii_lowercase())
+                .or_insert_with(|| config::empty_hybrid_connection(name, now));
             hc.requires_client_authorization = requires_client_authorization;
             hc.user_metadata = user_metadata;
             hc.updated_at = now;
@@ -157,7 +202,11 @@ impl Relay {
                 .ok_or_else(|| ModelError::NoHybridConnection(namespace.into(), name.into()))
         })?;
         let key = (namespace.to_ascii_lowercase(), name.to_ascii_lowercase());
-        self.state.registry.close_listeners(&key, close_code::GOING_AWAY, "The hybrid connection was deleted.");
+        self.state.registry.close_listeners(
+            &key,
+            close_code::GOING_AWAY,
+            "The hybrid connection was deleted.",
+        );
         Ok(())
     }
 
@@ -172,7 +221,12 @@ impl Relay {
         keys: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
         self.state.store.update(|m| {
-            let rule = model::new_rule(name, Rights::of(rights), keys.map(|k| k.0), keys.map(|k| k.1))?;
+            let rule = model::new_rule(
+                name,
+                Rights::of(rights),
+                keys.map(|k| k.0),
+                keys.map(|k| k.1),
+            )?;
             let ns = m.namespace_mut(namespace)?;
             match hybrid_connection {
                 None => model::upsert_rule(&mut ns.authorization_rules, namespace, rule),
@@ -180,7 +234,9 @@ impl Relay {
                     let entity = ns
                         .hybrid_connections
                         .get_mut(&hc.to_ascii_lowercase())
-                        .ok_or_else(|| ModelError::NoHybridConnection(namespace.into(), hc.into()))?;
+                        .ok_or_else(|| {
+                            ModelError::NoHybridConnection(namespace.into(), hc.into())
+                        })?;
                     model::upsert_rule(&mut entity.authorization_rules, hc, rule)
                 }
             }
@@ -206,12 +262,22 @@ impl Relay {
             ),
             None => None,
         };
-        let rules = entity.map(|e| &e.authorization_rules).into_iter().flatten().chain(&ns.authorization_rules);
-        let found = rules.into_iter().find(|r| r.0.name == rule).ok_or_else(|| ModelError::BadRuleName(rule.into()))?;
+        let rules = entity
+            .map(|e| &e.authorization_rules)
+            .into_iter()
+            .flatten()
+            .chain(&ns.authorization_rules);
+        let found = rules
+            .into_iter()
+            .find(|r| r.0.name == rule)
+            .ok_or_else(|| ModelError::BadRuleName(rule.into()))?;
         Ok(ConnectionString {
             endpoint: format!("sb://{endpoint_host}/"),
             entity_path: entity.map(|e| e.name.clone()),
-            credential: Some(Credential::Key { name: found.0.name.clone(), key: found.0.primary_key.clone() }),
+            credential: Some(Credential::Key {
+                name: found.0.name.clone(),
+                key: found.0.primary_key.clone(),
+            }),
             operation_timeout: None,
             authentication: None,
         })
@@ -234,18 +300,32 @@ pub struct Emulator {
 impl Emulator {
     /// Starts an emulator with `config` applied to an in-memory model (the zero-config
     /// default namespace when `config` lists none).
-    pub async fn start(config: &ConfigFile, tls: bool, options: RelayOptions) -> anyhow::Result<Emulator> {
+    pub async fn start(
+        config: &ConfigFile,
+        tls: bool,
+        options: RelayOptions,
+    ) -> anyhow::Result<Emulator> {
         let mut model = Model::default();
         config.apply(&mut model, now_unix())?;
         config::ensure_default_namespace(&mut model, now_unix())?;
-        let material = if tls { Some(TlsMaterial::generate(&model.all_hosts())?) } else { None };
+        let material = if tls {
+            Some(TlsMaterial::generate(&model.all_hosts())?)
+        } else {
+            None
+        };
         let server_config = material.as_ref().map(|m| m.server_config()).transpose()?;
         let relay = Relay::new(Store::in_memory(model), server_config, options);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = relay.clone();
-        let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
-        Ok(Emulator { addr, relay, ca_pem: material.map(|m| m.ca_pem), task: Some(task) })
+        let task =
+            tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        Ok(Emulator {
+            addr,
+            relay,
+            ca_pem: material.map(|m| m.ca_pem),
+            task: Some(task),
+        })
     }
 
     /// `localhost:{port}`, the Host for the default namespace.

@@ -36,14 +36,26 @@ pub struct ListenerLife {
 
 impl ListenerLife {
     /// A channel opened at `now` with a token expiring at `expires_at` (Unix seconds).
-    pub fn new(expires_at: u64, grace: Duration, keepalive: Option<Duration>, now: Instant) -> Self {
-        ListenerLife { expires_at, grace, keepalive, next_ping: keepalive.map(|k| now + k), unanswered: 0 }
+    pub fn new(
+        expires_at: u64,
+        grace: Duration,
+        keepalive: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        ListenerLife {
+            expires_at,
+            grace,
+            keepalive,
+            next_ping: keepalive.map(|k| now + k),
+            unanswered: 0,
+        }
     }
 
     /// When the channel must close for an expired token, given the Unix time `unix_now` at
     /// the instant `now`: expiry plus grace, with the expiry clamped to the horizon.
     pub fn expiry_deadline(&self, unix_now: u64, now: Instant) -> Instant {
-        let left = Duration::from_secs(self.expires_at.saturating_sub(unix_now)).min(MAX_EXPIRY_HORIZON);
+        let left =
+            Duration::from_secs(self.expires_at.saturating_sub(unix_now)).min(MAX_EXPIRY_HORIZON);
         now + left + self.grace
     }
 
@@ -88,10 +100,20 @@ mod tests {
     fn expiry_is_the_token_plus_grace_and_moves_on_renewal() {
         let t0 = Instant::now();
         let mut life = ListenerLife::new(1_000, GRACE, None, t0);
-        assert_eq!(life.expiry_deadline(900, t0), t0 + Duration::from_secs(100) + GRACE);
-        assert_eq!(life.expiry_deadline(1_100, t0), t0 + GRACE, "an expired token still gets its grace");
+        assert_eq!(
+            life.expiry_deadline(900, t0),
+            t0 + Duration::from_secs(100) + GRACE
+        );
+        assert_eq!(
+            life.expiry_deadline(1_100, t0),
+            t0 + GRACE,
+            "an expired token still gets its grace"
+        );
         life.renewed(5_000);
-        assert_eq!(life.expiry_deadline(1_000, t0), t0 + Duration::from_secs(4_000) + GRACE);
+        assert_eq!(
+            life.expiry_deadline(1_000, t0),
+            t0 + Duration::from_secs(4_000) + GRACE
+        );
         assert_eq!(life.next_ping(), None);
     }
 
@@ -111,7 +133,11 @@ mod tests {
         assert_eq!(life.ping_due(t0 + k), PingDue::Ping);
         assert_eq!(life.ping_due(t0 + 2 * k), PingDue::Ping);
         life.heard();
-        assert_eq!(life.ping_due(t0 + 3 * k), PingDue::Ping, "hearing anything resets the count");
+        assert_eq!(
+            life.ping_due(t0 + 3 * k),
+            PingDue::Ping,
+            "hearing anything resets the count"
+        );
         assert_eq!(life.ping_due(t0 + 4 * k), PingDue::Ping);
         assert_eq!(life.ping_due(t0 + 5 * k), PingDue::GiveUp);
         assert_eq!(life.next_ping(), Some(t0 + 6 * k));

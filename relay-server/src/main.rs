@@ -71,13 +71,23 @@ async fn main() -> anyhow::Result<()> {
     hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
 
     hc_process::raise_fd_limit();
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir(DATA_DIR_NAME));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| hc_process::default_data_dir(DATA_DIR_NAME));
     let config = read_config(&args)?;
     let relay = Relay::open(&data_dir, config.as_ref(), args.plain, options(&args))?;
 
-    let addr = args.listen.unwrap_or_else(|| if args.plain { ([127, 0, 0, 1], 9080).into() } else { ([127, 0, 0, 1], 9443).into() });
-    let listener =
-        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)"))?;
+    let addr = args.listen.unwrap_or_else(|| {
+        if args.plain {
+            ([127, 0, 0, 1], 9080).into()
+        } else {
+            ([127, 0, 0, 1], 9443).into()
+        }
+    });
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)")
+    })?;
     let bound = listener.local_addr()?;
     let stop = hc_process::shutdown_signal();
     print_banner(&relay, bound, &args, &data_dir)?;
@@ -89,21 +99,28 @@ fn options(args: &Args) -> RelayOptions {
     RelayOptions {
         rendezvous_timeout: Duration::from_secs(args.rendezvous_timeout),
         token_grace: Duration::from_secs(args.token_grace),
-        max_connections_per_namespace: usize::try_from(args.max_connections_per_namespace).unwrap_or(usize::MAX),
+        max_connections_per_namespace: usize::try_from(args.max_connections_per_namespace)
+            .unwrap_or(usize::MAX),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         http_response_timeout: Duration::from_secs(args.http_timeout),
         http_no_listener_status: args.http_no_listener_status,
-        listener_keepalive: (args.listener_keepalive > 0).then(|| Duration::from_secs(args.listener_keepalive)),
+        listener_keepalive: (args.listener_keepalive > 0)
+            .then(|| Duration::from_secs(args.listener_keepalive)),
         ..RelayOptions::default()
     }
 }
 
 /// The declarative config file, if one was named.
 fn read_config(args: &Args) -> anyhow::Result<Option<ConfigFile>> {
-    let Some(path) = &args.config else { return Ok(None) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    ConfigFile::parse(&text).map(Some).with_context(|| format!("config file {} is invalid", path.display()))
+    let Some(path) = &args.config else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    ConfigFile::parse(&text)
+        .map(Some)
+        .with_context(|| format!("config file {} is invalid", path.display()))
 }
 
 /// File in the data directory holding every connection string (mode 0600).
@@ -113,18 +130,36 @@ const KEYS_FILE: &str = "connection-strings.txt";
 /// the terminal only when stdout is one (and `--quiet-keys` is not given): supervisors and
 /// CI systems keep what a service prints, so otherwise the banner names the 0600 file that
 /// holds them instead.
-fn print_banner(relay: &Relay, addr: SocketAddr, args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
+fn print_banner(
+    relay: &Relay,
+    addr: SocketAddr,
+    args: &Args,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let plain = args.plain;
-    let (ws, http) = if plain { ("ws", "http") } else { ("wss", "https") };
+    let (ws, http) = if plain {
+        ("ws", "http")
+    } else {
+        ("wss", "https")
+    };
     println!("Azure Relay Hybrid Connections emulator listening on {addr} ({ws}://, {http}://)");
     println!("Data directory: {}", data_dir.display());
     if !plain {
         let ca = data_dir.join(certs::CA_FILE);
         println!("CA certificate: {}", ca.display());
-        println!("  Node (hyco-ws, hyco-https): export NODE_EXTRA_CA_CERTS={}", ca.display());
-        println!("  OpenSSL tools and Python:   export SSL_CERT_FILE={}", ca.display());
-        println!("  curl:                       curl --cacert {} ...", ca.display());
+        println!(
+            "  Node (hyco-ws, hyco-https): export NODE_EXTRA_CA_CERTS={}",
+            ca.display()
+        );
+        println!(
+            "  OpenSSL tools and Python:   export SSL_CERT_FILE={}",
+            ca.display()
+        );
+        println!(
+            "  curl:                       curl --cacert {} ...",
+            ca.display()
+        );
     }
     let (with_keys, without_keys) = namespaces_text(relay, addr.port(), ws);
     let keys_file = data_dir.join(KEYS_FILE);
@@ -144,21 +179,42 @@ fn namespaces_text(relay: &Relay, port: u16, ws: &str) -> (String, String) {
     let (mut with, mut without) = (String::new(), String::new());
     let model = relay.model();
     for ns in model.namespaces.values() {
-        let host = if ns.default { format!("localhost:{port}") } else { format!("{}.localhost:{port}", ns.name.to_ascii_lowercase()) };
-        let head = format!("\nNamespace {} at {ws}://{host}/$hc/{{hybrid-connection}}\n", ns.name);
+        let host = if ns.default {
+            format!("localhost:{port}")
+        } else {
+            format!("{}.localhost:{port}", ns.name.to_ascii_lowercase())
+        };
+        let head = format!(
+            "\nNamespace {} at {ws}://{host}/$hc/{{hybrid-connection}}\n",
+            ns.name
+        );
         with.push_str(&head);
         without.push_str(&head);
         for rule in &ns.authorization_rules {
             if let Ok(cs) = relay.connection_string(&ns.name, None, &rule.0.name, &host) {
-                let _ = writeln!(with, "  {} ({}): {}", rule.0.name, rights_text(rule.0.rights), cs.expose());
-                let _ = writeln!(without, "  {} ({})", rule.0.name, rights_text(rule.0.rights));
+                let _ = writeln!(
+                    with,
+                    "  {} ({}): {}",
+                    rule.0.name,
+                    rights_text(rule.0.rights),
+                    cs.expose()
+                );
+                let _ = writeln!(
+                    without,
+                    "  {} ({})",
+                    rule.0.name,
+                    rights_text(rule.0.rights)
+                );
             }
         }
         for hc in ns.hybrid_connections.values() {
             let line = format!(
                 "  Hybrid connection {}{}\n",
                 hc.name,
-                hc.user_metadata.as_deref().map(|m| format!(" (userMetadata {m})")).unwrap_or_default()
+                hc.user_metadata
+                    .as_deref()
+                    .map(|m| format!(" (userMetadata {m})"))
+                    .unwrap_or_default()
             );
             with.push_str(&line);
             without.push_str(&line);
@@ -173,5 +229,10 @@ fn namespaces_text(relay: &Relay, port: u16, ws: &str) -> (String, String) {
 }
 
 fn rights_text(rights: hc_protocol::Rights) -> String {
-    rights.to_vec().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    rights
+        .to_vec()
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -88,7 +88,13 @@ impl Serialize for Rule {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         RuleRecord {
             name: self.0.name.clone(),
-            rights: self.0.rights.to_vec().iter().map(|r| r.as_str().to_owned()).collect(),
+            rights: self
+                .0
+                .rights
+                .to_vec()
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
             primary_key: self.0.primary_key.expose().to_owned(),
             secondary_key: self.0.secondary_key.expose().to_owned(),
         }
@@ -102,13 +108,21 @@ impl<'de> Deserialize<'de> for Rule {
         let r = RuleRecord::deserialize(d)?;
         let rights = parse_rights(&r.rights).map_err(D::Error::custom)?;
         let key = |k: String| SasKey::new(k).map_err(D::Error::custom);
-        Ok(Rule(AuthRule { name: r.name, primary_key: key(r.primary_key)?, secondary_key: key(r.secondary_key)?, rights }))
+        Ok(Rule(AuthRule {
+            name: r.name,
+            primary_key: key(r.primary_key)?,
+            secondary_key: key(r.secondary_key)?,
+            rights,
+        }))
     }
 }
 
 /// Parses rights names; errors name the unknown one.
 pub fn parse_rights(names: &[String]) -> Result<Rights, ModelError> {
-    let rights = names.iter().map(|n| Right::parse(n).ok_or_else(|| ModelError::UnknownRight(n.clone()))).collect::<Result<Vec<_>, _>>()?;
+    let rights = names
+        .iter()
+        .map(|n| Right::parse(n).ok_or_else(|| ModelError::UnknownRight(n.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Rights::of(&rights))
 }
 
@@ -116,10 +130,14 @@ pub fn parse_rights(names: &[String]) -> Result<Rights, ModelError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     /// Namespace names are 6-50 letters, digits and hyphens, starting with a letter (§14).
-    #[error("namespace name '{0}' must be 6 to 50 letters, digits or hyphens, starting with a letter")]
+    #[error(
+        "namespace name '{0}' must be 6 to 50 letters, digits or hyphens, starting with a letter"
+    )]
     BadNamespaceName(String),
     /// Hybrid connection path segments are letters, digits, `-`, `_`, `.`.
-    #[error("hybrid connection name '{0}' must be 1 to 260 characters of letters, digits, '-', '_', '.' and '/' (not at either end)")]
+    #[error(
+        "hybrid connection name '{0}' must be 1 to 260 characters of letters, digits, '-', '_', '.' and '/' (not at either end)"
+    )]
     BadHybridConnectionName(String),
     /// Rule names are 1-256 characters of letters, digits, `-`, `_`, `.`.
     #[error("authorization rule name '{0}' must be 1 to 256 letters, digits, '-', '_' or '.'")]
@@ -155,7 +173,8 @@ pub fn validate_namespace_name(name: &str) -> Result<(), ModelError> {
     let ok = (6..=50).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    ok.then_some(()).ok_or_else(|| ModelError::BadNamespaceName(name.into()))
+    ok.then_some(())
+        .ok_or_else(|| ModelError::BadNamespaceName(name.into()))
 }
 
 /// Checks a hybrid connection path.
@@ -164,35 +183,54 @@ pub fn validate_hybrid_connection_name(name: &str) -> Result<(), ModelError> {
         && !name.starts_with('/')
         && !name.ends_with('/')
         && !name.contains("//")
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
-    ok.then_some(()).ok_or_else(|| ModelError::BadHybridConnectionName(name.into()))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    ok.then_some(())
+        .ok_or_else(|| ModelError::BadHybridConnectionName(name.into()))
 }
 
 /// Checks a rule name.
 pub fn validate_rule_name(name: &str) -> Result<(), ModelError> {
-    let ok = (1..=256).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    ok.then_some(()).ok_or_else(|| ModelError::BadRuleName(name.into()))
+    let ok = (1..=256).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    ok.then_some(())
+        .ok_or_else(|| ModelError::BadRuleName(name.into()))
 }
 
 /// Checks an endpoint `host:port` and returns the userMetadata text for it.
 pub fn endpoint_metadata(hc: &str, endpoint: &str) -> Result<String, ModelError> {
-    Endpoint::parse(endpoint).map(|e| e.to_user_metadata()).map_err(|e| ModelError::BadEndpoint(hc.into(), e.to_string()))
+    Endpoint::parse(endpoint)
+        .map(|e| e.to_user_metadata())
+        .map_err(|e| ModelError::BadEndpoint(hc.into(), e.to_string()))
 }
 
 /// Strips a `:port` from a Host header value and lower-cases it.
 pub fn host_without_port(host: &str) -> String {
-    let bare = hc_protocol::uri::split_host_port(host).map(|(h, _)| h).unwrap_or(host);
+    let bare = hc_protocol::uri::split_host_port(host)
+        .map(|(h, _)| h)
+        .unwrap_or(host);
     bare.to_ascii_lowercase()
 }
 
 fn is_loopback_name(host: &str) -> bool {
-    host == "localhost" || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
 }
 
 impl Namespace {
     /// Every host name this namespace answers to (lower-case, no port).
     pub fn hosts(&self) -> Vec<String> {
-        let mut hosts = vec![format!("{}{LOCALHOST_SUFFIX}", self.name.to_ascii_lowercase())];
+        let mut hosts = vec![format!(
+            "{}{LOCALHOST_SUFFIX}",
+            self.name.to_ascii_lowercase()
+        )];
         hosts.extend(self.aliases.iter().map(|a| a.to_ascii_lowercase()));
         if self.default {
             hosts.extend(["localhost", "127.0.0.1", "[::1]", "::1"].map(String::from));
@@ -203,7 +241,9 @@ impl Namespace {
     /// Whether `host` (lower-case, no port, not a loopback name) is one of this namespace's
     /// names; the same set as [`Namespace::hosts`] without building it (every request asks).
     pub fn answers_to(&self, host: &str) -> bool {
-        let own = host.strip_suffix(LOCALHOST_SUFFIX).is_some_and(|n| n.eq_ignore_ascii_case(&self.name));
+        let own = host
+            .strip_suffix(LOCALHOST_SUFFIX)
+            .is_some_and(|n| n.eq_ignore_ascii_case(&self.name));
         own || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(host))
     }
 
@@ -223,7 +263,10 @@ impl Namespace {
 
     /// Namespace-level rules as [`AuthRule`]s.
     pub fn auth_rules(&self) -> Vec<AuthRule> {
-        self.authorization_rules.iter().map(|r| r.0.clone()).collect()
+        self.authorization_rules
+            .iter()
+            .map(|r| r.0.clone())
+            .collect()
     }
 }
 
@@ -239,13 +282,20 @@ impl Model {
 
     /// The namespace marked default, else the first one.
     pub fn default_namespace(&self) -> Option<&Namespace> {
-        self.namespaces.values().find(|ns| ns.default).or_else(|| self.namespaces.values().next())
+        self.namespaces
+            .values()
+            .find(|ns| ns.default)
+            .or_else(|| self.namespaces.values().next())
     }
 
     /// Every host name of every namespace (for the server certificate).
     pub fn all_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.namespaces.values().flat_map(|ns| ns.hosts()).collect();
-        hosts.extend(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]);
+        hosts.extend([
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ]);
         hosts.retain(|h| !h.starts_with('['));
         hosts.sort();
         hosts.dedup();
@@ -267,17 +317,26 @@ impl Model {
 
     /// The namespace named `name` (case-insensitive).
     pub fn namespace(&self, name: &str) -> Result<&Namespace, ModelError> {
-        self.namespaces.get(&name.to_ascii_lowercase()).ok_or_else(|| ModelError::NoNamespace(name.into()))
+        self.namespaces
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| ModelError::NoNamespace(name.into()))
     }
 
     /// Mutable access to the namespace named `name`.
     pub fn namespace_mut(&mut self, name: &str) -> Result<&mut Namespace, ModelError> {
-        self.namespaces.get_mut(&name.to_ascii_lowercase()).ok_or_else(|| ModelError::NoNamespace(name.into()))
+        self.namespaces
+            .get_mut(&name.to_ascii_lowercase())
+            .ok_or_else(|| ModelError::NoNamespace(name.into()))
     }
 }
 
 /// Creates a rule with the given rights; keys are generated unless given.
-pub fn new_rule(name: &str, rights: Rights, primary: Option<&str>, secondary: Option<&str>) -> Result<Rule, ModelError> {
+pub fn new_rule(
+    name: &str,
+    rights: Rights,
+    primary: Option<&str>,
+    secondary: Option<&str>,
+) -> Result<Rule, ModelError> {
     validate_rule_name(name)?;
     if rights == Rights::NONE {
         return Err(ModelError::NoRights(name.into()));
@@ -286,7 +345,12 @@ pub fn new_rule(name: &str, rights: Rights, primary: Option<&str>, secondary: Op
         Some(k) => SasKey::new(k).map_err(|e| ModelError::BadKey(name.into(), e.to_string())),
         None => Ok(SasKey::from_random_bytes(rand::random())),
     };
-    Ok(Rule(AuthRule { name: name.into(), primary_key: key(primary)?, secondary_key: key(secondary)?, rights }))
+    Ok(Rule(AuthRule {
+        name: name.into(),
+        primary_key: key(primary)?,
+        secondary_key: key(secondary)?,
+        rights,
+    }))
 }
 
 /// Inserts or replaces a rule by name, keeping the entity under the 12-rule limit.
@@ -332,14 +396,29 @@ mod tests {
         let mut m = Model::default();
         m.namespaces.insert("contoso".into(), ns("contoso", false));
         m.namespaces.insert("default".into(), ns("default", true));
-        assert_eq!(m.namespace_for_host("CONTOSO.localhost:9443").unwrap().name, "contoso");
-        assert_eq!(m.namespace_for_host("contoso.servicebus.windows.net").unwrap().name, "contoso");
-        assert_eq!(m.namespace_for_host("localhost:9443").unwrap().name, "default");
+        assert_eq!(
+            m.namespace_for_host("CONTOSO.localhost:9443").unwrap().name,
+            "contoso"
+        );
+        assert_eq!(
+            m.namespace_for_host("contoso.servicebus.windows.net")
+                .unwrap()
+                .name,
+            "contoso"
+        );
+        assert_eq!(
+            m.namespace_for_host("localhost:9443").unwrap().name,
+            "default"
+        );
         assert_eq!(m.namespace_for_host("127.0.0.1").unwrap().name, "default");
         assert_eq!(m.namespace_for_host("[::1]:9443").unwrap().name, "default");
         assert!(m.namespace_for_host("unknown.example").is_none());
         assert!(m.check_hosts().is_ok());
-        m.namespaces.get_mut("default").unwrap().aliases.push("contoso.localhost".into());
+        m.namespaces
+            .get_mut("default")
+            .unwrap()
+            .aliases
+            .push("contoso.localhost".into());
         assert!(matches!(m.check_hosts(), Err(ModelError::HostClash(..))));
     }
 
@@ -347,7 +426,8 @@ mod tests {
     fn longest_prefix_resolution() {
         let mut n = ns("contoso", false);
         for name in ["a", "a/b", "microsoft.hybridcompute/machines/x/y/v2"] {
-            n.hybrid_connections.insert(name.to_ascii_lowercase(), hc(name));
+            n.hybrid_connections
+                .insert(name.to_ascii_lowercase(), hc(name));
         }
         let (h, suffix) = n.resolve_path("a/b/c/d").unwrap();
         assert_eq!((h.name.as_str(), suffix), ("a/b", "/c/d"));
@@ -355,7 +435,10 @@ mod tests {
         assert_eq!((h.name.as_str(), suffix), ("a", ""));
         let (h, suffix) = n.resolve_path("a/bc").unwrap();
         assert_eq!((h.name.as_str(), suffix), ("a", "/bc"));
-        assert!(n.resolve_path("microsoft.hybridcompute/machines/x/y/v2/z").is_some());
+        assert!(
+            n.resolve_path("microsoft.hybridcompute/machines/x/y/v2/z")
+                .is_some()
+        );
         assert!(n.resolve_path("nothing/here").is_none());
     }
 
@@ -379,12 +462,23 @@ mod tests {
         let back: Rule = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rule);
         assert!(!format!("{rule:?}").contains("secret-key"));
-        assert!(matches!(new_rule("r", Rights::NONE, None, None), Err(ModelError::NoRights(_))));
+        assert!(matches!(
+            new_rule("r", Rights::NONE, None, None),
+            Err(ModelError::NoRights(_))
+        ));
         let mut rules = Vec::new();
         for i in 0..MAX_AUTHORIZATION_RULES {
-            upsert_rule(&mut rules, "hc", new_rule(&format!("r{i}"), Rights::ALL, None, None).unwrap()).unwrap();
+            upsert_rule(
+                &mut rules,
+                "hc",
+                new_rule(&format!("r{i}"), Rights::ALL, None, None).unwrap(),
+            )
+            .unwrap();
         }
         let extra = new_rule("r99", Rights::ALL, None, None).unwrap();
-        assert!(matches!(upsert_rule(&mut rules, "hc", extra), Err(ModelError::TooManyRules(_))));
+        assert!(matches!(
+            upsert_rule(&mut rules, "hc", extra),
+            Err(ModelError::TooManyRules(_))
+        ));
     }
 }

@@ -64,7 +64,12 @@ struct Direction<'a, R, W> {
 }
 
 /// Relays frames between `sender` and `listener` until both have closed or one aborts.
-pub async fn bridge<S, L>(sender: S, listener: L, options: PumpOptions, cancel: CancellationToken) -> TunnelReport
+pub async fn bridge<S, L>(
+    sender: S,
+    listener: L,
+    options: PumpOptions,
+    cancel: CancellationToken,
+) -> TunnelReport
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     L: AsyncRead + AsyncWrite + Unpin + Send,
@@ -78,8 +83,24 @@ where
     // Pinned where they are made: passed by value and pinned inside `both`, each future would
     // be stored twice in the task (once as the argument, once pinned).
     let outcome = {
-        let a = std::pin::pin!(Direction { src: &mut sr, dst: &mut lw, bytes: &up, mid_frame: &to_listener_mid }.run());
-        let b = std::pin::pin!(Direction { src: &mut lr, dst: &mut sw, bytes: &down, mid_frame: &to_sender_mid }.run());
+        let a = std::pin::pin!(
+            Direction {
+                src: &mut sr,
+                dst: &mut lw,
+                bytes: &up,
+                mid_frame: &to_listener_mid
+            }
+            .run()
+        );
+        let b = std::pin::pin!(
+            Direction {
+                src: &mut lr,
+                dst: &mut sw,
+                bytes: &down,
+                mid_frame: &to_sender_mid
+            }
+            .run()
+        );
         both(a, b, &handles, options.shutdown_grace, &cancel).await
     };
     let aborted = match outcome {
@@ -100,12 +121,20 @@ where
         Err((End::Aborted(why), _)) => Some(why),
         Err((End::Closed, _)) => None,
     };
-    TunnelReport { sender_to_listener: up.into_inner(), listener_to_sender: down.into_inner(), aborted }
+    TunnelReport {
+        sender_to_listener: up.into_inner(),
+        listener_to_sender: down.into_inner(),
+        aborted,
+    }
 }
 
 /// Sends Close 1002 to the side that broke the rules, unless a frame to it was cut in the
 /// middle (a Close after a partial frame would be read as its payload).
-async fn refuse<W: AsyncWrite + Unpin>(w: &mut Writer<W>, mid_frame: &AtomicBool, close: &CloseFrame) {
+async fn refuse<W: AsyncWrite + Unpin>(
+    w: &mut Writer<W>,
+    mid_frame: &AtomicBool,
+    close: &CloseFrame,
+) {
     if !mid_frame.load(Ordering::Acquire) {
         let _ = tokio::time::timeout(Duration::from_secs(1), w.close(close)).await;
     }
@@ -182,7 +211,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
 
 fn read_failure(e: ReadError) -> End {
     match e {
-        ReadError::Protocol(_) | ReadError::Unmasked | ReadError::OutOfSequence => End::Violation(e.to_string()),
+        ReadError::Protocol(_) | ReadError::Unmasked | ReadError::OutOfSequence => {
+            End::Violation(e.to_string())
+        }
         other => End::Aborted(other.to_string()),
     }
 }
@@ -196,17 +227,35 @@ mod tests {
     use hc_ws::Message;
     use tokio::io::{AsyncWriteExt as _, DuplexStream};
 
-    type Client = (Reader<tokio::io::ReadHalf<DuplexStream>>, Writer<tokio::io::WriteHalf<DuplexStream>>);
+    type Client = (
+        Reader<tokio::io::ReadHalf<DuplexStream>>,
+        Writer<tokio::io::WriteHalf<DuplexStream>>,
+    );
 
     /// A sender and a listener client joined by the pump; the pump's task and its cancel.
-    fn tunnel(grace: Duration) -> (Client, Client, tokio::task::JoinHandle<TunnelReport>, CancellationToken) {
+    fn tunnel(
+        grace: Duration,
+    ) -> (
+        Client,
+        Client,
+        tokio::task::JoinHandle<TunnelReport>,
+        CancellationToken,
+    ) {
         let (s_client, s_relay) = tokio::io::duplex(300);
         let (l_client, l_relay) = tokio::io::duplex(300);
         let cancel = CancellationToken::new();
-        let options = PumpOptions { buffer_size: 1024, shutdown_grace: grace };
+        let options = PumpOptions {
+            buffer_size: 1024,
+            shutdown_grace: grace,
+        };
         let pump = tokio::spawn(bridge(s_relay, l_relay, options, cancel.clone()));
         let config = Config::new(Role::Client).max_message(1 << 20);
-        (hc_ws::split(s_client, config), hc_ws::split(l_client, config), pump, cancel)
+        (
+            hc_ws::split(s_client, config),
+            hc_ws::split(l_client, config),
+            pump,
+            cancel,
+        )
     }
 
     async fn next_data<R: AsyncRead + Unpin>(r: &mut Reader<R>) -> Message {
@@ -226,16 +275,36 @@ mod tests {
         assert_eq!(next_data(&mut lr).await, Message::Text("hello".into()));
         let (sent, got) = tokio::join!(sw.send(OpCode::Binary, &big), next_data(&mut lr));
         sent.unwrap();
-        assert_eq!(got, Message::Binary(big.clone()), "a frame larger than every buffer, whole");
+        assert_eq!(
+            got,
+            Message::Binary(big.clone()),
+            "a frame larger than every buffer, whole"
+        );
         // The sender shuts down its half; the listener still answers, then closes.
         sw.close(&CloseFrame::new(1000, "Shutdown")).await.unwrap();
-        assert_eq!(next_data(&mut lr).await, Message::Close(CloseFrame::new(1000, "Shutdown")));
+        assert_eq!(
+            next_data(&mut lr).await,
+            Message::Close(CloseFrame::new(1000, "Shutdown"))
+        );
         lw.send(OpCode::Binary, b"still answering").await.unwrap();
-        assert_eq!(next_data(&mut sr).await, Message::Binary(b"still answering".to_vec()));
+        assert_eq!(
+            next_data(&mut sr).await,
+            Message::Binary(b"still answering".to_vec())
+        );
         lw.close(&CloseFrame::new(4000, "done")).await.unwrap();
-        assert_eq!(next_data(&mut sr).await, Message::Close(CloseFrame::new(4000, "done")));
+        assert_eq!(
+            next_data(&mut sr).await,
+            Message::Close(CloseFrame::new(4000, "done"))
+        );
         let report = pump.await.unwrap();
-        assert_eq!(report, TunnelReport { sender_to_listener: 100_005, listener_to_sender: 15, aborted: None });
+        assert_eq!(
+            report,
+            TunnelReport {
+                sender_to_listener: 100_005,
+                listener_to_sender: 15,
+                aborted: None
+            }
+        );
     }
 
     #[tokio::test]
@@ -252,7 +321,10 @@ mod tests {
     async fn an_abort_stays_an_abort() {
         let ((sr, sw), (mut lr, _lw), pump, _cancel) = tunnel(Duration::from_secs(5));
         drop((sr, sw));
-        assert!(lr.next_message().await.unwrap().is_none(), "the listener's side is dropped, no Close");
+        assert!(
+            lr.next_message().await.unwrap().is_none(),
+            "the listener's side is dropped, no Close"
+        );
         assert!(pump.await.unwrap().aborted.is_some());
     }
 
@@ -260,8 +332,17 @@ mod tests {
     async fn a_side_that_breaks_the_rules_gets_1002_and_the_other_is_dropped() {
         let ((mut sr, mut sw), (mut lr, _lw), pump, _cancel) = tunnel(Duration::from_secs(5));
         // An unmasked frame, as no client may send.
-        sw.get_mut().write_all(&hc_protocol::frame::encode_frame(OpCode::Binary, b"x")).await.unwrap();
-        assert!(matches!(sr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1002), .. }))));
+        sw.get_mut()
+            .write_all(&hc_protocol::frame::encode_frame(OpCode::Binary, b"x"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            sr.next_message().await.unwrap(),
+            Some(Message::Close(CloseFrame {
+                code: Some(1002),
+                ..
+            }))
+        ));
         assert!(lr.next_message().await.unwrap().is_none());
         assert!(pump.await.unwrap().aborted.is_some());
     }
@@ -271,11 +352,26 @@ mod tests {
         let ((mut sr, _sw), (mut lr, _lw), pump, cancel) = tunnel(Duration::from_secs(5));
         let t0 = tokio::time::Instant::now();
         cancel.cancel();
-        assert!(matches!(sr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1001), .. }))));
-        assert!(matches!(lr.next_message().await.unwrap(), Some(Message::Close(CloseFrame { code: Some(1001), .. }))));
+        assert!(matches!(
+            sr.next_message().await.unwrap(),
+            Some(Message::Close(CloseFrame {
+                code: Some(1001),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            lr.next_message().await.unwrap(),
+            Some(Message::Close(CloseFrame {
+                code: Some(1001),
+                ..
+            }))
+        ));
         // Neither side answers the Close: the tunnel is dropped when the grace ends.
         let report = pump.await.unwrap();
-        assert_eq!(report.aborted.as_deref(), Some("relay shut down before the tunnel closed"));
+        assert_eq!(
+            report.aborted.as_deref(),
+            Some("relay shut down before the tunnel closed")
+        );
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
     }
 }

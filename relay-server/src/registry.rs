@@ -151,7 +151,10 @@ impl Registry {
         if let Some(ns) = self.namespaces.get(namespace) {
             return ns.clone();
         }
-        self.namespaces.entry(namespace.to_owned()).or_default().clone()
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn existing(&self, namespace: &str) -> Option<Arc<NamespaceLive>> {
@@ -159,7 +162,12 @@ impl Registry {
     }
 
     /// Registers a listener unless the hybrid connection already has `max`.
-    pub fn add_listener(&self, hc: &HcKey, handle: ListenerHandle, max: usize) -> Result<ListenerGuard, RelayError> {
+    pub fn add_listener(
+        &self,
+        hc: &HcKey,
+        handle: ListenerHandle,
+        max: usize,
+    ) -> Result<ListenerGuard, RelayError> {
         let ns = self.ns(&hc.0);
         let id = handle.id;
         {
@@ -170,7 +178,11 @@ impl Registry {
             }
             list.push(handle);
         }
-        Ok(ListenerGuard { ns, hc: hc.1.clone(), id })
+        Ok(ListenerGuard {
+            ns,
+            hc: hc.1.clone(),
+            id,
+        })
     }
 
     /// A listener chosen uniformly at random (§6.1 step 3) among those whose command queue
@@ -189,12 +201,15 @@ impl Registry {
 
     /// Connected listeners of a hybrid connection.
     pub fn listener_count(&self, hc: &HcKey) -> usize {
-        self.existing(&hc.0).map_or(0, |ns| lock(&ns.listeners).get(&hc.1).map_or(0, Vec::len))
+        self.existing(&hc.0)
+            .map_or(0, |ns| lock(&ns.listeners).get(&hc.1).map_or(0, Vec::len))
     }
 
     /// Asks every listener of `hc` to close (hybrid connection deleted: 1001, §5.5).
     pub fn close_listeners(&self, hc: &HcKey, code: u16, reason: &str) {
-        let Some(ns) = self.existing(&hc.0) else { return };
+        let Some(ns) = self.existing(&hc.0) else {
+            return;
+        };
         let handles = lock(&ns.listeners).get(&hc.1).cloned().unwrap_or_default();
         for h in handles {
             // A full queue means the task is stuck writing; its write deadline closes it.
@@ -203,7 +218,11 @@ impl Registry {
     }
 
     /// Takes a quota slot of `namespace`, refusing past `max`.
-    pub fn acquire_connection(&self, namespace: &str, max: usize) -> Result<ConnectionPermit, RelayError> {
+    pub fn acquire_connection(
+        &self,
+        namespace: &str,
+        max: usize,
+    ) -> Result<ConnectionPermit, RelayError> {
         let ns = self.ns(namespace);
         {
             let mut count = lock(&ns.connections);
@@ -217,12 +236,19 @@ impl Registry {
 
     /// Connections currently counted for `namespace`.
     pub fn connection_count(&self, namespace: &str) -> usize {
-        self.existing(namespace).map_or(0, |ns| *lock(&ns.connections))
+        self.existing(namespace)
+            .map_or(0, |ns| *lock(&ns.connections))
     }
 
     /// Records a sender waiting on `hc` under `id`; refuses a duplicate or more than `max`
     /// waiting in the namespace.
-    pub fn insert_pending(&self, hc: &HcKey, id: &str, pending: Pending, max: usize) -> Result<PendingGuard, RelayError> {
+    pub fn insert_pending(
+        &self,
+        hc: &HcKey,
+        id: &str,
+        pending: Pending,
+        max: usize,
+    ) -> Result<PendingGuard, RelayError> {
         let ns = self.ns(&hc.0);
         if ns.waiting() >= max {
             return Err(RelayError::Busy);
@@ -231,7 +257,9 @@ impl Registry {
         {
             let mut map = lock(&ns.pending);
             if map.contains_key(&key) {
-                return Err(RelayError::BadRequest(format!("A connection with tracking id '{id}' is already waiting.")));
+                return Err(RelayError::BadRequest(format!(
+                    "A connection with tracking id '{id}' is already waiting."
+                )));
             }
             map.insert(key.clone(), pending);
         }
@@ -251,7 +279,13 @@ impl Registry {
     }
 
     /// Records an HTTP request on `hc` waiting for its listener.
-    pub fn insert_http(&self, hc: &HcKey, id: &str, pending: PendingHttp, max: usize) -> Result<HttpGuard, RelayError> {
+    pub fn insert_http(
+        &self,
+        hc: &HcKey,
+        id: &str,
+        pending: PendingHttp,
+        max: usize,
+    ) -> Result<HttpGuard, RelayError> {
         let ns = self.ns(&hc.0);
         if ns.waiting() >= max {
             return Err(RelayError::Busy);
@@ -260,7 +294,9 @@ impl Registry {
         {
             let mut map = lock(&ns.http);
             if map.contains_key(&key) {
-                return Err(RelayError::BadRequest(format!("A request with tracking id '{id}' is already waiting.")));
+                return Err(RelayError::BadRequest(format!(
+                    "A request with tracking id '{id}' is already waiting."
+                )));
             }
             map.insert(key.clone(), pending);
         }
@@ -269,7 +305,12 @@ impl Registry {
 
     /// Removes and returns the HTTP request waiting on `hc` under `id`, but only when `owns`
     /// says yes; otherwise it stays where it is.
-    pub fn take_http_if(&self, hc: &HcKey, id: &str, owns: impl FnOnce(&PendingHttp) -> bool) -> Option<PendingHttp> {
+    pub fn take_http_if(
+        &self,
+        hc: &HcKey,
+        id: &str,
+        owns: impl FnOnce(&PendingHttp) -> bool,
+    ) -> Option<PendingHttp> {
         let ns = self.existing(&hc.0)?;
         let mut map = lock(&ns.http);
         let key = (hc.1.clone(), id.to_owned());
@@ -280,10 +321,20 @@ impl Registry {
     }
 
     /// Removes and returns every HTTP request on `hc` for which `owns` says yes.
-    pub fn take_http_all(&self, hc: &HcKey, owns: impl Fn(&PendingHttp) -> bool) -> Vec<PendingHttp> {
-        let Some(ns) = self.existing(&hc.0) else { return Vec::new() };
+    pub fn take_http_all(
+        &self,
+        hc: &HcKey,
+        owns: impl Fn(&PendingHttp) -> bool,
+    ) -> Vec<PendingHttp> {
+        let Some(ns) = self.existing(&hc.0) else {
+            return Vec::new();
+        };
         let mut map = lock(&ns.http);
-        let keys: Vec<(String, String)> = map.iter().filter(|(k, p)| k.0 == hc.1 && owns(p)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<(String, String)> = map
+            .iter()
+            .filter(|(k, p)| k.0 == hc.1 && owns(p))
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.iter().filter_map(|k| map.remove(k)).collect()
     }
 }
@@ -361,7 +412,15 @@ mod tests {
     fn handle(registry: &Registry, queue: usize) -> (ListenerHandle, mpsc::Receiver<ControlOut>) {
         let (tx, rx) = mpsc::channel(queue);
         let id = registry.next_listener_id();
-        (ListenerHandle { id, tracking_id: format!("l{id}"), base_url: "wss://h".into(), tx }, rx)
+        (
+            ListenerHandle {
+                id,
+                tracking_id: format!("l{id}"),
+                base_url: "wss://h".into(),
+                tx,
+            },
+            rx,
+        )
     }
 
     fn key(ns: &str, hc: &str) -> HcKey {
@@ -376,7 +435,10 @@ mod tests {
         for _ in 0..3 {
             guards.push(r.add_listener(&hc, handle(&r, 1).0, 3).unwrap());
         }
-        assert!(matches!(r.add_listener(&hc, handle(&r, 1).0, 3), Err(RelayError::TooManyListeners(3))));
+        assert!(matches!(
+            r.add_listener(&hc, handle(&r, 1).0, 3),
+            Err(RelayError::TooManyListeners(3))
+        ));
         assert_eq!(r.listener_count(&hc), 3);
         guards.truncate(1);
         assert_eq!(r.listener_count(&hc), 1);
@@ -403,7 +465,11 @@ mod tests {
         for _ in 0..200 {
             seen.insert(r.pick_listener(&hc).unwrap().id);
         }
-        assert_eq!(seen.len(), 3, "the listener with a full queue is passed over");
+        assert_eq!(
+            seen.len(),
+            3,
+            "the listener with a full queue is passed over"
+        );
         assert!(!seen.contains(&full_id));
     }
 
@@ -412,8 +478,14 @@ mod tests {
         let r = Registry::default();
         let p1 = r.acquire_connection("ns", 2).unwrap();
         let _p2 = r.acquire_connection("ns", 2).unwrap();
-        assert!(matches!(r.acquire_connection("ns", 2), Err(RelayError::TooManyConnections(2))));
-        assert!(r.acquire_connection("other", 2).is_ok(), "another namespace has its own quota");
+        assert!(matches!(
+            r.acquire_connection("ns", 2),
+            Err(RelayError::TooManyConnections(2))
+        ));
+        assert!(
+            r.acquire_connection("other", 2).is_ok(),
+            "another namespace has its own quota"
+        );
         drop(p1);
         assert_eq!(r.connection_count("ns"), 1);
     }
@@ -425,13 +497,24 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         let guard = r.insert_pending(&a, "id", tx, 10).unwrap();
         let (tx, _rx) = oneshot::channel();
-        assert!(r.insert_pending(&a, "id", tx, 10).is_err(), "same hybrid connection, same id");
+        assert!(
+            r.insert_pending(&a, "id", tx, 10).is_err(),
+            "same hybrid connection, same id"
+        );
         let (tx, _rx) = oneshot::channel();
-        let _b = r.insert_pending(&b, "id", tx, 10).expect("same id on another hybrid connection");
+        let _b = r
+            .insert_pending(&b, "id", tx, 10)
+            .expect("same id on another hybrid connection");
         let (tx, _rx) = oneshot::channel();
-        let _o = r.insert_pending(&other_ns, "id", tx, 10).expect("same id in another namespace");
+        let _o = r
+            .insert_pending(&other_ns, "id", tx, 10)
+            .expect("same id in another namespace");
         assert!(r.take_pending(&key("ns", "c"), "id").is_none());
-        assert_eq!(r.pending_count(), 3, "a lookup from elsewhere removes nothing");
+        assert_eq!(
+            r.pending_count(),
+            3,
+            "a lookup from elsewhere removes nothing"
+        );
         drop(guard);
         assert!(r.take_pending(&a, "id").is_none());
         assert_eq!(r.pending_count(), 2);
@@ -443,10 +526,16 @@ mod tests {
         let mut guards = Vec::new();
         for i in 0..2 {
             let (tx, _rx) = oneshot::channel();
-            guards.push(r.insert_pending(&key("busy", "a"), &i.to_string(), tx, 2).unwrap());
+            guards.push(
+                r.insert_pending(&key("busy", "a"), &i.to_string(), tx, 2)
+                    .unwrap(),
+            );
         }
         let (tx, _rx) = oneshot::channel();
-        assert!(matches!(r.insert_pending(&key("busy", "a"), "x", tx, 2), Err(RelayError::Busy)));
+        assert!(matches!(
+            r.insert_pending(&key("busy", "a"), "x", tx, 2),
+            Err(RelayError::Busy)
+        ));
         let (tx, _rx) = oneshot::channel();
         assert!(r.insert_pending(&key("calm", "a"), "x", tx, 2).is_ok());
     }

@@ -61,7 +61,10 @@ impl WsRequest {
     }
 
     fn take_upgrade(&mut self) -> Result<OnUpgrade, RelayError> {
-        self.req.extensions_mut().remove::<OnUpgrade>().ok_or_else(|| RelayError::BadRequest("This connection cannot be upgraded.".into()))
+        self.req
+            .extensions_mut()
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| RelayError::BadRequest("This connection cannot be upgraded.".into()))
     }
 }
 
@@ -69,7 +72,9 @@ impl WsRequest {
 pub async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
     let action = match address::query_value(&r.query, address::QUERY_ACTION) {
         None => Ok(Action::Connect),
-        Some(a) => Action::parse(&a).ok_or_else(|| RelayError::BadRequest(format!("Unrecognized action '{a}' or URL not valid."))),
+        Some(a) => Action::parse(&a).ok_or_else(|| {
+            RelayError::BadRequest(format!("Unrecognized action '{a}' or URL not valid."))
+        }),
     };
     let tracking = r.tracking.clone();
     let result = match action {
@@ -90,7 +95,9 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
     let target = r.target(state)?;
     let token = find_token(r.req.headers(), &r.query).map(|t| t.0);
     let auth = target.authorize(token.as_deref(), Right::Listen, r.tracking.now)?;
-    let permit = state.registry.acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
+    let permit = state
+        .registry
+        .acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let handle = ListenerHandle {
         id: state.registry.next_listener_id(),
@@ -98,7 +105,10 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         base_url: format!("{}://{}", if r.tls { "wss" } else { "ws" }, r.host),
         tx,
     };
-    let guard = state.registry.add_listener(&target.key, handle, MAX_LISTENERS_PER_HYBRID_CONNECTION)?;
+    let guard =
+        state
+            .registry
+            .add_listener(&target.key, handle, MAX_LISTENERS_PER_HYBRID_CONNECTION)?;
     let on_upgrade = r.take_upgrade()?;
     let channel = ControlChannel {
         state: state.clone(),
@@ -120,7 +130,10 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         }
         .instrument(span),
     );
-    Ok(ws::switching_protocols(&upgrade.key, upgrade.protocols.first().map(String::as_str)))
+    Ok(ws::switching_protocols(
+        &upgrade.key,
+        upgrade.protocols.first().map(String::as_str),
+    ))
 }
 
 async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
@@ -128,25 +141,65 @@ async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response,
     let target = r.target(state)?;
     let token = find_token(r.req.headers(), &r.query);
     if target.requires_client_authorization {
-        target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, r.tracking.now)?;
+        target.authorize(
+            token.as_ref().map(|t| t.0.as_str()),
+            Right::Send,
+            r.tracking.now,
+        )?;
     }
-    let permit = state.registry.acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
-    let listener = state.registry.pick_listener(&target.key).ok_or(RelayError::NoListeners)?;
+    let permit = state
+        .registry
+        .acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
+    let listener = state
+        .registry
+        .pick_listener(&target.key)
+        .ok_or(RelayError::NoListeners)?;
     let (reply_tx, reply_rx) = oneshot::channel();
     let id = r.tracking.id.clone();
-    let _pending = state.registry.insert_pending(&target.key, &id, reply_tx, state.options.max_pending_rendezvous)?;
+    let _pending = state.registry.insert_pending(
+        &target.key,
+        &id,
+        reply_tx,
+        state.options.max_pending_rendezvous,
+    )?;
     let command = ServiceCommand::Accept(AcceptCommand {
-        address: address::rendezvous_address(&listener.base_url, &r.path, &address::app_query(&r.query), Action::Accept, &id),
+        address: address::rendezvous_address(
+            &listener.base_url,
+            &r.path,
+            &address::app_query(&r.query),
+            Action::Accept,
+            &id,
+        ),
         id: id.clone(),
         connect_headers: connect_headers(r.req.headers(), &r.names, token.map(|t| t.1)),
-        remote_endpoint: RemoteEndpoint { address: r.peer.ip().to_canonical().to_string(), port: r.peer.port() },
+        remote_endpoint: RemoteEndpoint {
+            address: r.peer.ip().to_canonical().to_string(),
+            port: r.peer.port(),
+        },
     });
     let sender_upgrade = r.take_upgrade()?;
-    let reply =
-        wait_for_listener(state, listener, ControlOut::Accept { id: id.clone(), json: control::to_json(&command) }, reply_rx).await?;
+    let reply = wait_for_listener(
+        state,
+        listener,
+        ControlOut::Accept {
+            id: id.clone(),
+            json: control::to_json(&command),
+        },
+        reply_rx,
+    )
+    .await?;
     match reply {
-        RendezvousReply::Rejected { status, description } => Err(RelayError::Rejected { status, description }),
-        RendezvousReply::Accepted { upgrade: listener_upgrade, protocol } => {
+        RendezvousReply::Rejected {
+            status,
+            description,
+        } => Err(RelayError::Rejected {
+            status,
+            description,
+        }),
+        RendezvousReply::Accepted {
+            upgrade: listener_upgrade,
+            protocol,
+        } => {
             let chosen = protocol.filter(|p| upgrade.protocols.contains(p));
             spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, id);
             Ok(ws::switching_protocols(&upgrade.key, chosen.as_deref()))
@@ -163,8 +216,15 @@ async fn wait_for_listener(
 ) -> Result<RendezvousReply, RelayError> {
     let deadline = tokio::time::Instant::now() + state.options.rendezvous_timeout;
     let wait = async {
-        listener.tx.send(out).await.map_err(|_| RelayError::NoListeners)?;
-        reply.await.map_err(|_| RelayError::Rejected { status: 502, description: "The listener failed to complete the rendezvous.".into() })
+        listener
+            .tx
+            .send(out)
+            .await
+            .map_err(|_| RelayError::NoListeners)?;
+        reply.await.map_err(|_| RelayError::Rejected {
+            status: 502,
+            description: "The listener failed to complete the rendezvous.".into(),
+        })
     };
     tokio::select! {
         r = tokio::time::timeout_at(deadline, wait) => r.unwrap_or(Err(RelayError::ListenerTimeout)),
@@ -172,8 +232,17 @@ async fn wait_for_listener(
     }
 }
 
-fn spawn_tunnel(state: &Arc<RelayState>, sender: OnUpgrade, listener: OnUpgrade, permit: crate::registry::ConnectionPermit, id: String) {
-    let options = PumpOptions { buffer_size: state.options.tunnel_buffer_size, shutdown_grace: state.options.shutdown_grace };
+fn spawn_tunnel(
+    state: &Arc<RelayState>,
+    sender: OnUpgrade,
+    listener: OnUpgrade,
+    permit: crate::registry::ConnectionPermit,
+    id: String,
+) {
+    let options = PumpOptions {
+        buffer_size: state.options.tunnel_buffer_size,
+        shutdown_grace: state.options.shutdown_grace,
+    };
     let cancel = state.cancel.clone();
     let span = debug_span!("tunnel", tracking_id = %id);
     state.tracker.spawn(
@@ -184,7 +253,13 @@ fn spawn_tunnel(state: &Arc<RelayState>, sender: OnUpgrade, listener: OnUpgrade,
                 debug!("tunnel upgrade failed on one side");
                 return;
             };
-            let report = pump::bridge(hyper_util::rt::TokioIo::new(s), hyper_util::rt::TokioIo::new(l), options, cancel).await;
+            let report = pump::bridge(
+                hyper_util::rt::TokioIo::new(s),
+                hyper_util::rt::TokioIo::new(l),
+                options,
+                cancel,
+            )
+            .await;
             drop(permit);
             debug!(
                 sender_to_listener = report.sender_to_listener,
@@ -200,36 +275,56 @@ fn spawn_tunnel(state: &Arc<RelayState>, sender: OnUpgrade, listener: OnUpgrade,
 
 fn accept(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
     let target = r.target(state)?;
-    let id = address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
+    let id =
+        address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
     // Keyed by this hybrid connection: an id of another one (or another namespace) is simply
     // unknown here, and its sender keeps waiting undisturbed.
-    let pending = state.registry.take_pending(&target.key, &id).ok_or(RelayError::RendezvousExpired)?;
+    let pending = state
+        .registry
+        .take_pending(&target.key, &id)
+        .ok_or(RelayError::RendezvousExpired)?;
     if let Some((status, description)) = reject_params(&r.query) {
-        let _ = pending.send(RendezvousReply::Rejected { status, description });
+        let _ = pending.send(RendezvousReply::Rejected {
+            status,
+            description,
+        });
         return Ok(text_response(410, "Gone: the connection was rejected."));
     }
     let upgrade = match ws::check_upgrade(r.req.headers()) {
         Ok(u) => u,
         Err(e) => {
-            let description = "The listener's rendezvous request was not a WebSocket upgrade.".to_owned();
-            let _ = pending.send(RendezvousReply::Rejected { status: 502, description });
+            let description =
+                "The listener's rendezvous request was not a WebSocket upgrade.".to_owned();
+            let _ = pending.send(RendezvousReply::Rejected {
+                status: 502,
+                description,
+            });
             return Err(e);
         }
     };
     let protocol = upgrade.protocols.first().cloned();
     let on_upgrade = r.take_upgrade()?;
-    pending.send(RendezvousReply::Accepted { upgrade: on_upgrade, protocol: protocol.clone() }).map_err(|_| RelayError::SenderGone)?;
+    pending
+        .send(RendezvousReply::Accepted {
+            upgrade: on_upgrade,
+            protocol: protocol.clone(),
+        })
+        .map_err(|_| RelayError::SenderGone)?;
     Ok(ws::switching_protocols(&upgrade.key, protocol.as_deref()))
 }
 
 /// `sb-hc-action=request`: the listener joins an HTTP request's rendezvous (§8.1).
 fn request(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
     let target = r.target(state)?;
-    let id = address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
+    let id =
+        address::query_value(&r.query, address::QUERY_ID).ok_or(RelayError::RendezvousExpired)?;
     let upgrade = ws::check_upgrade(r.req.headers())?;
     let on_upgrade = r.take_upgrade()?;
     crate::http::rendezvous(state, &id, &target, on_upgrade)?;
-    Ok(ws::switching_protocols(&upgrade.key, upgrade.protocols.first().map(String::as_str)))
+    Ok(ws::switching_protocols(
+        &upgrade.key,
+        upgrade.protocols.first().map(String::as_str),
+    ))
 }
 
 /// `sb-hc-statusCode` / `sb-hc-statusDescription`, or the unprefixed spelling hyco-ws uses
@@ -238,16 +333,31 @@ fn request(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, Relay
 fn reject_params(query: &str) -> Option<(u16, String)> {
     let code = address::query_value(query, address::QUERY_STATUS_CODE)
         .or_else(|| address::query_value(query, address::QUERY_STATUS_CODE_UNPREFIXED))?;
-    let status = code.trim().parse::<u16>().ok().filter(|s| (400..=599).contains(s)).unwrap_or(400);
+    let status = code
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|s| (400..=599).contains(s))
+        .unwrap_or(400);
     let description = address::query_value(query, address::QUERY_STATUS_DESCRIPTION)
         .or_else(|| address::query_value(query, address::QUERY_STATUS_DESCRIPTION_UNPREFIXED))
-        .unwrap_or_else(|| StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Rejected").to_owned());
+        .unwrap_or_else(|| {
+            StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Rejected")
+                .to_owned()
+        });
     Some((status, description))
 }
 
 /// The sender's upgrade headers for `accept.connectHeaders` (§5.2): everything but the token
 /// carriers, names as the sender spelled them, repeated headers joined with ", ".
-fn connect_headers(headers: &HeaderMap, names: &HeaderNames, token_source: Option<TokenSource>) -> Headers {
+fn connect_headers(
+    headers: &HeaderMap,
+    names: &HeaderNames,
+    token_source: Option<TokenSource>,
+) -> Headers {
     let mut out = Headers::default();
     for (name, value) in headers {
         let n = name.as_str();
@@ -270,7 +380,10 @@ mod tests {
     fn header_names_and_auth_stripping() {
         let names = HeaderNames::default();
         let mut h = HeaderMap::new();
-        h.insert("servicebusauthorization", HeaderValue::from_static("secret"));
+        h.insert(
+            "servicebusauthorization",
+            HeaderValue::from_static("secret"),
+        );
         h.insert("authorization", HeaderValue::from_static("Bearer app"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
@@ -278,7 +391,11 @@ mod tests {
         assert_eq!(out.get("Authorization"), Some("Bearer app"));
         assert_eq!(out.get("X-Multi"), Some("a, b"));
         assert!(out.get("ServiceBusAuthorization").is_none());
-        assert!(connect_headers(&h, &names, Some(TokenSource::Authorization)).get("authorization").is_none());
+        assert!(
+            connect_headers(&h, &names, Some(TokenSource::Authorization))
+                .get("authorization")
+                .is_none()
+        );
     }
 
     proptest::proptest! {
@@ -306,9 +423,20 @@ mod tests {
 
     #[test]
     fn reject_parameters() {
-        assert_eq!(reject_params("sb-hc-action=accept&sb-hc-statusCode=401&sb-hc-statusDescription=No+way"), Some((401, "No way".into())));
-        assert_eq!(reject_params("statusCode=502&statusDescription=Down%21"), Some((502, "Down!".into())));
-        assert_eq!(reject_params("sb-hc-statusCode=200"), Some((400, "Bad Request".into())));
+        assert_eq!(
+            reject_params(
+                "sb-hc-action=accept&sb-hc-statusCode=401&sb-hc-statusDescription=No+way"
+            ),
+            Some((401, "No way".into()))
+        );
+        assert_eq!(
+            reject_params("statusCode=502&statusDescription=Down%21"),
+            Some((502, "Down!".into()))
+        );
+        assert_eq!(
+            reject_params("sb-hc-statusCode=200"),
+            Some((400, "Bad Request".into()))
+        );
         assert_eq!(reject_params("sb-hc-action=accept"), None);
     }
 }

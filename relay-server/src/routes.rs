@@ -29,13 +29,19 @@ pub fn router(state: Arc<RelayState>) -> Router {
 }
 
 async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Response {
-    let conn = req.extensions().get::<ConnInfo>().cloned().unwrap_or_else(|| ConnInfo {
-        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        tls: false,
-        slot: Default::default(),
-        capture: Default::default(),
-    });
-    let names = conn.capture.names(req.method().as_str(), &req.uri().to_string());
+    let conn = req
+        .extensions()
+        .get::<ConnInfo>()
+        .cloned()
+        .unwrap_or_else(|| ConnInfo {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: false,
+            slot: Default::default(),
+            capture: Default::default(),
+        });
+    let names = conn
+        .capture
+        .names(req.method().as_str(), &req.uri().to_string());
     let host = req
         .headers()
         .get(header::HOST)
@@ -48,7 +54,16 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     let now = state.options.clock.unix_now();
     if let Some(hc_path) = address::hc_path(&path) {
         let tracking = Tracking::for_request(&query, &host, hc_path, now);
-        let r = WsRequest { host, path: hc_path.to_owned(), query, peer: conn.peer, tls: conn.tls, tracking, names, req };
+        let r = WsRequest {
+            host,
+            path: hc_path.to_owned(),
+            query,
+            peer: conn.peer,
+            tls: conn.tls,
+            tracking,
+            names,
+            req,
+        };
         let response = rendezvous::handle(state, r).await;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             conn.capture.stop();
@@ -67,8 +82,13 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
 }
 
 fn banner() -> Response {
-    let mut r = Response::new(Body::from("Azure Relay Hybrid Connections emulator. WebSocket endpoints: /$hc/{hybrid-connection}\n"));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    let mut r = Response::new(Body::from(
+        "Azure Relay Hybrid Connections emulator. WebSocket endpoints: /$hc/{hybrid-connection}\n",
+    ));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

@@ -14,7 +14,14 @@ use crate::state::RelayState;
 use crate::target::{Target, find_token};
 
 /// The runtime-info Atom entry, or the error in Service Bus XML.
-pub fn answer(state: &RelayState, req: &Request, host: &str, hc_path: &str, query: &str, tracking: &Tracking) -> Response {
+pub fn answer(
+    state: &RelayState,
+    req: &Request,
+    host: &str,
+    hc_path: &str,
+    query: &str,
+    tracking: &Tracking,
+) -> Response {
     let result = Target::resolve(&state.store.read(), host, hc_path).and_then(|t| {
         if !t.suffix.is_empty() {
             return Err(RelayError::EndpointNotFound);
@@ -35,7 +42,10 @@ pub fn answer(state: &RelayState, req: &Request, host: &str, hc_path: &str, quer
                 listener_count: state.registry.listener_count(&t.key),
             };
             let mut r = Response::new(Body::from(info.to_atom()));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(runtime_info::CONTENT_TYPE));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(runtime_info::CONTENT_TYPE),
+            );
             r
         }
         Err(e) => e.render(tracking, ErrorFormat::Xml),

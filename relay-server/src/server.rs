@@ -52,26 +52,60 @@ pub async fn serve(
     drop(listener);
     info!("shutting down: no new connections; closing listeners and tunnels");
     state.tracker.close();
-    if tokio::time::timeout(state.options.shutdown_grace, state.tracker.wait()).await.is_err() {
-        warn!(remaining = state.tracker.len(), "shutdown grace period over; dropping remaining connections");
+    if tokio::time::timeout(state.options.shutdown_grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = state.tracker.len(),
+            "shutdown grace period over; dropping remaining connections"
+        );
     }
     Ok(())
 }
 
-async fn serve_connection(state: Arc<RelayState>, router: axum::Router, stream: TcpStream, peer: std::net::SocketAddr) {
+async fn serve_connection(
+    state: Arc<RelayState>,
+    router: axum::Router,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let capture = Arc::new(HeadCapture::default());
-    let conn = |tls| ConnInfo { peer, tls, slot: Default::default(), capture: capture.clone() };
+    let conn = |tls| ConnInfo {
+        peer,
+        tls,
+        slot: Default::default(),
+        capture: capture.clone(),
+    };
     match state.tls.clone() {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(state, router, CaptureIo::new(tls_stream, capture.clone()), conn(true)).await,
+            match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls_stream)) => {
+                    serve_http(
+                        state,
+                        router,
+                        CaptureIo::new(tls_stream, capture.clone()),
+                        conn(true),
+                    )
+                    .await
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         }
-        None => serve_http(state, router, CaptureIo::new(stream, capture.clone()), conn(false)).await,
+        None => {
+            serve_http(
+                state,
+                router,
+                CaptureIo::new(stream, capture.clone()),
+                conn(false),
+            )
+            .await
+        }
     }
 }
 
@@ -82,7 +116,12 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let capture = Arc::new(HeadCapture::default());
-    let conn = ConnInfo { peer, tls: false, slot: Default::default(), capture: capture.clone() };
+    let conn = ConnInfo {
+        peer,
+        tls: false,
+        slot: Default::default(),
+        capture: capture.clone(),
+    };
     let router = routes::router(state.clone());
     serve_http(state, router, CaptureIo::new(io, capture), conn).await
 }
@@ -92,17 +131,20 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(conn.clone());
-        router.clone().oneshot(req)
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(conn.clone());
+            router.clone().oneshot(req)
+        });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.options.handshake_timeout)
         .max_buf_size(MAX_HANDSHAKE_BYTES)
         .max_headers(100);
-    let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         r = connection.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "http connection ended with an error") },

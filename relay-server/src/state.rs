@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hc_protocol::limits::{DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE, RENDEZVOUS_TIMEOUT, TOKEN_RENEWAL_GRACE};
+use hc_protocol::limits::{
+    DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE, RENDEZVOUS_TIMEOUT, TOKEN_RENEWAL_GRACE,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -84,5 +86,8 @@ pub struct RelayState {
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }

@@ -47,14 +47,18 @@ pub struct Store {
 impl Store {
     /// A store that keeps the model in memory only.
     pub fn in_memory(model: Model) -> Self {
-        Store { model: RwLock::new(model), path: None }
+        Store {
+            model: RwLock::new(model),
+            path: None,
+        }
     }
 
     /// Loads `{dir}/state.json` (an empty model when absent).
     pub fn load(dir: &Path) -> Result<Model, StoreError> {
         let path = dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Model::default()),
             Err(source) => Err(StoreError::Io { path, source }),
         }
@@ -62,19 +66,30 @@ impl Store {
 
     /// A store persisting to `{dir}/state.json`; writes `model` there at once.
     pub fn persistent(dir: &Path, model: Model) -> Result<Self, StoreError> {
-        let store = Store { model: RwLock::new(model), path: Some(dir.join(STATE_FILE)) };
+        let store = Store {
+            model: RwLock::new(model),
+            path: Some(dir.join(STATE_FILE)),
+        };
         store.save(&store.read())?;
         Ok(store)
     }
 
     /// A read guard on the model; hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, Model> {
-        self.model.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.model
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `change` to a copy of the model; on success the copy is saved and replaces it.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Model) -> Result<T, ModelError>) -> Result<T, StoreError> {
-        let mut guard = self.model.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Model) -> Result<T, ModelError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self
+            .model
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = guard.clone();
         let out = change(&mut next)?;
         next.check_hosts()?;
@@ -84,8 +99,13 @@ impl Store {
     }
 
     fn save(&self, model: &Model) -> Result<(), StoreError> {
-        let Some(path) = &self.path else { return Ok(()) };
-        let io = |source| StoreError::Io { path: path.clone(), source };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
         let json = serde_json::to_vec_pretty(model).map_err(|e| io(std::io::Error::other(e)))?;
         write_atomically(path, &json).map_err(io)
     }
@@ -102,10 +122,24 @@ mod tests {
         let mut model = Model::default();
         ensure_default_namespace(&mut model, 1).unwrap();
         let store = Store::persistent(dir.path(), model).unwrap();
-        let key = store.read().namespace("default").unwrap().authorization_rules[0].0.primary_key.clone();
+        let key = store
+            .read()
+            .namespace("default")
+            .unwrap()
+            .authorization_rules[0]
+            .0
+            .primary_key
+            .clone();
         let reloaded = Store::load(dir.path()).unwrap();
-        assert_eq!(reloaded.namespace("default").unwrap().authorization_rules[0].0.primary_key, key);
-        let err = store.update(|m| m.namespace_mut("nope").map(|_| ())).unwrap_err();
+        assert_eq!(
+            reloaded.namespace("default").unwrap().authorization_rules[0]
+                .0
+                .primary_key,
+            key
+        );
+        let err = store
+            .update(|m| m.namespace_mut("nope").map(|_| ()))
+            .unwrap_err();
         assert!(err.to_string().contains("'nope' does not exist"));
         assert!(!dir.path().join(".state.json.tmp").exists());
     }

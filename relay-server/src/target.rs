@@ -52,7 +52,13 @@ pub enum TokenSource {
 /// The token of a request, from `ServiceBusAuthorization`, then `sb-hc-token`, then
 /// `Authorization` (§2.3, §8.3).
 pub fn find_token(headers: &HeaderMap, query: &str) -> Option<(String, TokenSource)> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
     header(HEADER_SB_AUTHORIZATION)
         .map(|t| (t, TokenSource::Header))
         .or_else(|| query_value(query, QUERY_TOKEN).map(|t| (t, TokenSource::Query)))
@@ -79,15 +85,24 @@ impl Target {
 
     /// Resolves `host` (Host header) and `path` (hybrid connection name plus suffix).
     pub fn resolve(model: &Model, host: &str, path: &str) -> Result<Self, RelayError> {
-        let ns = model.namespace_for_host(host).ok_or_else(|| RelayError::UnknownHost(host_without_port(host)))?;
+        let ns = model
+            .namespace_for_host(host)
+            .ok_or_else(|| RelayError::UnknownHost(host_without_port(host)))?;
         Target::from_namespace(ns, path)
     }
 
     /// Looks a registry key up again (token renewal; the entity may be gone).
     pub fn lookup(model: &Model, key: &HcKey) -> Result<Self, RelayError> {
-        let ns = model.namespaces.get(&key.0).ok_or(RelayError::EndpointNotFound)?;
+        let ns = model
+            .namespaces
+            .get(&key.0)
+            .ok_or(RelayError::EndpointNotFound)?;
         let target = Target::from_namespace(ns, &key.1)?;
-        if target.suffix.is_empty() { Ok(target) } else { Err(RelayError::EndpointNotFound) }
+        if target.suffix.is_empty() {
+            Ok(target)
+        } else {
+            Err(RelayError::EndpointNotFound)
+        }
     }
 
     /// The hybrid connection path plus suffix.
@@ -96,7 +111,12 @@ impl Target {
     }
 
     /// Checks `token` for `needed` at `now`.
-    pub fn authorize(&self, token: Option<&str>, needed: Right, now: u64) -> Result<Authorized, AuthError> {
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        needed: Right,
+        now: u64,
+    ) -> Result<Authorized, AuthError> {
         let token = token.ok_or(AuthError::MissingToken)?;
         let path = self.path();
         let scope = AuthScope {
@@ -125,10 +145,25 @@ mod tests {
     #[test]
     fn token_sources_in_order() {
         let mut h = HeaderMap::new();
-        assert_eq!(find_token(&h, "sb-hc-token=SharedAccessSignature%20a"), Some(("SharedAccessSignature a".into(), TokenSource::Query)));
-        h.insert("authorization", HeaderValue::from_static("SharedAccessSignature c"));
-        assert_eq!(find_token(&h, "").map(|t| t.1), Some(TokenSource::Authorization));
-        h.insert("servicebusauthorization", HeaderValue::from_static("SharedAccessSignature b"));
-        assert_eq!(find_token(&h, "sb-hc-token=x"), Some(("SharedAccessSignature b".into(), TokenSource::Header)));
+        assert_eq!(
+            find_token(&h, "sb-hc-token=SharedAccessSignature%20a"),
+            Some(("SharedAccessSignature a".into(), TokenSource::Query))
+        );
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("SharedAccessSignature c"),
+        );
+        assert_eq!(
+            find_token(&h, "").map(|t| t.1),
+            Some(TokenSource::Authorization)
+        );
+        h.insert(
+            "servicebusauthorization",
+            HeaderValue::from_static("SharedAccessSignature b"),
+        );
+        assert_eq!(
+            find_token(&h, "sb-hc-token=x"),
+            Some(("SharedAccessSignature b".into(), TokenSource::Header))
+        );
     }
 }

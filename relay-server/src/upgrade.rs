@@ -18,22 +18,40 @@ pub struct Upgrade {
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Checks the RFC 6455 upgrade headers; the error names the missing one.
 pub fn check_upgrade(headers: &HeaderMap) -> Result<Upgrade, RelayError> {
-    let bad = |what: &str| RelayError::BadRequest(format!("This endpoint takes WebSocket upgrades only: {what}."));
+    let bad = |what: &str| {
+        RelayError::BadRequest(format!(
+            "This endpoint takes WebSocket upgrades only: {what}."
+        ))
+    };
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return Err(bad("missing 'Upgrade: websocket'"));
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
         return Err(bad("missing 'Connection: Upgrade'"));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        != Some("13")
+    {
         return Err(bad("'Sec-WebSocket-Version' must be 13"));
     }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default();
     if key.is_empty() {
         return Err(bad("missing 'Sec-WebSocket-Key'"));
     }
@@ -45,7 +63,10 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<Upgrade, RelayError> {
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty())
         .collect();
-    Ok(Upgrade { key: key.to_owned(), protocols })
+    Ok(Upgrade {
+        key: key.to_owned(),
+        protocols,
+    })
 }
 
 /// The 101 answer: accept key, the chosen sub-protocol if any, never an extension (§6.3).

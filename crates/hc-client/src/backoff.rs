@@ -16,13 +16,20 @@ pub struct Backoff {
 impl Backoff {
     /// Delays start at `base` and double up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The delay before the next attempt: a random point in the upper half of
     /// `min(cap, base * 2^attempt)`.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let half = exp / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)

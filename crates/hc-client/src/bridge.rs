@@ -66,7 +66,12 @@ pub async fn bridge(ws: WsStream, tcp: TcpStream, buffer: usize) -> BridgeReport
 
 /// Like [`bridge`], with `early` bytes the TCP side sent before the tunnel was open (a
 /// proxy client's first bytes behind its CONNECT head); they go to the relay first.
-pub async fn bridge_with_early(ws: WsStream, tcp: TcpStream, early: &[u8], buffer: usize) -> BridgeReport {
+pub async fn bridge_with_early(
+    ws: WsStream,
+    tcp: TcpStream,
+    early: &[u8],
+    buffer: usize,
+) -> BridgeReport {
     let _ = tcp.set_nodelay(true);
     let (mut tr, mut tw) = tcp.into_split();
     let report = pump_both(ws.io, early, &mut tr, &mut tw, buffer).await;
@@ -79,14 +84,24 @@ pub async fn bridge_with_early(ws: WsStream, tcp: TcpStream, early: &[u8], buffe
 }
 
 /// Like [`bridge`], for any byte stream (an in-memory pipe, say).
-pub async fn bridge_stream<S: AsyncRead + AsyncWrite + Send + 'static>(ws: WsStream, stream: S, buffer: usize) -> BridgeReport {
+pub async fn bridge_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
+    ws: WsStream,
+    stream: S,
+    buffer: usize,
+) -> BridgeReport {
     let (mut r, mut w) = tokio::io::split(stream);
     pump_both(ws.io, &[], &mut r, &mut w, buffer).await
 }
 
 /// The bridge over any relay socket (in-memory pipes in tests); `early` goes to the relay
 /// before anything read from `src`.
-pub async fn pump_both<IO, R, W>(ws: IO, early: &[u8], src: &mut R, dst: &mut W, buffer: usize) -> BridgeReport
+pub async fn pump_both<IO, R, W>(
+    ws: IO,
+    early: &[u8],
+    src: &mut R,
+    dst: &mut W,
+    buffer: usize,
+) -> BridgeReport
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
     R: Source,
@@ -112,10 +127,17 @@ where
     if aborted.is_none() {
         writer.shutdown().await;
     }
-    BridgeReport { to_tcp: to_tcp.into_inner(), from_tcp: from_tcp.into_inner(), aborted }
+    BridgeReport {
+        to_tcp: to_tcp.into_inner(),
+        from_tcp: from_tcp.into_inner(),
+        aborted,
+    }
 }
 
-async fn both(mut a: Pin<&mut impl Future<Output = End>>, mut b: Pin<&mut impl Future<Output = End>>) -> Option<String> {
+async fn both(
+    mut a: Pin<&mut impl Future<Output = End>>,
+    mut b: Pin<&mut impl Future<Output = End>>,
+) -> Option<String> {
     let (mut a_done, mut b_done) = (false, false);
     while !(a_done && b_done) {
         tokio::select! {
@@ -127,7 +149,11 @@ async fn both(mut a: Pin<&mut impl Future<Output = End>>, mut b: Pin<&mut impl F
 }
 
 /// Relay -> TCP: data payloads are written to TCP; the relay's Close shuts TCP's write side.
-async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(reader: &mut Reader<R>, tcp: &mut W, bytes: &AtomicU64) -> End {
+async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut Reader<R>,
+    tcp: &mut W,
+    bytes: &AtomicU64,
+) -> End {
     loop {
         match reader.next_item().await {
             Ok(Some(Item::Data(h))) => {
@@ -148,7 +174,9 @@ async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(reader: &mut Rea
                 let _ = tcp.shutdown().await;
                 return End::Closed;
             }
-            Ok(None) => return End::Aborted("relay closed the connection without a close frame".into()),
+            Ok(None) => {
+                return End::Aborted("relay closed the connection without a close frame".into());
+            }
             Err(e) => return End::Aborted(format!("reading from the relay: {e}")),
         }
     }
@@ -156,7 +184,12 @@ async fn ws_to_tcp<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(reader: &mut Rea
 
 /// TCP -> relay: each read becomes one masked binary frame written in place; EOF becomes
 /// Close 1000. Queued Pongs go out between frames, also while the TCP side is idle.
-async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(tcp: &mut R, ws: &mut Writer<W>, buffer: usize, bytes: &AtomicU64) -> End {
+async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(
+    tcp: &mut R,
+    ws: &mut Writer<W>,
+    buffer: usize,
+    bytes: &AtomicU64,
+) -> End {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         if R::WAITS_FOR_READINESS {
@@ -200,7 +233,10 @@ async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(tcp: &mut R, ws: &mut Write
             Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Some(Err(e)) => return End::Aborted(format!("reading from the endpoint: {e}")),
         };
-        if let Err(e) = ws.send_in_place(OpCode::Binary, &mut buf[..HEADROOM + n]).await {
+        if let Err(e) = ws
+            .send_in_place(OpCode::Binary, &mut buf[..HEADROOM + n])
+            .await
+        {
             return End::Aborted(format!("writing to the relay: {e}"));
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);

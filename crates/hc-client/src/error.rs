@@ -45,7 +45,11 @@ impl fmt::Display for Error {
 impl Error {
     /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), status: None }
+        Error {
+            kind,
+            message: message.into(),
+            status: None,
+        }
     }
 
     /// The error for a failed WebSocket upgrade with this status and reason phrase (§9.1).
@@ -58,7 +62,11 @@ impl Error {
             408 | 504 => ErrorKind::Timeout,
             s => ErrorKind::Rejected(s),
         };
-        Error { kind, message: format!("{what}: {status} {reason}"), status: Some(status) }
+        Error {
+            kind,
+            message: format!("{what}: {status} {reason}"),
+            status: Some(status),
+        }
     }
 
     /// The kind.
@@ -110,7 +118,10 @@ impl Error {
     /// reconnecting on 404; we stop on 401 and on a 403 for a missing right too). A quota
     /// 403 is not permanent: room comes back when other connections end.
     pub fn is_permanent(&self) -> bool {
-        matches!(self.kind, ErrorKind::EndpointNotFound | ErrorKind::Unauthorized | ErrorKind::Config)
+        matches!(
+            self.kind,
+            ErrorKind::EndpointNotFound | ErrorKind::Unauthorized | ErrorKind::Config
+        )
     }
 
     /// Prefixes the message with context.
@@ -122,7 +133,11 @@ impl Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        let kind = if e.kind() == std::io::ErrorKind::TimedOut { ErrorKind::Timeout } else { ErrorKind::Network };
+        let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Network
+        };
         Error::new(kind, e.to_string())
     }
 }
@@ -143,8 +158,17 @@ mod tests {
 
     #[test]
     fn statuses_map_to_kinds() {
-        assert!(Error::from_status("connect", 404, "There are no listeners connected for the endpoint. TrackingId:x").is_no_listener());
-        assert!(Error::from_status("connect", 404, "Endpoint does not exist.").is_endpoint_not_found());
+        assert!(
+            Error::from_status(
+                "connect",
+                404,
+                "There are no listeners connected for the endpoint. TrackingId:x"
+            )
+            .is_no_listener()
+        );
+        assert!(
+            Error::from_status("connect", 404, "Endpoint does not exist.").is_endpoint_not_found()
+        );
         assert!(Error::from_status("connect", 403, "nope").is_unauthorized());
         assert!(Error::from_status("connect", 504, "slow").is_timeout());
         let e = Error::from_status("connect", 502, "Endpoint db:5432 unreachable");
@@ -155,7 +179,17 @@ mod tests {
             403,
             "QuotaExceeded: MaximumListenersPerEndpoint: the hybrid connection already has 25 listeners.",
         );
-        assert!(quota.is_quota_exceeded() && !quota.is_unauthorized() && !quota.is_permanent(), "{quota}");
-        assert!(Error::from_status("listen", 403, "Unauthorized access. 'Listen' claim(s) are required").is_permanent());
+        assert!(
+            quota.is_quota_exceeded() && !quota.is_unauthorized() && !quota.is_permanent(),
+            "{quota}"
+        );
+        assert!(
+            Error::from_status(
+                "listen",
+                403,
+                "Unauthorized access. 'Listen' claim(s) are required"
+            )
+            .is_permanent()
+        );
     }
 }

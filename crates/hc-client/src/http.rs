@@ -4,7 +4,9 @@
 //! listener does. Requests the relay sends by rendezvous (address-only `request`) are served
 //! with [`serve_rendezvous`], which answers every request on that socket until it closes.
 
-use hc_protocol::control::{self, Headers, ListenerCommand, RequestCommand, ResponseCommand, ServiceCommand};
+use hc_protocol::control::{
+    self, Headers, ListenerCommand, RequestCommand, ResponseCommand, ServiceCommand,
+};
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::limits::MAX_CONTROL_BODY_BYTES;
 use hc_ws::{Config, Message, Reader, Role, Writer};
@@ -78,7 +80,8 @@ pub(crate) async fn write_response<W: AsyncWrite + Unpin>(
     request_id: &str,
     response: &HttpResponse,
 ) -> Result<(), Error> {
-    w.send(OpCode::Text, response_json(request_id, response).as_bytes()).await?;
+    w.send(OpCode::Text, response_json(request_id, response).as_bytes())
+        .await?;
     if !response.body.is_empty() {
         w.send(OpCode::Binary, &response.body).await?;
     }
@@ -90,12 +93,21 @@ pub fn needs_rendezvous(response: &HttpResponse) -> bool {
     response.body.len() > MAX_CONTROL_BODY_BYTES
 }
 
-fn rendezvous_endpoint(ws: crate::handshake::WsStream) -> (Reader<ReadHalf<WsIo>>, Writer<WriteHalf<WsIo>>) {
-    hc_ws::split(ws.io, Config::new(Role::Client).max_message(MAX_BODY).echo_close())
+fn rendezvous_endpoint(
+    ws: crate::handshake::WsStream,
+) -> (Reader<ReadHalf<WsIo>>, Writer<WriteHalf<WsIo>>) {
+    hc_ws::split(
+        ws.io,
+        Config::new(Role::Client).max_message(MAX_BODY).echo_close(),
+    )
 }
 
 /// Answers `request` through a rendezvous opened with its address (for large responses).
-pub async fn respond_via_rendezvous(endpoint: &RelayEndpoint, request: &HttpRequest, response: &HttpResponse) -> Result<(), Error> {
+pub async fn respond_via_rendezvous(
+    endpoint: &RelayEndpoint,
+    request: &HttpRequest,
+    response: &HttpResponse,
+) -> Result<(), Error> {
     let (_r, mut w) = rendezvous_endpoint(listener::accept(endpoint, &request.address).await?);
     write_response(&mut w, &request.id, response).await?;
     let _ = w.close(&CloseFrame::new(1000, "")).await;
@@ -111,11 +123,20 @@ pub async fn serve_rendezvous(
 ) -> Result<(), Error> {
     let (mut reader, mut writer) = rendezvous_endpoint(listener::accept(endpoint, address).await?);
     loop {
-        let Some(text) = next_data(&mut reader, &mut writer).await? else { break };
+        let Some(text) = next_data(&mut reader, &mut writer).await? else {
+            break;
+        };
         let Message::Text(text) = text else { continue }; // not a command
-        let command = match ServiceCommand::parse(&text).map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))? {
+        let command = match ServiceCommand::parse(&text)
+            .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?
+        {
             control::Incoming::Known(ServiceCommand::Request(r)) => r,
-            other => return Err(Error::new(ErrorKind::Protocol, format!("expected a request on the rendezvous, got {other:?}"))),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("expected a request on the rendezvous, got {other:?}"),
+                ));
+            }
         };
         let body = if command.body == Some(true) {
             match next_data(&mut reader, &mut writer).await? {

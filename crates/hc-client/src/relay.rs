@@ -70,11 +70,19 @@ impl std::fmt::Debug for RelayEndpoint {
 impl RelayEndpoint {
     /// Reads `Endpoint=` of a connection string; `tls` is used unless the scheme says plain.
     pub fn from_endpoint(endpoint: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, Error> {
-        let parts = hc_protocol::uri::parse(endpoint).map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
-        let plain = matches!(parts.scheme.map(str::to_ascii_lowercase).as_deref(), Some("ws" | "http"));
+        let parts = hc_protocol::uri::parse(endpoint)
+            .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+        let plain = matches!(
+            parts.scheme.map(str::to_ascii_lowercase).as_deref(),
+            Some("ws" | "http")
+        );
         let default_port = if plain { 80 } else { 443 };
         Ok(RelayEndpoint {
-            host: parts.host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            host: parts
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
             port: parts.port.unwrap_or(default_port),
             tls: if plain { None } else { Some(tls) },
             connect_timeout: Duration::from_secs(20),
@@ -98,8 +106,16 @@ impl RelayEndpoint {
     /// `host[:port]` as it goes in URLs and the Host header (port left out when default).
     pub fn authority(&self) -> String {
         let default = if self.tls.is_some() { 443 } else { 80 };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == default { host } else { format!("{host}:{}", self.port) }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
     }
 
     /// `wss` or `ws`.
@@ -110,9 +126,12 @@ impl RelayEndpoint {
     /// Opens a socket to `host:port` (as given in a URL), with TLS when configured.
     pub async fn open(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
         if let Some(connect) = &self.connector {
-            return (connect.0)(host, port)
-                .await
-                .map_err(|e| Error::new(ErrorKind::Network, format!("cannot reach the relay at {host}:{port}: {e}")));
+            return (connect.0)(host, port).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Network,
+                    format!("cannot reach the relay at {host}:{port}: {e}"),
+                )
+            });
         }
         let work = async {
             let tcp = connect_tcp(host, port).await?;
@@ -120,19 +139,30 @@ impl RelayEndpoint {
             match &self.tls {
                 None => Ok(Box::new(tcp) as BoxIo),
                 Some(config) => {
-                    let name = ServerName::try_from(host.to_owned())
-                        .map_err(|e| Error::new(ErrorKind::Config, format!("bad host name '{host}': {e}")))?;
+                    let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+                        Error::new(ErrorKind::Config, format!("bad host name '{host}': {e}"))
+                    })?;
                     let tls = tokio_rustls::TlsConnector::from(config.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| Error::new(ErrorKind::Network, format!("TLS to {host}:{port} failed: {e}")))?;
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Network,
+                                format!("TLS to {host}:{port} failed: {e}"),
+                            )
+                        })?;
                     Ok(Box::new(tls) as BoxIo)
                 }
             }
         };
         tokio::time::timeout(self.connect_timeout, work)
             .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, format!("connecting to the relay at {host}:{port} timed out")))?
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("connecting to the relay at {host}:{port} timed out"),
+                )
+            })?
     }
 
     /// Opens a socket to the namespace itself.
@@ -149,7 +179,12 @@ pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
     } else {
         TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await
     };
-    result.map_err(|e| Error::new(ErrorKind::Network, format!("cannot reach the relay at {host}:{port}: {e}")))
+    result.map_err(|e| {
+        Error::new(
+            ErrorKind::Network,
+            format!("cannot reach the relay at {host}:{port}: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -159,10 +194,16 @@ mod tests {
     #[test]
     fn endpoints() {
         let tls = crate::tls::client_config(None).unwrap();
-        let e = RelayEndpoint::from_endpoint("sb://Contoso.servicebus.windows.net/", tls.clone()).unwrap();
+        let e = RelayEndpoint::from_endpoint("sb://Contoso.servicebus.windows.net/", tls.clone())
+            .unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.tls.is_some(), e.authority()),
-            ("contoso.servicebus.windows.net", 443, true, "contoso.servicebus.windows.net".into())
+            (
+                "contoso.servicebus.windows.net",
+                443,
+                true,
+                "contoso.servicebus.windows.net".into()
+            )
         );
         let e = RelayEndpoint::from_endpoint("sb://localhost:9443/", tls.clone()).unwrap();
         assert_eq!((e.port, e.authority()), (9443, "localhost:9443".into()));

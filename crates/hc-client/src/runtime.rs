@@ -20,14 +20,24 @@ pub struct RuntimeInformation {
 }
 
 /// Reads the runtime information of `path` (any right will do).
-pub async fn get(endpoint: &RelayEndpoint, path: &str, tokens: &TokenProvider) -> Result<RuntimeInformation, Error> {
+pub async fn get(
+    endpoint: &RelayEndpoint,
+    path: &str,
+    tokens: &TokenProvider,
+) -> Result<RuntimeInformation, Error> {
     let token = tokens.token(&endpoint.host, path, endpoint.clock.unix_now())?;
     let mut headers = vec![("X-PROCESS-AT", "ServiceBus")];
     if let Some(t) = &token {
         headers.push(("Authorization", t.text.as_str()));
     }
     let io = endpoint.open_namespace().await?;
-    let (head, body) = handshake::http_get(io, &format!("/{path}?api-version=2016-07"), &endpoint.authority(), &headers).await?;
+    let (head, body) = handshake::http_get(
+        io,
+        &format!("/{path}?api-version=2016-07"),
+        &endpoint.authority(),
+        &headers,
+    )
+    .await?;
     let body = String::from_utf8_lossy(&body);
     match head.status {
         200 => {
@@ -43,7 +53,11 @@ pub async fn get(endpoint: &RelayEndpoint, path: &str, tokens: &TokenProvider) -
                 listener_count: fields.listener_count,
             })
         }
-        status => Err(Error::from_status(&format!("runtime info for '{path}'"), status, &detail(&body, &head.reason))),
+        status => Err(Error::from_status(
+            &format!("runtime info for '{path}'"),
+            status,
+            &detail(&body, &head.reason),
+        )),
     }
 }
 
@@ -51,6 +65,10 @@ pub async fn get(endpoint: &RelayEndpoint, path: &str, tokens: &TokenProvider) -
 fn detail(body: &str, reason: &str) -> String {
     roxmltree::Document::parse(body)
         .ok()
-        .and_then(|doc| doc.descendants().find(|n| n.tag_name().name() == "Detail").and_then(|n| n.text().map(str::to_owned)))
+        .and_then(|doc| {
+            doc.descendants()
+                .find(|n| n.tag_name().name() == "Detail")
+                .and_then(|n| n.text().map(str::to_owned))
+        })
         .unwrap_or_else(|| reason.to_owned())
 }

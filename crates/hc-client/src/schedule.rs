@@ -36,7 +36,13 @@ impl Schedule {
     /// For a channel opened at `now` with tokens living `token_ttl`, pinging every `keepalive`.
     pub fn new(token_ttl: Duration, keepalive: Duration, now: Instant) -> Self {
         let renew_every = token_ttl.mul_f32(0.8).max(MIN_RENEWAL);
-        Schedule { renew_every, keepalive, renew_at: now + renew_every, ping_at: now + keepalive, last_heard: now }
+        Schedule {
+            renew_every,
+            keepalive,
+            renew_at: now + renew_every,
+            ping_at: now + keepalive,
+            last_heard: now,
+        }
     }
 
     /// Anything arrived from the relay at `now`.
@@ -93,7 +99,11 @@ mod tests {
         let s = |secs: u64| t0 + Duration::from_secs(secs);
         let mut schedule = Schedule::new(Duration::from_secs(3600), Duration::from_secs(10), t0);
         assert_eq!(schedule.due(s(10)), Some(Due::Ping));
-        assert_eq!(schedule.due(s(20)), Some(Due::Ping), "20 s of silence is two intervals, not more");
+        assert_eq!(
+            schedule.due(s(20)),
+            Some(Due::Ping),
+            "20 s of silence is two intervals, not more"
+        );
         assert_eq!(schedule.due(s(30)), Some(Due::Silent));
     }
 

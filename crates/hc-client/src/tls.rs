@@ -19,12 +19,25 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
     if let Some(path) = extra_ca {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| Error::new(ErrorKind::Config, format!("CA file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("CA file {}: {e}", path.display()),
+                )
+            })?;
         if certs.is_empty() {
-            return Err(Error::new(ErrorKind::Config, format!("CA file {} holds no certificate", path.display())));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("CA file {} holds no certificate", path.display()),
+            ));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| Error::new(ErrorKind::Config, format!("CA file {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("CA file {}: {e}", path.display()),
+                )
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -29,7 +29,11 @@ pub enum TokenProvider {
 impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenProvider::Key { name, ttl, .. } => f.debug_struct("Key").field("name", name).field("ttl", ttl).finish_non_exhaustive(),
+            TokenProvider::Key { name, ttl, .. } => f
+                .debug_struct("Key")
+                .field("name", name)
+                .field("ttl", ttl)
+                .finish_non_exhaustive(),
             TokenProvider::Fixed(_) => f.write_str("Fixed(<redacted>)"),
             TokenProvider::None => f.write_str("None"),
         }
@@ -47,7 +51,9 @@ pub struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("expires_at", &self.expires_at).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,7 +61,11 @@ impl TokenProvider {
     /// From a connection string's credential, with `ttl` for key-signed tokens.
     pub fn from_connection_string(cs: &ConnectionString, ttl: Duration) -> Self {
         match &cs.credential {
-            Some(Credential::Key { name, key }) => TokenProvider::Key { name: name.clone(), key: key.clone(), ttl },
+            Some(Credential::Key { name, key }) => TokenProvider::Key {
+                name: name.clone(),
+                key: key.clone(),
+                ttl,
+            },
             Some(Credential::Signature(t)) => TokenProvider::Fixed(t.clone()),
             None => TokenProvider::None,
         }
@@ -66,13 +76,22 @@ impl TokenProvider {
         match self {
             TokenProvider::Key { name, key, ttl } => {
                 let expires_at = now + ttl.as_secs().max(1);
-                let text = SasToken::create(&format!("http://{host}/{path}/"), name, key, expires_at).expose();
+                let text =
+                    SasToken::create(&format!("http://{host}/{path}/"), name, key, expires_at)
+                        .expose();
                 Ok(Some(Token { text, expires_at }))
             }
             TokenProvider::Fixed(text) => {
-                let parsed = SasToken::parse(text)
-                    .map_err(|e| Error::new(ErrorKind::Config, format!("SharedAccessSignature in the connection string: {e}")))?;
-                Ok(Some(Token { text: text.clone(), expires_at: parsed.expiry() }))
+                let parsed = SasToken::parse(text).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("SharedAccessSignature in the connection string: {e}"),
+                    )
+                })?;
+                Ok(Some(Token {
+                    text: text.clone(),
+                    expires_at: parsed.expiry(),
+                }))
             }
             TokenProvider::None => Ok(None),
         }

@@ -13,7 +13,10 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
     };
     async move {
         #[cfg(unix)]
@@ -50,17 +53,30 @@ pub fn init_logging(filter: &str) -> Result<(), String> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let targets: tracing_subscriber::filter::Targets = filter.parse().map_err(|e| format!("invalid log filter '{filter}': {e}"))?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry().with(fmt).with(targets).init();
+    let targets: tracing_subscriber::filter::Targets = filter
+        .parse()
+        .map_err(|e| format!("invalid log filter '{filter}': {e}"))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(targets)
+        .init();
     Ok(())
 }
 
 /// A command-line parser of seconds (for clap's `value_parser`): a finite number within
 /// `[min, max]`. clap names the flag in its error; the text says what was wrong.
-pub fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+pub fn seconds(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |text: &str| {
-        let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}' is not a number of seconds"))?;
         if !value.is_finite() || value < min || value > max {
             return Err(format!("must be a number of seconds from {min} to {max}"));
         }
@@ -104,7 +120,9 @@ pub fn remove_stale_temp_files(dir: &Path) -> std::io::Result<usize> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(pid) = temp_file_owner(&name.to_string_lossy()) else { continue };
+        let Some(pid) = temp_file_owner(&name.to_string_lossy()) else {
+            continue;
+        };
         if !process_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
@@ -121,7 +139,11 @@ fn temp_file_owner(file_name: &str) -> Option<u32> {
 
 /// Whether a process with this id exists (always true where that cannot be told).
 pub fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -138,9 +160,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         #[cfg(unix)]
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).unwrap().permissions()
+            ) & 0o777,
+            0o600
+        );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(init_logging("relay_server=loud").is_err(), "an unknown level is refused");
+        assert!(
+            init_logging("relay_server=loud").is_err(),
+            "an unknown level is refused"
+        );
         assert!(default_data_dir("x").ends_with("x"));
         let parse = seconds(0.05, 10.0);
         assert_eq!(parse(" 2.5 "), Ok(2.5));

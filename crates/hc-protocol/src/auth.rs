@@ -35,7 +35,9 @@ impl Right {
 
     /// Parses a wire name, case-insensitively.
     pub fn parse(text: &str) -> Option<Right> {
-        [Right::Listen, Right::Send, Right::Manage].into_iter().find(|r| r.as_str().eq_ignore_ascii_case(text))
+        [Right::Listen, Right::Send, Right::Manage]
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(text))
     }
 
     fn bit(self) -> u8 {
@@ -69,7 +71,10 @@ impl Rights {
 
     /// The rights granted, in wire order.
     pub fn to_vec(self) -> Vec<Right> {
-        [Right::Listen, Right::Send, Right::Manage].into_iter().filter(|r| self.0 & r.bit() != 0).collect()
+        [Right::Listen, Right::Send, Right::Manage]
+            .into_iter()
+            .filter(|r| self.0 & r.bit() != 0)
+            .collect()
     }
 }
 
@@ -150,7 +155,12 @@ impl AuthError {
 }
 
 /// Checks `token_text` for `scope` and the `needed` right at time `now` (Unix seconds).
-pub fn authorize(token_text: &str, scope: &AuthScope<'_>, needed: Right, now: u64) -> Result<Authorized, AuthError> {
+pub fn authorize(
+    token_text: &str,
+    scope: &AuthScope<'_>,
+    needed: Right,
+    now: u64,
+) -> Result<Authorized, AuthError> {
     let token = SasToken::parse(token_text).map_err(AuthError::Malformed)?;
     let rule = find_rule(scope, token.key_name()).ok_or(AuthError::InvalidSignature)?;
     if !token.is_signed_by(&rule.primary_key) && !token.is_signed_by(&rule.secondary_key) {
@@ -159,13 +169,21 @@ pub fn authorize(token_text: &str, scope: &AuthScope<'_>, needed: Right, now: u6
     if now > token.expiry().saturating_add(CLOCK_SKEW_SECS) {
         return Err(AuthError::Expired(token.expiry()));
     }
-    if !audience_matches(&token.audience(), scope.namespace_hosts, scope.resource_path) {
+    if !audience_matches(
+        &token.audience(),
+        scope.namespace_hosts,
+        scope.resource_path,
+    ) {
         return Err(AuthError::InvalidAudience);
     }
     if !rule.rights.allows(needed) {
         return Err(AuthError::MissingRight(needed));
     }
-    Ok(Authorized { key_name: rule.name.clone(), rights: rule.rights, expires_at: token.expiry() })
+    Ok(Authorized {
+        key_name: rule.name.clone(),
+        rights: rule.rights,
+        expires_at: token.expiry(),
+    })
 }
 
 /// Rule lookup for key name `name`: the entity's rules, then the namespace's (§3.4).
@@ -178,15 +196,27 @@ fn find_rule<'a>(scope: &AuthScope<'a>, name: &str) -> Option<&'a AuthRule> {
 /// are ignored; the host must be one of the namespace's; the token path (minus any `$hc/`)
 /// must be empty, equal to the resource path, or a `/`-segment prefix of it. Case-insensitive.
 pub fn audience_matches(audience: &str, namespace_hosts: &[String], resource_path: &str) -> bool {
-    let Ok(parts) = uri::parse(audience) else { return false };
-    if !namespace_hosts.iter().any(|h| h.eq_ignore_ascii_case(parts.host)) {
+    let Ok(parts) = uri::parse(audience) else {
+        return false;
+    };
+    if !namespace_hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(parts.host))
+    {
         return false;
     }
     let token_path = parts.path.trim_matches('/');
-    let token_path = token_path.strip_prefix("$hc").map(|p| p.trim_start_matches('/')).unwrap_or(token_path);
+    let token_path = token_path
+        .strip_prefix("$hc")
+        .map(|p| p.trim_start_matches('/'))
+        .unwrap_or(token_path);
     let token_path = token_path.to_ascii_lowercase();
     let resource = resource_path.trim_matches('/').to_ascii_lowercase();
-    token_path.is_empty() || resource == token_path || resource.strip_prefix(&token_path).is_some_and(|rest| rest.starts_with('/'))
+    token_path.is_empty()
+        || resource == token_path
+        || resource
+            .strip_prefix(&token_path)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -214,9 +244,19 @@ mod tests {
     impl Fixture {
         fn new() -> Self {
             Fixture {
-                hosts: vec!["contoso.servicebus.windows.net".into(), "contoso.localhost".into()],
-                ns_rules: vec![rule("RootManageSharedAccessKey", "root", &[Right::Manage, Right::Listen, Right::Send])],
-                hc_rules: vec![rule("defaultListener", "lis", &[Right::Listen]), rule("defaultSender", "snd", &[Right::Send])],
+                hosts: vec![
+                    "contoso.servicebus.windows.net".into(),
+                    "contoso.localhost".into(),
+                ],
+                ns_rules: vec![rule(
+                    "RootManageSharedAccessKey",
+                    "root",
+                    &[Right::Manage, Right::Listen, Right::Send],
+                )],
+                hc_rules: vec![
+                    rule("defaultListener", "lis", &[Right::Listen]),
+                    rule("defaultSender", "snd", &[Right::Send]),
+                ],
             }
         }
 
@@ -240,7 +280,7 @@ mod tests {
     fn every_client_audience_shape_verifies() {
         let f = Fixture::new();
         let audiences = [
-            "http://contoso.servicebus.windows.net/hyco/",    // .NET: trailing slash, http
+            "http://contoso.servicebus.windows.net/hyco/", // .NET: trailing slash, http
             "http://contoso.servicebus.windows.net:443/hyco", // hyco-ws createRelayToken keeps the port
             "sb://contoso.servicebus.windows.net/hyco",       // Java listener
             "sb://contoso.servicebus.windows.net/hyco//",     // Java's double slash bug
@@ -252,7 +292,10 @@ mod tests {
         for aud in audiences {
             let t = token(aud, "RootManageSharedAccessKey", "root", NOW + 60);
             assert!(f.check(&t, "hyco", Right::Listen).is_ok(), "audience {aud}");
-            assert!(f.check(&t, "hyco/sub/path", Right::Send).is_ok(), "audience {aud} with suffix");
+            assert!(
+                f.check(&t, "hyco/sub/path", Right::Send).is_ok(),
+                "audience {aud} with suffix"
+            );
         }
     }
 
@@ -261,10 +304,20 @@ mod tests {
         // encodeURIComponent leaves !'()* alone and uses uppercase hex; the raw sr is signed.
         let f = Fixture::new();
         let key = SasKey::new("root").unwrap();
-        let t = SasToken::create_raw("http%3A%2F%2Fcontoso.servicebus.windows.net%3A443%2Fhyco", "RootManageSharedAccessKey", &key, NOW);
+        let t = SasToken::create_raw(
+            "http%3A%2F%2Fcontoso.servicebus.windows.net%3A443%2Fhyco",
+            "RootManageSharedAccessKey",
+            &key,
+            NOW,
+        );
         assert!(f.check(&t.expose(), "hyco", Right::Send).is_ok());
         // The docs' example uses lowercase hex.
-        let t = SasToken::create_raw("http%3a%2f%2fcontoso.servicebus.windows.net%2fhyco%2f", "RootManageSharedAccessKey", &key, NOW);
+        let t = SasToken::create_raw(
+            "http%3a%2f%2fcontoso.servicebus.windows.net%2fhyco%2f",
+            "RootManageSharedAccessKey",
+            &key,
+            NOW,
+        );
         assert!(f.check(&t.expose(), "hyco", Right::Send).is_ok());
     }
 
@@ -277,21 +330,44 @@ mod tests {
             "http://contoso.servicebus.windows.net/other",
         ] {
             let t = token(aud, "RootManageSharedAccessKey", "root", NOW + 60);
-            assert_eq!(f.check(&t, "hyco", Right::Send), Err(AuthError::InvalidAudience), "{aud}");
+            assert_eq!(
+                f.check(&t, "hyco", Right::Send),
+                Err(AuthError::InvalidAudience),
+                "{aud}"
+            );
         }
     }
 
     #[test]
     fn rights_and_rule_scope() {
         let f = Fixture::new();
-        let listen = token("http://contoso.localhost/hyco", "defaultListener", "lis", NOW + 60);
+        let listen = token(
+            "http://contoso.localhost/hyco",
+            "defaultListener",
+            "lis",
+            NOW + 60,
+        );
         assert!(f.check(&listen, "hyco", Right::Listen).is_ok());
         let err = f.check(&listen, "hyco", Right::Send).unwrap_err();
-        assert_eq!((err.status(), &err), (403, &AuthError::MissingRight(Right::Send)));
+        assert_eq!(
+            (err.status(), &err),
+            (403, &AuthError::MissingRight(Right::Send))
+        );
         assert!(err.to_string().contains("'Send' claim(s) are required"));
-        let manage = token("http://contoso.localhost/hyco", "RootManageSharedAccessKey", "root", NOW + 60);
-        assert!(f.check(&manage, "hyco", Right::Listen).is_ok() && f.check(&manage, "hyco", Right::Send).is_ok());
-        let manage_only = Fixture { ns_rules: vec![rule("m", "m", &[Right::Manage])], ..Fixture::new() };
+        let manage = token(
+            "http://contoso.localhost/hyco",
+            "RootManageSharedAccessKey",
+            "root",
+            NOW + 60,
+        );
+        assert!(
+            f.check(&manage, "hyco", Right::Listen).is_ok()
+                && f.check(&manage, "hyco", Right::Send).is_ok()
+        );
+        let manage_only = Fixture {
+            ns_rules: vec![rule("m", "m", &[Right::Manage])],
+            ..Fixture::new()
+        };
         let t = token("http://contoso.localhost/", "m", "m", NOW + 60);
         assert!(manage_only.check(&t, "hyco", Right::Listen).is_ok());
     }
@@ -299,20 +375,51 @@ mod tests {
     #[test]
     fn secondary_key_works_and_bad_signatures_fail() {
         let f = Fixture::new();
-        let t = token("http://contoso.localhost/hyco", "defaultSender", "snd-secondary", NOW + 60);
+        let t = token(
+            "http://contoso.localhost/hyco",
+            "defaultSender",
+            "snd-secondary",
+            NOW + 60,
+        );
         assert!(f.check(&t, "hyco", Right::Send).is_ok());
-        let t = token("http://contoso.localhost/hyco", "defaultSender", "wrong", NOW + 60);
-        assert_eq!(f.check(&t, "hyco", Right::Send), Err(AuthError::InvalidSignature));
-        let t = token("http://contoso.localhost/hyco", "noSuchRule", "snd", NOW + 60);
-        assert_eq!(f.check(&t, "hyco", Right::Send), Err(AuthError::InvalidSignature));
+        let t = token(
+            "http://contoso.localhost/hyco",
+            "defaultSender",
+            "wrong",
+            NOW + 60,
+        );
+        assert_eq!(
+            f.check(&t, "hyco", Right::Send),
+            Err(AuthError::InvalidSignature)
+        );
+        let t = token(
+            "http://contoso.localhost/hyco",
+            "noSuchRule",
+            "snd",
+            NOW + 60,
+        );
+        assert_eq!(
+            f.check(&t, "hyco", Right::Send),
+            Err(AuthError::InvalidSignature)
+        );
     }
 
     #[test]
     fn expiry_allows_small_skew_only() {
         let f = Fixture::new();
-        let just = token("http://contoso.localhost/hyco", "defaultSender", "snd", NOW - CLOCK_SKEW_SECS);
+        let just = token(
+            "http://contoso.localhost/hyco",
+            "defaultSender",
+            "snd",
+            NOW - CLOCK_SKEW_SECS,
+        );
         assert!(f.check(&just, "hyco", Right::Send).is_ok());
-        let late = token("http://contoso.localhost/hyco", "defaultSender", "snd", NOW - CLOCK_SKEW_SECS - 1);
+        let late = token(
+            "http://contoso.localhost/hyco",
+            "defaultSender",
+            "snd",
+            NOW - CLOCK_SKEW_SECS - 1,
+        );
         let err = f.check(&late, "hyco", Right::Send).unwrap_err();
         assert!(matches!(err, AuthError::Expired(_)) && err.status() == 401);
         assert!(err.to_string().starts_with("ExpiredToken:"));
@@ -321,16 +428,24 @@ mod tests {
     #[test]
     fn malformed_token_is_401_with_reason() {
         let f = Fixture::new();
-        let err = f.check("SharedAccessSignature sr=x", "hyco", Right::Send).unwrap_err();
+        let err = f
+            .check("SharedAccessSignature sr=x", "hyco", Right::Send)
+            .unwrap_err();
         assert_eq!(err.status(), 401);
-        assert!(err.to_string().contains("no 'se' field") || err.to_string().contains("no 'sig'"), "{err}");
+        assert!(
+            err.to_string().contains("no 'se' field") || err.to_string().contains("no 'sig'"),
+            "{err}"
+        );
     }
 
     #[test]
     fn rights_parse_and_list() {
         assert_eq!(Right::parse("listen"), Some(Right::Listen));
         assert_eq!(Right::parse("Owner"), None);
-        assert_eq!(Rights::of(&[Right::Send, Right::Listen]).to_vec(), vec![Right::Listen, Right::Send]);
+        assert_eq!(
+            Rights::of(&[Right::Send, Right::Listen]).to_vec(),
+            vec![Right::Listen, Right::Send]
+        );
         assert!(!Rights::NONE.allows(Right::Listen));
     }
 }

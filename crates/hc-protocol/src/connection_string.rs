@@ -29,7 +29,11 @@ pub enum Credential {
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credential::Key { name, .. } => f.debug_struct("Key").field("name", name).field("key", &"<redacted>").finish(),
+            Credential::Key { name, .. } => f
+                .debug_struct("Key")
+                .field("name", name)
+                .field("key", &"<redacted>")
+                .finish(),
             Credential::Signature(_) => f.write_str("Signature(<redacted>)"),
         }
     }
@@ -66,48 +70,84 @@ pub enum ConnectionStringError {
     #[error("connection string has no Endpoint")]
     MissingEndpoint,
     /// `Endpoint` is not an absolute URI with a host.
-    #[error("connection string Endpoint '{0}' is not an absolute URI such as sb://contoso.servicebus.windows.net/")]
+    #[error(
+        "connection string Endpoint '{0}' is not an absolute URI such as sb://contoso.servicebus.windows.net/"
+    )]
     BadEndpoint(String),
     /// Only one half of the key-name/key pair.
     #[error("connection string has {0} without {1}; they must come together")]
     HalfPair(&'static str, &'static str),
     /// `SharedAccessSignature` combined with a key.
-    #[error("connection string combines SharedAccessSignature with SharedAccessKeyName/SharedAccessKey")]
+    #[error(
+        "connection string combines SharedAccessSignature with SharedAccessKeyName/SharedAccessKey"
+    )]
     SignatureWithKey,
     /// The key is empty or too long.
     #[error("connection string SharedAccessKey is invalid: {0}")]
     BadKey(TokenError),
 }
 
-const KEYS: [&str; 7] =
-    ["Endpoint", "EntityPath", "SharedAccessKeyName", "SharedAccessKey", "SharedAccessSignature", "OperationTimeout", "Authentication"];
+const KEYS: [&str; 7] = [
+    "Endpoint",
+    "EntityPath",
+    "SharedAccessKeyName",
+    "SharedAccessKey",
+    "SharedAccessSignature",
+    "OperationTimeout",
+    "Authentication",
+];
 
 impl ConnectionString {
     /// Parses a connection string; errors name the offending key, never a secret.
     pub fn parse(text: &str) -> Result<Self, ConnectionStringError> {
         let mut values: [Option<String>; 7] = Default::default();
-        for (i, part) in text.split(';').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
-            let (key, value) = part.split_once('=').ok_or(ConnectionStringError::NoEquals(i + 1))?;
+        for (i, part) in text
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or(ConnectionStringError::NoEquals(i + 1))?;
             let key = key.trim();
-            let slot =
-                KEYS.iter().position(|k| k.eq_ignore_ascii_case(key)).ok_or_else(|| ConnectionStringError::UnknownKey(key.to_owned()))?;
+            let slot = KEYS
+                .iter()
+                .position(|k| k.eq_ignore_ascii_case(key))
+                .ok_or_else(|| ConnectionStringError::UnknownKey(key.to_owned()))?;
             if values[slot].replace(value.trim().to_owned()).is_some() {
                 return Err(ConnectionStringError::DuplicateKey(KEYS[slot]));
             }
         }
-        let [endpoint, entity_path, key_name, key, signature, operation_timeout, authentication] = values;
+        let [
+            endpoint,
+            entity_path,
+            key_name,
+            key,
+            signature,
+            operation_timeout,
+            authentication,
+        ] = values;
         let endpoint = endpoint.ok_or(ConnectionStringError::MissingEndpoint)?;
         match uri::parse(&endpoint) {
             Ok(parts) if parts.scheme.is_some() => {}
             _ => return Err(ConnectionStringError::BadEndpoint(endpoint)),
         }
         let credential = credential(key_name, key, signature)?;
-        Ok(ConnectionString { endpoint, entity_path, credential, operation_timeout, authentication })
+        Ok(ConnectionString {
+            endpoint,
+            entity_path,
+            credential,
+            operation_timeout,
+            authentication,
+        })
     }
 
     /// Host of the namespace, lower-cased (e.g. `contoso.servicebus.windows.net`).
     pub fn namespace_host(&self) -> String {
-        uri::parse(&self.endpoint).map(|p| p.host.to_ascii_lowercase()).unwrap_or_default()
+        uri::parse(&self.endpoint)
+            .map(|p| p.host.to_ascii_lowercase())
+            .unwrap_or_default()
     }
 
     /// Explicit port of the endpoint, if any (`sb://localhost:9443/`).
@@ -123,26 +163,47 @@ impl ConnectionString {
                 parts.push(format!("SharedAccessKeyName={name}"));
                 parts.push(format!("SharedAccessKey={}", key.expose()));
             }
-            Some(Credential::Signature(token)) => parts.push(format!("SharedAccessSignature={token}")),
+            Some(Credential::Signature(token)) => {
+                parts.push(format!("SharedAccessSignature={token}"))
+            }
             None => {}
         }
-        let optional =
-            [("EntityPath", &self.entity_path), ("OperationTimeout", &self.operation_timeout), ("Authentication", &self.authentication)];
-        parts.extend(optional.into_iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))));
+        let optional = [
+            ("EntityPath", &self.entity_path),
+            ("OperationTimeout", &self.operation_timeout),
+            ("Authentication", &self.authentication),
+        ];
+        parts.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))),
+        );
         parts.join(";")
     }
 }
 
-fn credential(name: Option<String>, key: Option<String>, signature: Option<String>) -> Result<Option<Credential>, ConnectionStringError> {
+fn credential(
+    name: Option<String>,
+    key: Option<String>,
+    signature: Option<String>,
+) -> Result<Option<Credential>, ConnectionStringError> {
     match (name, key, signature) {
-        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(ConnectionStringError::SignatureWithKey),
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            Err(ConnectionStringError::SignatureWithKey)
+        }
         (None, None, Some(token)) => Ok(Some(Credential::Signature(token))),
         (Some(name), Some(key), None) => {
             let key = SasKey::new(key).map_err(ConnectionStringError::BadKey)?;
             Ok(Some(Credential::Key { name, key }))
         }
-        (Some(_), None, None) => Err(ConnectionStringError::HalfPair("SharedAccessKeyName", "SharedAccessKey")),
-        (None, Some(_), None) => Err(ConnectionStringError::HalfPair("SharedAccessKey", "SharedAccessKeyName")),
+        (Some(_), None, None) => Err(ConnectionStringError::HalfPair(
+            "SharedAccessKeyName",
+            "SharedAccessKey",
+        )),
+        (None, Some(_), None) => Err(ConnectionStringError::HalfPair(
+            "SharedAccessKey",
+            "SharedAccessKeyName",
+        )),
         (None, None, None) => Ok(None),
     }
 }
@@ -152,23 +213,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const GATEWAY: &str =
-        "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=defaultListener;SharedAccessKey=abc+/def=;EntityPath=hyco";
+    const GATEWAY: &str = "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=defaultListener;SharedAccessKey=abc+/def=;EntityPath=hyco";
 
     #[test]
     fn portal_gateway_string_round_trips_in_hcm_order() {
         let cs = ConnectionString::parse(GATEWAY).unwrap();
         assert_eq!(cs.namespace_host(), "contoso.servicebus.windows.net");
         assert_eq!(cs.entity_path.as_deref(), Some("hyco"));
-        assert!(matches!(&cs.credential, Some(Credential::Key { name, key }) if name == "defaultListener" && key.expose() == "abc+/def="));
+        assert!(
+            matches!(&cs.credential, Some(Credential::Key { name, key }) if name == "defaultListener" && key.expose() == "abc+/def=")
+        );
         assert_eq!(cs.expose(), GATEWAY);
     }
 
     #[test]
     fn keys_are_case_insensitive_and_values_split_on_first_equals() {
-        let cs = ConnectionString::parse("endpoint=sb://h:9443/;entitypath=x;sharedaccesskeyname=r;SHAREDACCESSKEY=k==;").unwrap();
+        let cs = ConnectionString::parse(
+            "endpoint=sb://h:9443/;entitypath=x;sharedaccesskeyname=r;SHAREDACCESSKEY=k==;",
+        )
+        .unwrap();
         assert_eq!(cs.port(), Some(9443));
-        assert_eq!(cs.expose(), "Endpoint=sb://h:9443/;SharedAccessKeyName=r;SharedAccessKey=k==;EntityPath=x");
+        assert_eq!(
+            cs.expose(),
+            "Endpoint=sb://h:9443/;SharedAccessKeyName=r;SharedAccessKey=k==;EntityPath=x"
+        );
     }
 
     #[test]
@@ -177,7 +245,10 @@ mod tests {
             ConnectionString::parse("Endpoint=sb://h/;SharedAccessSignature=SharedAccessSignature sr=a&sig=b=&se=1&skn=r;EntityPath=e")
                 .unwrap();
         assert!(matches!(&cs.credential, Some(Credential::Signature(t)) if t.ends_with("skn=r")));
-        assert_eq!(cs.expose(), "Endpoint=sb://h/;SharedAccessSignature=SharedAccessSignature sr=a&sig=b=&se=1&skn=r;EntityPath=e");
+        assert_eq!(
+            cs.expose(),
+            "Endpoint=sb://h/;SharedAccessSignature=SharedAccessSignature sr=a&sig=b=&se=1&skn=r;EntityPath=e"
+        );
     }
 
     #[test]
@@ -185,27 +256,50 @@ mod tests {
         use ConnectionStringError::*;
         let cases: [(&str, ConnectionStringError); 8] = [
             ("Endpoint=sb://h/;Foo=1", UnknownKey("Foo".into())),
-            ("Endpoint=sb://h/;SharedAccessKeyName=r", HalfPair("SharedAccessKeyName", "SharedAccessKey")),
-            ("Endpoint=sb://h/;SharedAccessKey=secret", HalfPair("SharedAccessKey", "SharedAccessKeyName")),
-            ("Endpoint=sb://h/;SharedAccessKeyName=r;SharedAccessKey=s;SharedAccessSignature=x", SignatureWithKey),
+            (
+                "Endpoint=sb://h/;SharedAccessKeyName=r",
+                HalfPair("SharedAccessKeyName", "SharedAccessKey"),
+            ),
+            (
+                "Endpoint=sb://h/;SharedAccessKey=secret",
+                HalfPair("SharedAccessKey", "SharedAccessKeyName"),
+            ),
+            (
+                "Endpoint=sb://h/;SharedAccessKeyName=r;SharedAccessKey=s;SharedAccessSignature=x",
+                SignatureWithKey,
+            ),
             ("SharedAccessKeyName=r;SharedAccessKey=s", MissingEndpoint),
-            ("Endpoint=contoso;SharedAccessKeyName=r;SharedAccessKey=s", BadEndpoint("contoso".into())),
+            (
+                "Endpoint=contoso;SharedAccessKeyName=r;SharedAccessKey=s",
+                BadEndpoint("contoso".into()),
+            ),
             ("Endpoint=sb://h/;secretwithoutequals", NoEquals(2)),
-            ("Endpoint=sb://h/;Endpoint=sb://i/", DuplicateKey("Endpoint")),
+            (
+                "Endpoint=sb://h/;Endpoint=sb://i/",
+                DuplicateKey("Endpoint"),
+            ),
         ];
         for (text, want) in cases {
             let err = ConnectionString::parse(text).unwrap_err();
             assert_eq!(err, want, "{text}");
             assert!(!err.to_string().contains("secret"));
         }
-        assert!(ConnectionString::parse("Endpoint=sb://h/;Foo=1").unwrap_err().to_string().contains("unknown parameter 'Foo'"));
+        assert!(
+            ConnectionString::parse("Endpoint=sb://h/;Foo=1")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown parameter 'Foo'")
+        );
     }
 
     #[test]
     fn debug_redacts_key() {
         let cs = ConnectionString::parse(GATEWAY).unwrap();
         let shown = format!("{cs:?}");
-        assert!(!shown.contains("abc+/def=") && shown.contains("redacted"), "{shown}");
+        assert!(
+            !shown.contains("abc+/def=") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     proptest! {

@@ -20,12 +20,19 @@ pub struct Headers(pub Vec<(String, String)>);
 impl Headers {
     /// First value of `name`, compared case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Adds a header, joining with `", "` onto an existing one of the same name.
     pub fn append(&mut self, name: &str, value: &str) {
-        match self.0.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) => {
                 v.push_str(", ");
                 v.push_str(value);
@@ -68,7 +75,9 @@ impl<'de> Deserialize<'de> for Headers {
 fn value_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Array(items) => {
+            items.iter().map(value_text).collect::<Vec<_>>().join(", ")
+        }
         serde_json::Value::Null => String::new(),
         other => other.to_string(),
     }
@@ -271,14 +280,28 @@ pub enum ControlError {
 /// Parses one control message into `T` (a [`ServiceCommand`] or [`ListenerCommand`]), whose
 /// variant names are `known`.
 pub fn parse<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<Incoming<T>, ControlError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ControlError::Json(e.to_string()))?;
-    let obj = value.as_object().filter(|o| o.len() == 1).ok_or(ControlError::NotACommand)?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ControlError::Json(e.to_string()))?;
+    let obj = value
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or(ControlError::NotACommand)?;
     let command = obj.keys().next().cloned().unwrap_or_default();
     if !known.contains(&command.as_str()) {
         return Ok(Incoming::Unknown(command));
     }
-    let request_id = obj.get(&command).and_then(|c| c.get("requestId")).and_then(|id| id.as_str()).map(str::to_owned);
-    serde_json::from_value(value).map(Incoming::Known).map_err(|e| ControlError::BadCommand { command, reason: e.to_string(), request_id })
+    let request_id = obj
+        .get(&command)
+        .and_then(|c| c.get("requestId"))
+        .and_then(|id| id.as_str())
+        .map(str::to_owned);
+    serde_json::from_value(value)
+        .map(Incoming::Known)
+        .map_err(|e| ControlError::BadCommand {
+            command,
+            reason: e.to_string(),
+            request_id,
+        })
 }
 
 impl ListenerCommand {
@@ -319,7 +342,10 @@ mod tests {
             address: "wss://h/$hc/x?sb-hc-action=accept&sb-hc-id=1_G0".into(),
             id: "1_G0".into(),
             connect_headers: h,
-            remote_endpoint: RemoteEndpoint { address: "127.0.0.1".into(), port: 5000 },
+            remote_endpoint: RemoteEndpoint {
+                address: "127.0.0.1".into(),
+                port: 5000,
+            },
         })
     }
 
@@ -330,7 +356,10 @@ mod tests {
             json,
             r#"{"accept":{"address":"wss://h/$hc/x?sb-hc-action=accept&sb-hc-id=1_G0","id":"1_G0","connectHeaders":{"Host":"contoso.localhost:9443","Sec-WebSocket-Key":"l8fWd829IrZbEqUcLejv+Q=="},"remoteEndpoint":{"address":"127.0.0.1","port":5000}}}"#
         );
-        assert_eq!(ServiceCommand::parse(&json).unwrap(), Incoming::Known(accept()));
+        assert_eq!(
+            ServiceCommand::parse(&json).unwrap(),
+            Incoming::Known(accept())
+        );
     }
 
     #[test]
@@ -339,12 +368,25 @@ mod tests {
             id: "r1".into(),
             request_target: "/hyco/a?b=1".into(),
             method: "POST".into(),
-            remote_endpoint: RemoteEndpoint { address: "::1".into(), port: 1 },
+            remote_endpoint: RemoteEndpoint {
+                address: "::1".into(),
+                port: 1,
+            },
             request_headers: Headers(vec![("X-Multi".into(), "a, b".into())]),
         };
-        let full = to_json(&ServiceCommand::Request(RequestCommand::full("wss://a".into(), head, true)));
-        assert!(full.contains(r#""method":"POST""#) && full.contains(r#""body":true"#), "{full}");
-        let rv = to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only("wss://a".into(), "r1".into())));
+        let full = to_json(&ServiceCommand::Request(RequestCommand::full(
+            "wss://a".into(),
+            head,
+            true,
+        )));
+        assert!(
+            full.contains(r#""method":"POST""#) && full.contains(r#""body":true"#),
+            "{full}"
+        );
+        let rv = to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only(
+            "wss://a".into(),
+            "r1".into(),
+        )));
         assert_eq!(rv, r#"{"request":{"address":"wss://a","id":"r1"}}"#);
         assert!(!full.contains("null") && !rv.contains("null"));
     }
@@ -355,36 +397,72 @@ mod tests {
             r#"{"response":{"requestId":"r","statusCode":200,"statusDescription":"OK","body":true}}"#,
             r#"{"response":{"body":true,"requestId":"r","statusCode":"200","statusDescription":"OK","responseHeaders":{"Content-Length":5,"X":["a","b"]}}}"#,
         ] {
-            let Incoming::Known(ListenerCommand::Response(r)) = ListenerCommand::parse(text).unwrap() else { panic!("{text}") };
-            assert_eq!((r.status_code, r.body, r.request_id.as_str()), (200, true, "r"));
+            let Incoming::Known(ListenerCommand::Response(r)) =
+                ListenerCommand::parse(text).unwrap()
+            else {
+                panic!("{text}")
+            };
+            assert_eq!(
+                (r.status_code, r.body, r.request_id.as_str()),
+                (200, true, "r")
+            );
         }
         let text = r#"{"response":{"body":false,"requestId":"r","statusCode":200,"responseHeaders":{"Content-Length":5,"X":["a","b"]}}}"#;
-        let Incoming::Known(ListenerCommand::Response(r)) = ListenerCommand::parse(text).unwrap() else { panic!() };
+        let Incoming::Known(ListenerCommand::Response(r)) = ListenerCommand::parse(text).unwrap()
+        else {
+            panic!()
+        };
         let h = r.response_headers.unwrap();
-        assert_eq!((h.get("content-length"), h.get("x")), (Some("5"), Some("a, b")));
+        assert_eq!(
+            (h.get("content-length"), h.get("x")),
+            (Some("5"), Some("a, b"))
+        );
     }
 
     #[test]
     fn bad_and_unknown_messages() {
-        assert_eq!(ListenerCommand::parse(r#"{"injectFault":{"delay":"00:01:00"}}"#).unwrap(), Incoming::Unknown("injectFault".into()));
+        assert_eq!(
+            ListenerCommand::parse(r#"{"injectFault":{"delay":"00:01:00"}}"#).unwrap(),
+            Incoming::Unknown("injectFault".into())
+        );
         assert_eq!(ListenerCommand::parse("[]"), Err(ControlError::NotACommand));
-        assert_eq!(ListenerCommand::parse(r#"{"a":1,"b":2}"#), Err(ControlError::NotACommand));
-        assert!(matches!(ListenerCommand::parse("{"), Err(ControlError::Json(_))));
-        let err = ListenerCommand::parse(r#"{"response":{"requestId":"r","statusCode":"abc","body":true}}"#).unwrap_err();
+        assert_eq!(
+            ListenerCommand::parse(r#"{"a":1,"b":2}"#),
+            Err(ControlError::NotACommand)
+        );
+        assert!(matches!(
+            ListenerCommand::parse("{"),
+            Err(ControlError::Json(_))
+        ));
+        let err = ListenerCommand::parse(
+            r#"{"response":{"requestId":"r","statusCode":"abc","body":true}}"#,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, ControlError::BadCommand { ref command, ref request_id, .. } if command == "response" && request_id.as_deref() == Some("r")),
             "{err}"
         );
-        let err = ListenerCommand::parse(r#"{"response":{"requestId":"r","statusCode":70000,"body":true}}"#).unwrap_err();
+        let err = ListenerCommand::parse(
+            r#"{"response":{"requestId":"r","statusCode":70000,"body":true}}"#,
+        )
+        .unwrap_err();
         assert!(matches!(err, ControlError::BadCommand { .. }));
     }
 
     #[test]
     fn renew_token_round_trip_and_redaction() {
-        let cmd = ListenerCommand::RenewToken(RenewTokenCommand { token: "SharedAccessSignature sr=a&sig=SECRET".into() });
+        let cmd = ListenerCommand::RenewToken(RenewTokenCommand {
+            token: "SharedAccessSignature sr=a&sig=SECRET".into(),
+        });
         let json = to_json(&cmd);
-        assert_eq!(json, r#"{"renewToken":{"token":"SharedAccessSignature sr=a&sig=SECRET"}}"#);
-        assert_eq!(ListenerCommand::parse(&json).unwrap(), Incoming::Known(cmd.clone()));
+        assert_eq!(
+            json,
+            r#"{"renewToken":{"token":"SharedAccessSignature sr=a&sig=SECRET"}}"#
+        );
+        assert_eq!(
+            ListenerCommand::parse(&json).unwrap(),
+            Incoming::Known(cmd.clone())
+        );
         assert!(!format!("{cmd:?}").contains("SECRET"));
     }
 }

@@ -106,7 +106,12 @@ pub enum FrameError {
 impl FrameHeader {
     /// A header for a frame the relay sends (servers never mask).
     pub fn new(fin: bool, opcode: OpCode, payload_len: u64) -> Self {
-        FrameHeader { fin, opcode, mask: None, payload_len }
+        FrameHeader {
+            fin,
+            opcode,
+            mask: None,
+            payload_len,
+        }
     }
 
     /// Decodes a header from the start of `buf`. `Ok(None)` means more bytes are needed;
@@ -125,7 +130,10 @@ impl FrameHeader {
                 None => return Ok(None),
             },
             127 => match buf.get(2..10) {
-                Some(b) => (u64::from_be_bytes(b.try_into().map_err(|_| FrameError::LengthOutOfRange)?), 10),
+                Some(b) => (
+                    u64::from_be_bytes(b.try_into().map_err(|_| FrameError::LengthOutOfRange)?),
+                    10,
+                ),
                 None => return Ok(None),
             },
             n => (u64::from(n), 2),
@@ -137,13 +145,23 @@ impl FrameHeader {
             return Err(FrameError::BadControlFrame);
         }
         let mask = if masked {
-            let Some(m) = buf.get(used..used + 4) else { return Ok(None) };
+            let Some(m) = buf.get(used..used + 4) else {
+                return Ok(None);
+            };
             used += 4;
             Some([m[0], m[1], m[2], m[3]])
         } else {
             None
         };
-        Ok(Some((FrameHeader { fin, opcode, mask, payload_len }, used)))
+        Ok(Some((
+            FrameHeader {
+                fin,
+                opcode,
+                mask,
+                payload_len,
+            },
+            used,
+        )))
     }
 
     /// Encodes into `out`, returning the number of bytes written (2 to 14).
@@ -188,8 +206,16 @@ impl FrameHeader {
 /// can be unmasked in pieces as it streams through).
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     let shift = (offset % 4) as usize;
-    let rotated = [mask[shift], mask[(shift + 1) % 4], mask[(shift + 2) % 4], mask[(shift + 3) % 4]];
-    let word = u64::from_ne_bytes([rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2], rotated[3]]);
+    let rotated = [
+        mask[shift],
+        mask[(shift + 1) % 4],
+        mask[(shift + 2) % 4],
+        mask[(shift + 3) % 4],
+    ];
+    let word = u64::from_ne_bytes([
+        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2],
+        rotated[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut bytes = [0u8; 8];
@@ -238,19 +264,33 @@ impl CloseFrame {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        CloseFrame { code: Some(code), reason: reason[..end].to_owned() }
+        CloseFrame {
+            code: Some(code),
+            reason: reason[..end].to_owned(),
+        }
     }
 
     /// Parses an (unmasked) close payload, checking the code is one an endpoint may send.
     pub fn parse(payload: &[u8]) -> Result<Self, FrameError> {
         match payload {
-            [] => Ok(CloseFrame { code: None, reason: String::new() }),
+            [] => Ok(CloseFrame {
+                code: None,
+                reason: String::new(),
+            }),
             [_] => Err(FrameError::BadClosePayload),
             [a, b, reason @ ..] => {
                 let code = u16::from_be_bytes([*a, *b]);
                 let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-                let reason = std::str::from_utf8(reason).map_err(|_| FrameError::BadClosePayload)?;
-                if valid { Ok(CloseFrame { code: Some(code), reason: reason.to_owned() }) } else { Err(FrameError::BadClosePayload) }
+                let reason =
+                    std::str::from_utf8(reason).map_err(|_| FrameError::BadClosePayload)?;
+                if valid {
+                    Ok(CloseFrame {
+                        code: Some(code),
+                        reason: reason.to_owned(),
+                    })
+                } else {
+                    Err(FrameError::BadClosePayload)
+                }
             }
         }
     }
@@ -294,15 +334,23 @@ mod tests {
 
     #[test]
     fn rfc_accept_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn rfc_examples() {
         // RFC 6455 §5.7: masked "Hello".
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, n) = FrameHeader::decode(&frame).unwrap().unwrap();
-        assert_eq!((h.fin, h.opcode, h.payload_len, n), (true, OpCode::Text, 5, 6));
+        assert_eq!(
+            (h.fin, h.opcode, h.payload_len, n),
+            (true, OpCode::Text, 5, 6)
+        );
         let mut payload = frame[n..].to_vec();
         apply_mask(&mut payload, h.mask.unwrap(), 0);
         assert_eq!(payload, b"Hello");
@@ -310,8 +358,22 @@ mod tests {
         let (h, _) = FrameHeader::decode(&[0x01, 0x03]).unwrap().unwrap();
         assert!(!h.fin && h.opcode == OpCode::Text);
         // 256-byte and 64 KiB binary lengths.
-        assert_eq!(FrameHeader::decode(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap().0.payload_len, 256);
-        assert_eq!(FrameHeader::decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().unwrap().0.payload_len, 65536);
+        assert_eq!(
+            FrameHeader::decode(&[0x82, 0x7E, 0x01, 0x00])
+                .unwrap()
+                .unwrap()
+                .0
+                .payload_len,
+            256
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0])
+                .unwrap()
+                .unwrap()
+                .0
+                .payload_len,
+            65536
+        );
     }
 
     #[test]
@@ -324,11 +386,26 @@ mod tests {
 
     #[test]
     fn refused_frames() {
-        assert_eq!(FrameHeader::decode(&[0xC2, 0x00]), Err(FrameError::ReservedBits));
-        assert_eq!(FrameHeader::decode(&[0x83, 0x00]), Err(FrameError::UnknownOpcode(3)));
-        assert_eq!(FrameHeader::decode(&[0x09, 0x00]), Err(FrameError::BadControlFrame));
-        assert_eq!(FrameHeader::decode(&[0x89, 0x7E, 0, 126]), Err(FrameError::BadControlFrame));
-        assert_eq!(FrameHeader::decode(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(FrameError::LengthOutOfRange));
+        assert_eq!(
+            FrameHeader::decode(&[0xC2, 0x00]),
+            Err(FrameError::ReservedBits)
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x83, 0x00]),
+            Err(FrameError::UnknownOpcode(3))
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x09, 0x00]),
+            Err(FrameError::BadControlFrame)
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x89, 0x7E, 0, 126]),
+            Err(FrameError::BadControlFrame)
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            Err(FrameError::LengthOutOfRange)
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub enum MetadataError {
     #[error("UserMetadata must contain an endpoint composed of a host and port; found '{0}'")]
     NoEndpoint(String),
     /// The endpoint value is not `host:port`.
-    #[error("userMetadata endpoint '{0}' is not host:port (host letters, digits, '.', '-'; port 1-65535)")]
+    #[error(
+        "userMetadata endpoint '{0}' is not host:port (host letters, digits, '.', '-'; port 1-65535)"
+    )]
     BadEndpoint(String),
 }
 
@@ -41,13 +43,23 @@ impl Endpoint {
     pub fn parse(text: &str) -> Result<Endpoint, MetadataError> {
         let bad = || MetadataError::BadEndpoint(text.to_owned());
         let (host, port) = text.trim().split_once(':').ok_or_else(bad)?;
-        let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         let port_ok = (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit());
-        let port: u16 = if host_ok && port_ok { port.parse().map_err(|_| bad())? } else { return Err(bad()) };
+        let port: u16 = if host_ok && port_ok {
+            port.parse().map_err(|_| bad())?
+        } else {
+            return Err(bad());
+        };
         if port == 0 {
             return Err(bad());
         }
-        Ok(Endpoint { host: host.to_ascii_lowercase(), port })
+        Ok(Endpoint {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 
     /// The `userMetadata` text App Service writes for this endpoint.
@@ -58,8 +70,8 @@ impl Endpoint {
     /// Reads the endpoint from `userMetadata`.
     pub fn from_user_metadata(metadata: &str) -> Result<Endpoint, MetadataError> {
         let lowered = metadata.to_lowercase();
-        let items: Vec<serde_json::Value> =
-            serde_json::from_str(&lowered).map_err(|_| MetadataError::NotKeyValueArray(metadata.to_owned()))?;
+        let items: Vec<serde_json::Value> = serde_json::from_str(&lowered)
+            .map_err(|_| MetadataError::NotKeyValueArray(metadata.to_owned()))?;
         let value = items
             .iter()
             .find(|item| item.get("key").and_then(|k| k.as_str()) == Some("endpoint"))
@@ -77,18 +89,49 @@ mod tests {
     fn round_trip() {
         let e = Endpoint::parse("MyHost.corp.local:1433").unwrap();
         assert_eq!(e.to_string(), "myhost.corp.local:1433");
-        assert_eq!(e.to_user_metadata(), r#"[{"key":"endpoint","value":"myhost.corp.local:1433"}]"#);
-        assert_eq!(Endpoint::from_user_metadata(&e.to_user_metadata()).unwrap(), e);
+        assert_eq!(
+            e.to_user_metadata(),
+            r#"[{"key":"endpoint","value":"myhost.corp.local:1433"}]"#
+        );
+        assert_eq!(
+            Endpoint::from_user_metadata(&e.to_user_metadata()).unwrap(),
+            e
+        );
         let mixed = r#"[{"key":"other","value":"x"},{"Key":"ENDPOINT","Value":"Db:5432"}]"#;
-        assert_eq!(Endpoint::from_user_metadata(mixed).unwrap(), Endpoint { host: "db".into(), port: 5432 });
+        assert_eq!(
+            Endpoint::from_user_metadata(mixed).unwrap(),
+            Endpoint {
+                host: "db".into(),
+                port: 5432
+            }
+        );
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(Endpoint::from_user_metadata("nope"), Err(MetadataError::NotKeyValueArray(_))));
-        assert!(matches!(Endpoint::from_user_metadata("[]"), Err(MetadataError::NoEndpoint(_))));
-        for bad in ["host", "host:", ":80", "host:0", "host:123456", "[::1]:80", "a b:1", "h:1:2", "h:99999"] {
-            assert!(matches!(Endpoint::parse(bad), Err(MetadataError::BadEndpoint(_))), "{bad}");
+        assert!(matches!(
+            Endpoint::from_user_metadata("nope"),
+            Err(MetadataError::NotKeyValueArray(_))
+        ));
+        assert!(matches!(
+            Endpoint::from_user_metadata("[]"),
+            Err(MetadataError::NoEndpoint(_))
+        ));
+        for bad in [
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:123456",
+            "[::1]:80",
+            "a b:1",
+            "h:1:2",
+            "h:99999",
+        ] {
+            assert!(
+                matches!(Endpoint::parse(bad), Err(MetadataError::BadEndpoint(_))),
+                "{bad}"
+            );
         }
     }
 }

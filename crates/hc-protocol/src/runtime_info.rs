@@ -48,8 +48,15 @@ pub fn xml_escape(text: &str) -> String {
 impl RuntimeInfo {
     /// The Atom entry document.
     pub fn to_atom(&self) -> String {
-        let self_link = xml_escape(&format!("https://{}/{}?api-version=2016-07", self.namespace_host, self.path));
-        let metadata = self.user_metadata.as_deref().map(|m| format!("<UserMetadata>{}</UserMetadata>", xml_escape(m))).unwrap_or_default();
+        let self_link = xml_escape(&format!(
+            "https://{}/{}?api-version=2016-07",
+            self.namespace_host, self.path
+        ));
+        let metadata = self
+            .user_metadata
+            .as_deref()
+            .map(|m| format!("<UserMetadata>{}</UserMetadata>", xml_escape(m)))
+            .unwrap_or_default();
         format!(
             concat!(
                 r#"<entry xmlns="http://www.w3.org/2005/Atom"><id>{link}</id><title type="text">{title}</title>"#,
@@ -80,10 +87,14 @@ impl RuntimeInfo {
         if root.tag_name().name() != "entry" || root.tag_name().namespace() != Some(ATOM_NS) {
             return None;
         }
-        let desc = root.descendants().find(|n| n.has_tag_name((CONNECT_NS, "HybridConnectionDescription")))?;
+        let desc = root
+            .descendants()
+            .find(|n| n.has_tag_name((CONNECT_NS, "HybridConnectionDescription")))?;
         let member = |name: &str| desc.children().find(|n| n.has_tag_name((CONNECT_NS, name)));
         let text = |name: &str| {
-            member(name).filter(|n| n.attribute((XSI_NS, "nil")) != Some("true")).map(|n| n.text().unwrap_or_default().to_owned())
+            member(name)
+                .filter(|n| n.attribute((XSI_NS, "nil")) != Some("true"))
+                .map(|n| n.text().unwrap_or_default().to_owned())
         };
         Some(RuntimeFields {
             requires_client_authorization: text("RequiresClientAuthorization")?.trim() == "true",
@@ -127,15 +138,27 @@ mod tests {
             listener_count: 1,
         };
         let xml = info.to_atom();
-        let order = ["<CreatedAt>", "<UpdatedAt>", "<RequiresClientAuthorization>", "<UserMetadata>", "<ListenerCount>"];
+        let order = [
+            "<CreatedAt>",
+            "<UpdatedAt>",
+            "<RequiresClientAuthorization>",
+            "<UserMetadata>",
+            "<ListenerCount>",
+        ];
         let positions: Vec<usize> = order.iter().map(|t| xml.find(t).unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
         assert!(xml.contains("<CreatedAt>2025-01-01T00:00:00.0000000Z</CreatedAt>"));
-        assert!(xml.contains("[{&quot;key&quot;:&quot;endpoint&quot;,&quot;value&quot;:&quot;sqlhost:1433&quot;}]"));
+        assert!(xml.contains(
+            "[{&quot;key&quot;:&quot;endpoint&quot;,&quot;value&quot;:&quot;sqlhost:1433&quot;}]"
+        ));
         let fields = RuntimeInfo::parse_atom(&xml).unwrap();
         assert_eq!(
             fields,
-            RuntimeFields { requires_client_authorization: true, user_metadata: info.user_metadata.clone(), listener_count: 1 }
+            RuntimeFields {
+                requires_client_authorization: true,
+                user_metadata: info.user_metadata.clone(),
+                listener_count: 1
+            }
         );
     }
 
@@ -154,7 +177,11 @@ mod tests {
   </a:content></a:entry>"#;
         let f = RuntimeInfo::parse_atom(xml).unwrap();
         assert_eq!(
-            (f.requires_client_authorization, f.user_metadata.as_deref(), f.listener_count),
+            (
+                f.requires_client_authorization,
+                f.user_metadata.as_deref(),
+                f.listener_count
+            ),
             (false, Some(r#"[{"key":"endpoint","value":"db:5432"}]"#), 3)
         );
         let nil = xml.replace(
@@ -163,7 +190,12 @@ mod tests {
         );
         assert_eq!(RuntimeInfo::parse_atom(&nil).unwrap().user_metadata, None);
         // A feed (what the service answers for unknown paths), another namespace, or junk.
-        assert!(RuntimeInfo::parse_atom(r#"<feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>"#).is_none());
+        assert!(
+            RuntimeInfo::parse_atom(
+                r#"<feed xmlns="http://www.w3.org/2005/Atom"><title>x</title></feed>"#
+            )
+            .is_none()
+        );
         assert!(RuntimeInfo::parse_atom(&xml.replace("servicebus/connect", "elsewhere")).is_none());
         assert!(RuntimeInfo::parse_atom("<entry").is_none());
     }

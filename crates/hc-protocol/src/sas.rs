@@ -61,7 +61,8 @@ impl SasKey {
 
     fn mac(&self, sr_raw: &str, expiry: u64) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(self.0.as_bytes()).expect("hmac takes any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(self.0.as_bytes()).expect("hmac takes any key length");
         mac.update(sr_raw.as_bytes());
         mac.update(b"\n");
         mac.update(expiry.to_string().as_bytes());
@@ -113,20 +114,33 @@ impl SasToken {
     pub fn create(resource_uri: &str, key_name: &str, key: &SasKey, expiry: u64) -> Self {
         let resource_raw = uri::form_encode(resource_uri);
         let signature = key.sign(&resource_raw, expiry);
-        SasToken { resource_raw, signature, expiry, key_name: key_name.to_owned() }
+        SasToken {
+            resource_raw,
+            signature,
+            expiry,
+            key_name: key_name.to_owned(),
+        }
     }
 
     /// Builds a token over an `sr` text that is already encoded, exactly as given. Used to
     /// reproduce other clients' encodings (PROTOCOL.md §3.3).
     pub fn create_raw(resource_raw: &str, key_name: &str, key: &SasKey, expiry: u64) -> Self {
         let signature = key.sign(resource_raw, expiry);
-        SasToken { resource_raw: resource_raw.to_owned(), signature, expiry, key_name: key_name.to_owned() }
+        SasToken {
+            resource_raw: resource_raw.to_owned(),
+            signature,
+            expiry,
+            key_name: key_name.to_owned(),
+        }
     }
 
     /// Parses `SharedAccessSignature k=v&k=v...` with the pairs in any order.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let text = text.trim();
-        let body = strip_prefix_ci(text, TOKEN_PREFIX).filter(|rest| rest.starts_with(' ')).ok_or(TokenError::MissingPrefix)?.trim_start();
+        let body = strip_prefix_ci(text, TOKEN_PREFIX)
+            .filter(|rest| rest.starts_with(' '))
+            .ok_or(TokenError::MissingPrefix)?
+            .trim_start();
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for pair in body.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -142,7 +156,10 @@ impl SasToken {
             }
         }
         let se_text = uri::percent_decode(se.ok_or(TokenError::MissingField("se"))?);
-        let expiry = se_text.trim().parse().map_err(|_| TokenError::BadExpiry(se_text.clone()))?;
+        let expiry = se_text
+            .trim()
+            .parse()
+            .map_err(|_| TokenError::BadExpiry(se_text.clone()))?;
         let key_name = uri::form_decode(skn.ok_or(TokenError::MissingField("skn"))?);
         if key_name.is_empty() || key_name.len() > MAX_KEY_NAME_LEN {
             return Err(TokenError::BadKeyNameLength(key_name.len()));
@@ -206,7 +223,8 @@ impl fmt::Debug for SasToken {
 /// Case-insensitive ASCII prefix strip.
 pub(crate) fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -225,9 +243,18 @@ mod tests {
     #[test]
     fn known_answers() {
         let cases = [
-            ("http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco%2F", "TwJ6q3OjTC00webwqKMTOcjnOBvArAJt4nOYZRUADNo="),
-            ("http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco", "wYIn77YEsOZQ47wY0mAXg/Z68ihawxCJcm7EPhshRPk="),
-            ("sb%3A%2F%2Fcontoso.servicebus.windows.net", "CGkHzMzcczMtqaMZRIW/t1XCx+/mLij0Z/BzsNAWfB4="),
+            (
+                "http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco%2F",
+                "TwJ6q3OjTC00webwqKMTOcjnOBvArAJt4nOYZRUADNo=",
+            ),
+            (
+                "http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco",
+                "wYIn77YEsOZQ47wY0mAXg/Z68ihawxCJcm7EPhshRPk=",
+            ),
+            (
+                "sb%3A%2F%2Fcontoso.servicebus.windows.net",
+                "CGkHzMzcczMtqaMZRIW/t1XCx+/mLij0Z/BzsNAWfB4=",
+            ),
         ];
         for (sr, sig) in cases {
             assert_eq!(key().sign(sr, SE), sig, "sr={sr}");
@@ -257,26 +284,53 @@ mod tests {
     #[test]
     fn pairs_in_any_order_and_prefix_case() {
         let t = SasToken::create("http://ns/hc", "rule", &key(), SE);
-        let reordered = format!("sharedaccesssignature sig={}&se={}&skn=rule&sr={}", uri::form_encode(&t.signature), SE, t.resource_raw());
+        let reordered = format!(
+            "sharedaccesssignature sig={}&se={}&skn=rule&sr={}",
+            uri::form_encode(&t.signature),
+            SE,
+            t.resource_raw()
+        );
         assert!(SasToken::parse(&reordered).unwrap().is_signed_by(&key()));
     }
 
     #[test]
     fn malformed_tokens_name_the_problem() {
         assert_eq!(SasToken::parse("Bearer x"), Err(TokenError::MissingPrefix));
-        assert_eq!(SasToken::parse("SharedAccessSignaturesr=a"), Err(TokenError::MissingPrefix));
-        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=b&skn=c"), Err(TokenError::MissingField("se")));
-        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=b&se=1&se=2&skn=c"), Err(TokenError::DuplicateField("se")));
-        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=b&se=soon&skn=c"), Err(TokenError::BadExpiry("soon".into())));
-        assert_eq!(SasToken::parse("SharedAccessSignature sr=a&sig=b&se=1&skn="), Err(TokenError::BadKeyNameLength(0)));
-        assert_eq!(SasToken::parse("SharedAccessSignature sig=b&se=1&skn=c"), Err(TokenError::MissingField("sr")));
+        assert_eq!(
+            SasToken::parse("SharedAccessSignaturesr=a"),
+            Err(TokenError::MissingPrefix)
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sig=b&skn=c"),
+            Err(TokenError::MissingField("se"))
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sig=b&se=1&se=2&skn=c"),
+            Err(TokenError::DuplicateField("se"))
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sig=b&se=soon&skn=c"),
+            Err(TokenError::BadExpiry("soon".into()))
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sig=b&se=1&skn="),
+            Err(TokenError::BadKeyNameLength(0))
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sig=b&se=1&skn=c"),
+            Err(TokenError::MissingField("sr"))
+        );
     }
 
     #[test]
     fn raw_plus_in_signature_survives() {
         // Python's quote() may leave '/' raw; a client may also leave '+' raw.
         let t = SasToken::create_raw("sb%3A%2F%2Fcontoso.servicebus.windows.net", "r", &key(), SE);
-        let text = format!("SharedAccessSignature sr={}&sig={}&se={SE}&skn=r", t.resource_raw(), t.signature);
+        let text = format!(
+            "SharedAccessSignature sr={}&sig={}&se={SE}&skn=r",
+            t.resource_raw(),
+            t.signature
+        );
         assert!(t.signature.contains('+') && t.signature.contains('/'));
         assert!(SasToken::parse(&text).unwrap().is_signed_by(&key()));
     }
@@ -285,14 +339,20 @@ mod tests {
     fn debug_redacts_secrets() {
         let t = SasToken::create("http://ns/hc", "rule", &key(), SE);
         let shown = format!("{:?} {:?}", key(), t);
-        assert!(!shown.contains(KEY) && !shown.contains(&t.signature), "{shown}");
+        assert!(
+            !shown.contains(KEY) && !shown.contains(&t.signature),
+            "{shown}"
+        );
         assert!(shown.contains("redacted"));
     }
 
     #[test]
     fn key_length_limits() {
         assert_eq!(SasKey::new(""), Err(TokenError::BadKeyLength(0)));
-        assert_eq!(SasKey::new("k".repeat(257)), Err(TokenError::BadKeyLength(257)));
+        assert_eq!(
+            SasKey::new("k".repeat(257)),
+            Err(TokenError::BadKeyLength(257))
+        );
         assert_eq!(SasKey::from_random_bytes([7; 32]).expose().len(), 44);
     }
 

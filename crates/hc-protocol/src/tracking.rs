@@ -12,7 +12,14 @@ pub fn guid_from_bytes(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The tracking id for a client-supplied `sb-hc-id` (any old `_G` suffix replaced) or a
@@ -28,7 +35,11 @@ pub fn tracking_id(client_id: Option<&str>, generated: impl FnOnce() -> String) 
 /// `id` without a trailing `_G<digits>` gateway suffix (what .NET's `RemoveSuffix` drops).
 pub fn strip_gateway_suffix(id: &str) -> &str {
     match id.rsplit_once("_G") {
-        Some((base, n)) if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        Some((base, n))
+            if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
         _ => id,
     }
 }
@@ -39,8 +50,16 @@ pub fn system_tracker(namespace_host: &str, entity_path: &str) -> String {
 }
 
 /// `{message} TrackingId:{id}, SystemTracker:{tracker}, Timestamp:{time}`.
-pub fn with_tracking(message: &str, tracking_id: &str, system_tracker: &str, now_unix: u64) -> String {
-    format!("{message} TrackingId:{tracking_id}, SystemTracker:{system_tracker}, Timestamp:{}", timestamp(now_unix))
+pub fn with_tracking(
+    message: &str,
+    tracking_id: &str,
+    system_tracker: &str,
+    now_unix: u64,
+) -> String {
+    format!(
+        "{message} TrackingId:{tracking_id}, SystemTracker:{system_tracker}, Timestamp:{}",
+        timestamp(now_unix)
+    )
 }
 
 /// `yyyy-MM-ddTHH:mm:ss` in UTC.
@@ -72,7 +91,14 @@ fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (secs / 3600) as u32, (secs % 3600 / 60) as u32, (secs % 60) as u32)
+    (
+        year,
+        month,
+        day,
+        (secs / 3600) as u32,
+        (secs % 3600 / 60) as u32,
+        (secs % 60) as u32,
+    )
 }
 
 #[cfg(test)]
@@ -84,7 +110,10 @@ mod tests {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00");
         assert_eq!(timestamp(1_700_000_000), "2023-11-14T22:13:20");
         assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00");
-        assert_eq!(dotnet_datetime(1_735_689_600), "2025-01-01T00:00:00.0000000Z");
+        assert_eq!(
+            dotnet_datetime(1_735_689_600),
+            "2025-01-01T00:00:00.0000000Z"
+        );
         assert_eq!(rfc3339(1_735_689_600), "2025-01-01T00:00:00Z");
     }
 
@@ -92,13 +121,21 @@ mod tests {
     fn tracking_text_shape() {
         let id = tracking_id(Some("0b4c_G7"), || unreachable!());
         assert_eq!(id, "0b4c_G0");
-        let t = with_tracking("Endpoint does not exist.", &id, &system_tracker("contoso.localhost", "hyco"), 1_700_000_000);
+        let t = with_tracking(
+            "Endpoint does not exist.",
+            &id,
+            &system_tracker("contoso.localhost", "hyco"),
+            1_700_000_000,
+        );
         assert_eq!(
             t,
             "Endpoint does not exist. TrackingId:0b4c_G0, SystemTracker:sb://contoso.localhost/hyco, Timestamp:2023-11-14T22:13:20"
         );
         assert_eq!(tracking_id(None, || "gen".into()), "gen_G0");
-        assert_eq!(tracking_id(Some("my_Great_id"), || unreachable!()), "my_Great_id_G0");
+        assert_eq!(
+            tracking_id(Some("my_Great_id"), || unreachable!()),
+            "my_Great_id_G0"
+        );
         assert_eq!(strip_gateway_suffix("abc_G12"), "abc");
         assert_eq!(strip_gateway_suffix("_G1"), "_G1");
     }

@@ -9,11 +9,21 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 
 /// Characters .NET's `WebUtility.UrlEncode` leaves alone (PROTOCOL.md §3.2); everything
 /// else is `%XX`-escaped with uppercase hex.
-const FORM_ENCODE_SET: &AsciiSet =
-    &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'!').remove(b'*').remove(b'(').remove(b')');
+const FORM_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'(')
+    .remove(b')');
 
 /// Characters allowed unescaped in a query value we build (RFC 3986 unreserved).
-const QUERY_VALUE_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Encodes a whole value the way .NET's `WebUtility.UrlEncode` does (used for `sr`).
 pub fn form_encode(value: &str) -> String {
@@ -80,24 +90,37 @@ pub fn parse(input: &str) -> Result<UriParts<'_>, UriError> {
     if host.is_empty() {
         return Err(UriError::NoHost(input.into()));
     }
-    Ok(UriParts { scheme, host, port, path, query })
+    Ok(UriParts {
+        scheme,
+        host,
+        port,
+        path,
+        query,
+    })
 }
 
 fn is_scheme(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
 /// Splits `host[:port]` or `[v6][:port]`; `None` when a port is present but invalid.
 pub fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let port_sep = if authority.starts_with('[') {
-        authority.find(']').and_then(|end| authority[end..].find(':').map(|i| end + i))
+        authority
+            .find(']')
+            .and_then(|end| authority[end..].find(':').map(|i| end + i))
     } else {
         authority.rfind(':')
     };
     match port_sep {
         Some(i) if i + 1 == authority.len() => Some((&authority[..i], None)),
-        Some(i) => authority[i + 1..].parse().ok().map(|p| (&authority[..i], Some(p))),
+        Some(i) => authority[i + 1..]
+            .parse()
+            .ok()
+            .map(|p| (&authority[..i], Some(p))),
         None => Some((authority, None)),
     }
 }
@@ -119,20 +142,29 @@ mod tests {
     #[test]
     fn splits_without_scheme_and_path() {
         let u = parse("contoso.servicebus.windows.net").unwrap();
-        assert_eq!((u.scheme, u.host, u.port, u.path), (None, "contoso.servicebus.windows.net", None, ""));
+        assert_eq!(
+            (u.scheme, u.host, u.port, u.path),
+            (None, "contoso.servicebus.windows.net", None, "")
+        );
     }
 
     #[test]
     fn ipv6_and_bad_port() {
         let u = parse("http://[::1]:8080/x").unwrap();
         assert_eq!((u.host, u.port), ("[::1]", Some(8080)));
-        assert!(matches!(parse("http://h:99999/"), Err(UriError::BadPort(_))));
+        assert!(matches!(
+            parse("http://h:99999/"),
+            Err(UriError::BadPort(_))
+        ));
         assert!(matches!(parse("http:///x"), Err(UriError::NoHost(_))));
     }
 
     #[test]
     fn form_encoding_matches_dotnet() {
-        assert_eq!(form_encode("http://contoso.servicebus.windows.net/hyco/"), "http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco%2F");
+        assert_eq!(
+            form_encode("http://contoso.servicebus.windows.net/hyco/"),
+            "http%3A%2F%2Fcontoso.servicebus.windows.net%2Fhyco%2F"
+        );
         assert_eq!(form_decode("a+b%2Fc"), "a b/c");
         assert_eq!(percent_decode("a+b%3D"), "a+b=");
     }

@@ -25,13 +25,19 @@ impl Clock {
     /// A clock whose Unix time starts at `base` now and follows tokio's (possibly paused)
     /// clock from here.
     pub fn following_tokio(base: u64) -> Self {
-        Clock::FollowingTokio { base, start: Instant::now() }
+        Clock::FollowingTokio {
+            base,
+            start: Instant::now(),
+        }
     }
 
     /// Seconds since the Unix epoch.
     pub fn unix_now(&self) -> u64 {
         match self {
-            Clock::System => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
             Clock::FollowingTokio { base, start } => base.saturating_add(start.elapsed().as_secs()),
         }
     }

@@ -175,22 +175,36 @@ impl Shared {
     }
 
     fn pop(&self) -> Option<Control> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 
     fn has_queued(&self) -> bool {
-        !self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 }
 
 /// Splits an upgraded socket into its reading and writing halves.
-pub fn split<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, config: Config) -> (Reader<ReadHalf<IO>>, Writer<WriteHalf<IO>>) {
+pub fn split<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
+    config: Config,
+) -> (Reader<ReadHalf<IO>>, Writer<WriteHalf<IO>>) {
     let (r, w) = tokio::io::split(io);
     from_halves(r, w, config)
 }
 
 /// An endpoint over separate read and write halves (a split TCP stream, say).
-pub fn from_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: R, w: W, config: Config) -> (Reader<R>, Writer<W>) {
+pub fn from_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: R,
+    w: W,
+    config: Config,
+) -> (Reader<R>, Writer<W>) {
     let shared = Arc::new(Shared {
         close: AtomicU8::new(0),
         queue: Mutex::new(VecDeque::new()),
@@ -198,7 +212,9 @@ pub fn from_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: R, w: W, conf
         pings_in_flight: AtomicU32::new(0),
         queue_cap: config.control_queue.max(1),
     });
-    let capacity = config.read_buffer.max(config.max_message + frame::MAX_HEADER_LEN);
+    let capacity = config
+        .read_buffer
+        .max(config.max_message + frame::MAX_HEADER_LEN);
     let reader = Reader {
         frames: FrameReader::new(r, config.role.reads_from(), capacity),
         shared: shared.clone(),
@@ -210,7 +226,12 @@ pub fn from_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: R, w: W, conf
         Role::Client => Some(SmallRng::from_rng(&mut rand::rng())),
         Role::Server => None,
     };
-    let writer = Writer { io: w, shared, rng, write_timeout: config.write_timeout };
+    let writer = Writer {
+        io: w,
+        shared,
+        rng,
+        write_timeout: config.write_timeout,
+    };
     (reader, writer)
 }
 
@@ -242,7 +263,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next frame; `None` at a clean end of the stream between frames. Data frames out of
     /// sequence (a continuation without a message, a new message inside one) are errors.
     pub async fn next_item(&mut self) -> Result<Option<Item>, ReadError> {
-        let Some(h) = self.frames.header().await? else { return Ok(None) };
+        let Some(h) = self.frames.header().await? else {
+            return Ok(None);
+        };
         match h.opcode {
             OpCode::Continuation | OpCode::Text | OpCode::Binary => {
                 if (h.opcode == OpCode::Continuation) != self.in_message {
@@ -264,14 +287,22 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// The next piece of a data frame's payload, unmasked; `done` counts the bytes read of
     /// this frame so far. Call until `done == header.payload_len`.
-    pub async fn data_chunk(&mut self, header: &FrameHeader, done: &mut u64) -> Result<&mut [u8], ReadError> {
+    pub async fn data_chunk(
+        &mut self,
+        header: &FrameHeader,
+        done: &mut u64,
+    ) -> Result<&mut [u8], ReadError> {
         let range = self.raw_chunk(header, done).await?;
         Ok(&mut self.frames.buf_mut()[range])
     }
 
     /// Like [`Reader::data_chunk`], as a range of [`Reader::buf_mut`] with at least
     /// [`HEADROOM`] writable bytes before it (for writing a header in place).
-    pub(crate) async fn raw_chunk(&mut self, header: &FrameHeader, done: &mut u64) -> Result<Range<usize>, ReadError> {
+    pub(crate) async fn raw_chunk(
+        &mut self,
+        header: &FrameHeader,
+        done: &mut u64,
+    ) -> Result<Range<usize>, ReadError> {
         let range = self.frames.chunk(header.payload_len - *done).await?;
         if let Some(mask) = header.mask {
             frame::apply_mask(&mut self.frames.buf_mut()[range.clone()], mask, *done);
@@ -304,7 +335,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             if self.frames.fill(!self.assembler.in_progress()).await? == 0 {
                 let clean = self.frames.buffered().is_empty() && !self.assembler.in_progress();
-                return if clean { Ok(None) } else { Err(ReadError::UnexpectedEof) };
+                return if clean {
+                    Ok(None)
+                } else {
+                    Err(ReadError::UnexpectedEof)
+                };
             }
         }
     }
@@ -319,7 +354,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Ok(Received::Ping)
             }
             OpCode::Pong => {
-                let _ = self.shared.pings_in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                let _ = self.shared.pings_in_flight.fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |n| n.checked_sub(1),
+                );
                 Ok(Received::Pong)
             }
             _ => {
@@ -358,7 +397,10 @@ pub struct Writer<W> {
 
 /// Why a write was refused or failed.
 fn closed_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "a Close was already sent on this WebSocket")
+    std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "a Close was already sent on this WebSocket",
+    )
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -369,12 +411,22 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Sends one frame of a message: `opcode` is the message's on the first fragment and
     /// `Continuation` after it; `fin` on the last.
-    pub async fn send_fragment(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
+    pub async fn send_fragment(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         if self.close_sent() && !opcode.is_control() {
             return Err(closed_error());
         }
         let mask = self.next_mask();
-        let header = FrameHeader { fin, opcode, mask, payload_len: payload.len() as u64 };
+        let header = FrameHeader {
+            fin,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
         let mut head = [0u8; frame::MAX_HEADER_LEN];
         let n = header.encode(&mut head);
         // One buffer per call, freed at once: nothing stays allocated on an idle connection,
@@ -397,7 +449,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let len = buf.len() - HEADROOM;
         let mask = self.next_mask();
         let mut head = [0u8; frame::MAX_HEADER_LEN];
-        let n = FrameHeader { fin: true, opcode, mask, payload_len: len as u64 }.encode(&mut head);
+        let n = FrameHeader {
+            fin: true,
+            opcode,
+            mask,
+            payload_len: len as u64,
+        }
+        .encode(&mut head);
         if let Some(mask) = mask {
             frame::apply_mask(&mut buf[HEADROOM..], mask, 0);
         }
@@ -426,12 +484,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             None => write.await,
             // Boxed: the timer lives on the heap during the write only, not in the state of
             // every future that writes.
-            Some(limit) => Box::pin(tokio::time::timeout(limit, write)).await.unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the peer did not take a write within {} s", limit.as_secs_f32()),
-                ))
-            }),
+            Some(limit) => Box::pin(tokio::time::timeout(limit, write))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the peer did not take a write within {} s",
+                            limit.as_secs_f32()
+                        ),
+                    ))
+                }),
         }
     }
 
@@ -457,8 +520,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         if before & CLOSE_SENT != 0 {
             return Ok(());
         }
-        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.send_fragment(true, OpCode::Close, &close.payload()).await
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.send_fragment(true, OpCode::Close, &close.payload())
+            .await
     }
 
     /// A future that completes when a control frame is queued for this writer. It holds no
@@ -480,7 +548,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// reaches both writers of a tunnel this way); the writer's owner sends it when it next
     /// serves its control queue.
     pub fn control_handle(&self) -> ControlHandle {
-        ControlHandle { shared: self.shared.clone() }
+        ControlHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Writes every queued control frame.
@@ -542,11 +612,20 @@ pub async fn forward_data<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let discard = writer.close_sent();
     let mask = writer.next_mask();
     let mut head = [0u8; frame::MAX_HEADER_LEN];
-    let head_len = FrameHeader { fin: header.fin, opcode: header.opcode, mask, payload_len: header.payload_len }.encode(&mut head);
+    let head_len = FrameHeader {
+        fin: header.fin,
+        opcode: header.opcode,
+        mask,
+        payload_len: header.payload_len,
+    }
+    .encode(&mut head);
     let mut done = 0u64;
     loop {
         let offset = done;
-        let range = reader.raw_chunk(header, &mut done).await.map_err(ForwardError::Read)?;
+        let range = reader
+            .raw_chunk(header, &mut done)
+            .await
+            .map_err(ForwardError::Read)?;
         let buf = reader.buf_mut();
         if let Some(mask) = mask {
             frame::apply_mask(&mut buf[range.clone()], mask, offset);
@@ -558,14 +637,20 @@ pub async fn forward_data<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             range.start
         };
         if !discard {
-            writer.write_raw(&buf[start..range.end], false).await.map_err(ForwardError::Write)?;
+            writer
+                .write_raw(&buf[start..range.end], false)
+                .await
+                .map_err(ForwardError::Write)?;
         }
         if done == header.payload_len {
             break;
         }
     }
     if !discard {
-        writer.write_raw(&[], true).await.map_err(ForwardError::Write)?;
+        writer
+            .write_raw(&[], true)
+            .await
+            .map_err(ForwardError::Write)?;
     }
     Ok(header.payload_len)
 }

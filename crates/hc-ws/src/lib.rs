@@ -15,7 +15,8 @@ mod reader;
 
 pub use clock::Clock;
 pub use endpoint::{
-    CloseReply, CloseState, Config, ControlHandle, ForwardError, Item, Reader, Role, Writer, forward_data, from_halves, split,
+    CloseReply, CloseState, Config, ControlHandle, ForwardError, Item, Reader, Role, Writer,
+    forward_data, from_halves, split,
 };
 pub use message::Message;
 pub use reader::{FrameReader, HEADROOM, Peer, ReadError};

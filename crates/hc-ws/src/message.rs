@@ -38,7 +38,11 @@ impl Assembler {
     }
 
     /// Adds one data frame; the message once its last frame came.
-    pub(crate) fn add(&mut self, h: &FrameHeader, data: &[u8]) -> Result<Option<Message>, ReadError> {
+    pub(crate) fn add(
+        &mut self,
+        h: &FrameHeader,
+        data: &[u8],
+    ) -> Result<Option<Message>, ReadError> {
         let op = match (h.opcode, &mut self.partial) {
             (OpCode::Continuation, Some((op, acc))) => {
                 if acc.len() + data.len() > self.max {
@@ -61,7 +65,9 @@ impl Assembler {
         }
         let (_, bytes) = self.partial.take().unwrap_or((op, Vec::new()));
         Ok(Some(match op {
-            OpCode::Text => Message::Text(String::from_utf8(bytes).map_err(|_| ReadError::InvalidUtf8)?),
+            OpCode::Text => {
+                Message::Text(String::from_utf8(bytes).map_err(|_| ReadError::InvalidUtf8)?)
+            }
             _ => Message::Binary(bytes),
         }))
     }

@@ -118,7 +118,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.is_empty() {
             if lean {
                 let mut small = [0u8; IDLE_READ];
-                let n = self.io.read(&mut small[..IDLE_READ.min(self.capacity)]).await?;
+                let n = self
+                    .io
+                    .read(&mut small[..IDLE_READ.min(self.capacity)])
+                    .await?;
                 if n > 0 {
                     self.allocate();
                     self.buf[HEADROOM..HEADROOM + n].copy_from_slice(&small[..n]);
@@ -151,7 +154,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(h));
             }
             if self.fill(true).await? == 0 {
-                return if self.buffered().is_empty() { Ok(None) } else { Err(ReadError::UnexpectedEof) };
+                return if self.buffered().is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::UnexpectedEof)
+                };
             }
         }
     }
@@ -165,7 +172,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buffered().is_empty() && self.fill(false).await? == 0 {
             return Err(ReadError::UnexpectedEof);
         }
-        let take = self.buffered().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let take = self
+            .buffered()
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let start = self.pos;
         self.pos += take;
         Ok(start..start + take)
@@ -192,7 +202,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A whole frame if one is buffered (cancel-safe building block for messages). Frames
     /// longer than the buffer are refused.
     pub(crate) fn try_frame(&mut self) -> Result<Option<(FrameHeader, Range<usize>)>, ReadError> {
-        let Some((h, n)) = FrameHeader::decode(self.buffered())? else { return Ok(None) };
+        let Some((h, n)) = FrameHeader::decode(self.buffered())? else {
+            return Ok(None);
+        };
         let max = self.capacity - frame::MAX_HEADER_LEN;
         if h.payload_len > max as u64 {
             return Err(ReadError::TooLarge(max));

@@ -155,7 +155,9 @@ async fn download(addr: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
 
 async fn parallel(addr: SocketAddr, streams: usize, bytes_each: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let tasks: Vec<_> = (0..streams).map(|_| tokio::spawn(upload(addr, bytes_each))).collect();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| tokio::spawn(upload(addr, bytes_each)))
+        .collect();
     for t in tasks {
         t.await??;
     }
@@ -224,7 +226,12 @@ async fn open_rate(addr: SocketAddr, total: usize) -> (f64, f64, f64, usize) {
     }
     let rate = times.len() as f64 / started.elapsed().as_secs_f64();
     times.sort_by(f64::total_cmp);
-    (percentile(&times, 0.5), percentile(&times, 0.99), rate, errors)
+    (
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        rate,
+        errors,
+    )
 }
 
 /// Direct or chained figures for one address.
@@ -232,8 +239,12 @@ async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
     let bytes = plan.bulk * 1024 * 1024;
     let up = mib_per_s(bytes, upload(addr, bytes).await.context("upload")?);
     let down = mib_per_s(bytes, download(addr, bytes).await.context("download")?);
-    let par = parallel(addr, 8, bytes / 8).await.context("8 parallel uploads")?;
-    let (rtt50, rtt99) = ping_pong(addr, plan.rtt_samples).await.context("ping-pong")?;
+    let par = parallel(addr, 8, bytes / 8)
+        .await
+        .context("8 parallel uploads")?;
+    let (rtt50, rtt99) = ping_pong(addr, plan.rtt_samples)
+        .await
+        .context("ping-pong")?;
     let (open50, open99, rate, errors) = open_rate(addr, plan.tunnels).await;
     Ok(json!({
         "upload_mib_s": up, "download_mib_s": down, "parallel8_upload_mib_s": par,
@@ -244,7 +255,13 @@ async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
 
 /// Opens `n` idle tunnels and reports resident memory per tunnel of each process.
 async fn idle_memory(chain: &Chain, n: usize) -> Value {
-    let rss = |c: &Chain| (c.relay.rss_kib(), c.hcm.as_ref().map(|h| h.rss_kib()).unwrap_or(0), c.shim.rss_kib());
+    let rss = |c: &Chain| {
+        (
+            c.relay.rss_kib(),
+            c.hcm.as_ref().map(|h| h.rss_kib()).unwrap_or(0),
+            c.shim.rss_kib(),
+        )
+    };
     let before = rss(chain);
     let addr = chain.forward;
     let mut open = Vec::with_capacity(n);
@@ -260,7 +277,13 @@ async fn idle_memory(chain: &Chain, n: usize) -> Value {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss(chain);
-    let per = |b: u64, a: u64| if open.is_empty() { f64::NAN } else { a.saturating_sub(b) as f64 / open.len() as f64 };
+    let per = |b: u64, a: u64| {
+        if open.is_empty() {
+            f64::NAN
+        } else {
+            a.saturating_sub(b) as f64 / open.len() as f64
+        }
+    };
     let result = json!({
         "tunnels": open.len(), "errors": errors,
         "relay_kib_per_tunnel": per(before.0, after.0), "hcm_kib_per_tunnel": per(before.1, after.1), "shim_kib_per_tunnel": per(before.2, after.2),
@@ -278,7 +301,8 @@ async fn chained(server: SocketAddr, plain: bool, plan: Plan) -> anyhow::Result<
         ..ChainOptions::default()
     };
     let endpoint = server.to_string();
-    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await??;
+    let chain =
+        tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await??;
     let mut figures = measure(chain.forward, plan).await?;
     figures["idle"] = idle_memory(&chain, plan.idle).await;
     Ok(figures)
@@ -306,14 +330,23 @@ fn print_table(direct: &Value, runs: &[(String, Value)]) {
     }
     println!();
     for (label, key, unit) in rows {
-        print!("{:<26}{:>14}", format!("{label} ({unit})"), format!("{:.1}", direct[key].as_f64().unwrap_or(f64::NAN)));
+        print!(
+            "{:<26}{:>14}",
+            format!("{label} ({unit})"),
+            format!("{:.1}", direct[key].as_f64().unwrap_or(f64::NAN))
+        );
         for (_, v) in runs {
-            print!("{:>16}{:>8}", format!("{:.1}", v[key].as_f64().unwrap_or(f64::NAN)), format!("{:.2}", ratio(v, direct, key)));
+            print!(
+                "{:>16}{:>8}",
+                format!("{:.1}", v[key].as_f64().unwrap_or(f64::NAN)),
+                format!("{:.2}", ratio(v, direct, key))
+            );
         }
         println!();
     }
     for (name, v) in runs {
-        let added = v["rtt_p50_us"].as_f64().unwrap_or(f64::NAN) - direct["rtt_p50_us"].as_f64().unwrap_or(f64::NAN);
+        let added = v["rtt_p50_us"].as_f64().unwrap_or(f64::NAN)
+            - direct["rtt_p50_us"].as_f64().unwrap_or(f64::NAN);
         let i = &v["idle"];
         println!(
             "{name}: added ping-pong p50 {added:.0} µs; {} idle tunnels ({} errors): relay {:.1} KiB, hcm {:.1} KiB, shim {:.1} KiB per tunnel (RSS relay {} KiB, hcm {} KiB, shim {} KiB)",
@@ -336,9 +369,19 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("open file limit: {limit}");
     }
     let d = if args.smoke {
-        Plan { bulk: 4, rtt_samples: 200, tunnels: 50, idle: 100 }
+        Plan {
+            bulk: 4,
+            rtt_samples: 200,
+            tunnels: 50,
+            idle: 100,
+        }
     } else {
-        Plan { bulk: 256, rtt_samples: 5000, tunnels: 2000, idle: 8000 }
+        Plan {
+            bulk: 256,
+            rtt_samples: 5000,
+            tunnels: 2000,
+            idle: 8000,
+        }
     };
     let plan = Plan {
         bulk: args.bulk_mib.unwrap_or(d.bulk).max(1),
@@ -350,8 +393,13 @@ async fn main() -> anyhow::Result<()> {
     let direct = measure(server, plan).await.context("direct TCP")?;
     let mut runs = Vec::new();
     for (name, plain) in [("plain ws", true), ("TLS", false)] {
-        if args.transport == "both" || (plain && args.transport == "plain") || (!plain && args.transport == "tls") {
-            let v = chained(server, plain, plan).await.with_context(|| format!("chain with {name}"))?;
+        if args.transport == "both"
+            || (plain && args.transport == "plain")
+            || (!plain && args.transport == "tls")
+        {
+            let v = chained(server, plain, plan)
+                .await
+                .with_context(|| format!("chain with {name}"))?;
             runs.push((name.to_owned(), v));
         }
     }
@@ -359,16 +407,26 @@ async fn main() -> anyhow::Result<()> {
         let mut out = json!({"plan": {"bulk_mib": plan.bulk, "rtt_samples": plan.rtt_samples, "tunnels": plan.tunnels, "idle_tunnels": plan.idle}, "direct": direct});
         for (name, v) in &runs {
             let mut v = v.clone();
-            for key in
-                ["upload_mib_s", "download_mib_s", "parallel8_upload_mib_s", "rtt_p50_us", "rtt_p99_us", "open_p50_ms", "tunnels_per_s"]
-            {
+            for key in [
+                "upload_mib_s",
+                "download_mib_s",
+                "parallel8_upload_mib_s",
+                "rtt_p50_us",
+                "rtt_p99_us",
+                "open_p50_ms",
+                "tunnels_per_s",
+            ] {
                 v[format!("{key}_ratio")] = json!(ratio(&v, &direct, key));
             }
             out[if name == "TLS" { "tls" } else { "plain" }] = v;
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let profile = if cfg!(debug_assertions) { "DEBUG build: figures are not representative" } else { "release build" };
+        let profile = if cfg!(debug_assertions) {
+            "DEBUG build: figures are not representative"
+        } else {
+            "release build"
+        };
         println!(
             "bulk {} MiB per stream, {} round trips, {} tunnels, {} idle tunnels; {profile}",
             plan.bulk, plan.rtt_samples, plan.tunnels, plan.idle

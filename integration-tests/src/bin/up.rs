@@ -50,8 +50,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
     hc_process::raise_fd_limit();
-    let endpoint = Endpoint::parse(&args.endpoint).with_context(|| format!("--endpoint '{}'", args.endpoint))?;
-    let data = args.data_dir.clone().unwrap_or_else(|| hc_process::default_data_dir("hc-emulator"));
+    let endpoint = Endpoint::parse(&args.endpoint)
+        .with_context(|| format!("--endpoint '{}'", args.endpoint))?;
+    let data = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| hc_process::default_data_dir("hc-emulator"));
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
     let cancel = CancellationToken::new();
     let stop = hc_process::shutdown_signal();
@@ -60,12 +64,23 @@ async fn main() -> anyhow::Result<()> {
     let authority = format!("localhost:{}", relay_addr.port());
     let ca = data.join(relay_server::certs::CA_FILE);
     let hcm_dir = data.join("up-hcm");
-    let hcm = start_hcm(&relay, &args.hybrid_connection, &authority, &ca, &hcm_dir, cancel.clone())?;
+    let hcm = start_hcm(
+        &relay,
+        &args.hybrid_connection,
+        &authority,
+        &ca,
+        &hcm_dir,
+        cancel.clone(),
+    )?;
     wait_for_listener(&relay, &args.hybrid_connection, &hcm_dir).await?;
-    let (listen, tracker) = start_shim(&relay, &args, &endpoint, &authority, &ca, cancel.clone()).await?;
+    let (listen, tracker) =
+        start_shim(&relay, &args, &endpoint, &authority, &ca, cancel.clone()).await?;
 
     println!("Relay        wss://{authority}  (CA {})", ca.display());
-    println!("HCM          serving hybrid connection '{}' -> {endpoint}", args.hybrid_connection);
+    println!(
+        "HCM          serving hybrid connection '{}' -> {endpoint}",
+        args.hybrid_connection
+    );
     if let Some(warning) = endpoint_warning(&endpoint).await {
         println!("             warning: {warning}");
     }
@@ -86,11 +101,22 @@ async fn start_relay(
     cancel: CancellationToken,
 ) -> anyhow::Result<(Relay, SocketAddr)> {
     let relay = Relay::open(data, None, false, RelayOptions::default())?;
-    relay.put_hybrid_connection("default", &args.hybrid_connection, true, Some(endpoint.to_user_metadata()))?;
-    let listener = TcpListener::bind(args.relay_listen).await.with_context(|| format!("cannot listen on {}", args.relay_listen))?;
+    relay.put_hybrid_connection(
+        "default",
+        &args.hybrid_connection,
+        true,
+        Some(endpoint.to_user_metadata()),
+    )?;
+    let listener = TcpListener::bind(args.relay_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.relay_listen))?;
     let addr = listener.local_addr()?;
     let serving = relay.clone();
-    tokio::spawn(async move { serving.serve(listener, async move { cancel.cancelled().await }).await });
+    tokio::spawn(async move {
+        serving
+            .serve(listener, async move { cancel.cancelled().await })
+            .await
+    });
     Ok((relay, addr))
 }
 
@@ -102,9 +128,21 @@ fn start_hcm(
     dir: &std::path::Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let listen = relay.connection_string("default", Some(hc), relay_server::model::LISTENER_RULE, authority)?.expose();
+    let listen = relay
+        .connection_string(
+            "default",
+            Some(hc),
+            relay_server::model::LISTENER_RULE,
+            authority,
+        )?
+        .expose();
     let mut config = hcm::config::Config::default();
-    config.connections.push(hcm::config::Entry::new(&listen, None, 1, Some(ca.to_owned()))?);
+    config.connections.push(hcm::config::Entry::new(
+        &listen,
+        None,
+        1,
+        Some(ca.to_owned()),
+    )?);
     config.save(dir)?;
     let options = hcm::service::ServiceOptions {
         data_dir: dir.to_owned(),
@@ -117,10 +155,16 @@ fn start_hcm(
         reload_interval: Duration::from_millis(500),
         exit_on_failure: None,
     };
-    Ok(tokio::spawn(hcm::service::run(options, async move { cancel.cancelled().await })))
+    Ok(tokio::spawn(hcm::service::run(options, async move {
+        cancel.cancelled().await
+    })))
 }
 
-async fn wait_for_listener(relay: &Relay, hc: &str, hcm_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn wait_for_listener(
+    relay: &Relay,
+    hc: &str,
+    hcm_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     for _ in 0..500 {
         if relay.listener_count("default", hc) > 0 {
             return Ok(());
@@ -135,12 +179,19 @@ async fn wait_for_listener(relay: &Relay, hc: &str, hcm_dir: &std::path::Path) -
 
 /// A warning when the endpoint does not accept a TCP connection now.
 async fn endpoint_warning(endpoint: &Endpoint) -> Option<String> {
-    let attempt =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))).await;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await;
     match attempt {
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(format!("{endpoint} is not answering ({e}); tunnels are refused until it does")),
-        Err(_) => Some(format!("{endpoint} did not answer within 2 s; tunnels are refused until it does")),
+        Ok(Err(e)) => Some(format!(
+            "{endpoint} is not answering ({e}); tunnels are refused until it does"
+        )),
+        Err(_) => Some(format!(
+            "{endpoint} did not answer within 2 s; tunnels are refused until it does"
+        )),
     }
 }
 
@@ -152,14 +203,26 @@ async fn start_shim(
     ca: &std::path::Path,
     cancel: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, TaskTracker)> {
-    let send = relay.connection_string("default", Some(&args.hybrid_connection), relay_server::model::SENDER_RULE, authority)?.expose();
+    let send = relay
+        .connection_string(
+            "default",
+            Some(&args.hybrid_connection),
+            relay_server::model::SENDER_RULE,
+            authority,
+        )?
+        .expose();
     let tls = hc_client::tls::client_config(Some(ca))?;
     let target = Arc::new(Target {
         hostname: endpoint.host.clone(),
         port: endpoint.port,
         hc: HybridConnection::from_connection_string(&send, tls)?,
     });
-    let preferred = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], endpoint.port.checked_add(10_000).unwrap_or(0))));
+    let preferred = args.listen.unwrap_or_else(|| {
+        SocketAddr::from((
+            [127, 0, 0, 1],
+            endpoint.port.checked_add(10_000).unwrap_or(0),
+        ))
+    });
     let listener = match TcpListener::bind(preferred).await {
         Ok(l) => l,
         Err(_) if args.listen.is_none() => TcpListener::bind("127.0.0.1:0").await?,
@@ -167,6 +230,12 @@ async fn start_shim(
     };
     let addr = listener.local_addr()?;
     let tracker = TaskTracker::new();
-    tokio::spawn(app_side_shim::forward::serve(listener, target, Default::default(), tracker.clone(), cancel));
+    tokio::spawn(app_side_shim::forward::serve(
+        listener,
+        target,
+        Default::default(),
+        tracker.clone(),
+        cancel,
+    ));
     Ok((addr, tracker))
 }

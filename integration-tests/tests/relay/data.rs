@@ -13,10 +13,13 @@ async fn pair(relay: &TestRelay) -> (Ws, Ws) {
     let mut listener = relay.listen("sample").await;
     let token = relay.send_token("sample");
     let url = relay.url("localhost", "/$hc/sample");
-    let (s, l) = tokio::join!(relay.ws(&url, &[("ServiceBusAuthorization", &token)]), async {
-        let a = listener.next_accept().await.unwrap();
-        listener.join(relay, &a, None).await
-    });
+    let (s, l) = tokio::join!(
+        relay.ws(&url, &[("ServiceBusAuthorization", &token)]),
+        async {
+            let a = listener.next_accept().await.unwrap();
+            listener.join(relay, &a, None).await
+        }
+    );
     (s.unwrap(), l)
 }
 
@@ -25,10 +28,13 @@ async fn raw_pair(relay: &TestRelay) -> (RawClient, RawClient) {
     let mut listener = relay.listen("sample").await;
     let token = relay.send_token("sample");
     let url = relay.url("localhost", "/$hc/sample");
-    let (s, l) = tokio::join!(relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &token)]), async {
-        let a = listener.next_accept().await.unwrap();
-        relay.raw_upgrade(&a.address, &[]).await.unwrap()
-    });
+    let (s, l) = tokio::join!(
+        relay.raw_upgrade(&url, &[("ServiceBusAuthorization", &token)]),
+        async {
+            let a = listener.next_accept().await.unwrap();
+            relay.raw_upgrade(&a.address, &[]).await.unwrap()
+        }
+    );
     let s = s.unwrap();
     assert_eq!((s.status, l.status), (101, 101));
     (s.client, l.client)
@@ -38,7 +44,9 @@ async fn raw_pair(relay: &TestRelay) -> (RawClient, RawClient) {
 async fn large_messages_cross_intact_both_ways() {
     let relay = TestRelay::default_tls().await;
     let (mut s, mut l) = pair(&relay).await;
-    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let (sent, got) = tokio::join!(s.send(Message::binary(big.clone())), next_data(&mut l));
     sent.unwrap();
     assert!(got.unwrap().into_data() == big, "16 MiB sender -> listener");
@@ -56,13 +64,19 @@ async fn many_messages_keep_order_and_kind_in_both_directions() {
     let n = 2000;
     let send_up = async {
         for i in 0..n {
-            let m = if i % 2 == 0 { Message::text(format!("up {i}")) } else { Message::binary(format!("up {i}").into_bytes()) };
+            let m = if i % 2 == 0 {
+                Message::text(format!("up {i}"))
+            } else {
+                Message::binary(format!("up {i}").into_bytes())
+            };
             s_tx.send(m).await.unwrap();
         }
     };
     let send_down = async {
         for i in 0..n {
-            l_tx.send(Message::binary(vec![(i % 256) as u8; i % 700])).await.unwrap();
+            l_tx.send(Message::binary(vec![(i % 256) as u8; i % 700]))
+                .await
+                .unwrap();
         }
     };
     let recv_up = async {
@@ -74,7 +88,10 @@ async fn many_messages_keep_order_and_kind_in_both_directions() {
     };
     let recv_down = async {
         for i in 0..n {
-            assert_eq!(s_rx.next().await.unwrap().unwrap().into_data(), vec![(i % 256) as u8; i % 700]);
+            assert_eq!(
+                s_rx.next().await.unwrap().unwrap().into_data(),
+                vec![(i % 256) as u8; i % 700]
+            );
         }
     };
     tokio::join!(send_up, send_down, recv_up, recv_down);
@@ -88,28 +105,74 @@ async fn fragments_and_boundaries_are_kept_and_pings_answered_per_hop() {
     s.send(true, OpCode::Ping, b"are you there").await.unwrap();
     s.send(true, OpCode::Continuation, b"lo").await.unwrap();
     s.send(true, OpCode::Binary, b"").await.unwrap();
-    assert_eq!(s.recv().await.unwrap(), Some(RawFrame { fin: true, opcode: OpCode::Pong, payload: b"are you there".to_vec() }));
+    assert_eq!(
+        s.recv().await.unwrap(),
+        Some(RawFrame {
+            fin: true,
+            opcode: OpCode::Pong,
+            payload: b"are you there".to_vec()
+        })
+    );
     // The listener sees the data frames only, unmasked, with opcode and FIN as sent.
-    assert_eq!(l.recv().await.unwrap(), Some(RawFrame { fin: false, opcode: OpCode::Text, payload: b"hel".to_vec() }));
-    assert_eq!(l.recv().await.unwrap(), Some(RawFrame { fin: true, opcode: OpCode::Continuation, payload: b"lo".to_vec() }));
-    assert_eq!(l.recv().await.unwrap(), Some(RawFrame { fin: true, opcode: OpCode::Binary, payload: vec![] }));
+    assert_eq!(
+        l.recv().await.unwrap(),
+        Some(RawFrame {
+            fin: false,
+            opcode: OpCode::Text,
+            payload: b"hel".to_vec()
+        })
+    );
+    assert_eq!(
+        l.recv().await.unwrap(),
+        Some(RawFrame {
+            fin: true,
+            opcode: OpCode::Continuation,
+            payload: b"lo".to_vec()
+        })
+    );
+    assert_eq!(
+        l.recv().await.unwrap(),
+        Some(RawFrame {
+            fin: true,
+            opcode: OpCode::Binary,
+            payload: vec![]
+        })
+    );
 }
 
 #[tokio::test]
 async fn close_is_forwarded_and_the_other_direction_keeps_flowing() {
     let relay = TestRelay::default_tls().await;
     let (mut s, mut l) = raw_pair(&relay).await;
-    s.send(true, OpCode::Close, &CloseFrame::new(4001, "sender done").payload()).await.unwrap();
+    s.send(
+        true,
+        OpCode::Close,
+        &CloseFrame::new(4001, "sender done").payload(),
+    )
+    .await
+    .unwrap();
     let close = l.recv().await.unwrap().unwrap();
-    assert_eq!((close.opcode, CloseFrame::parse(&close.payload).unwrap()), (OpCode::Close, CloseFrame::new(4001, "sender done")));
+    assert_eq!(
+        (close.opcode, CloseFrame::parse(&close.payload).unwrap()),
+        (OpCode::Close, CloseFrame::new(4001, "sender done"))
+    );
     // Half-close: the listener still sends, the sender still receives.
     for i in 0..3u8 {
         l.send(true, OpCode::Binary, &[i; 1000]).await.unwrap();
         assert_eq!(s.recv().await.unwrap().unwrap().payload, vec![i; 1000]);
     }
-    l.send(true, OpCode::Close, &CloseFrame::new(1000, "listener done").payload()).await.unwrap();
+    l.send(
+        true,
+        OpCode::Close,
+        &CloseFrame::new(1000, "listener done").payload(),
+    )
+    .await
+    .unwrap();
     let close = s.recv().await.unwrap().unwrap();
-    assert_eq!(CloseFrame::parse(&close.payload).unwrap(), CloseFrame::new(1000, "listener done"));
+    assert_eq!(
+        CloseFrame::parse(&close.payload).unwrap(),
+        CloseFrame::new(1000, "listener done")
+    );
     // Both closes exchanged: the relay closes TCP on both sides.
     assert_eq!(s.recv().await.unwrap(), None);
     assert_eq!(l.recv().await.unwrap(), None);
@@ -119,7 +182,12 @@ async fn close_is_forwarded_and_the_other_direction_keeps_flowing() {
 async fn close_codes_reach_a_tungstenite_peer() {
     let relay = TestRelay::default_tls().await;
     let (mut s, mut l) = pair(&relay).await;
-    s.close(Some(TCloseFrame { code: 4002.into(), reason: "bye".into() })).await.unwrap();
+    s.close(Some(TCloseFrame {
+        code: 4002.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
     assert_eq!(next_close(&mut l).await.unwrap(), (4002, "bye".into()));
     // tungstenite sends its answer on the next poll; the answer reaches the sender.
     assert!(l.next().await.is_none_or(|r| r.is_err()));
@@ -146,7 +214,12 @@ async fn protocol_errors_close_with_1002() {
     let relay = TestRelay::default_tls().await;
     let (mut s, mut l) = raw_pair(&relay).await;
     // An unmasked frame from a client breaks RFC 6455 §5.1.
-    s.send_bytes(&hc_protocol::frame::encode_frame(OpCode::Binary, b"unmasked")).await.unwrap();
+    s.send_bytes(&hc_protocol::frame::encode_frame(
+        OpCode::Binary,
+        b"unmasked",
+    ))
+    .await
+    .unwrap();
     let close = s.recv().await.unwrap().unwrap();
     assert_eq!(CloseFrame::parse(&close.payload).unwrap().code, Some(1002));
     assert!(matches!(l.recv().await, Ok(None) | Err(_)));
@@ -178,13 +251,24 @@ async fn a_slow_reader_stalls_the_writer_and_loses_nothing() {
     while still < 4 {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         let now = written.load(Ordering::SeqCst);
-        assert!(now < LIMIT, "the relay took all {LIMIT} MiB for a reader that does not read");
-        (last, still) = if now == last { (last, still + 1) } else { (now, 0) };
+        assert!(
+            now < LIMIT,
+            "the relay took all {LIMIT} MiB for a reader that does not read"
+        );
+        (last, still) = if now == last {
+            (last, still + 1)
+        } else {
+            (now, 0)
+        };
     }
     // Once the listener reads, everything arrives, whole and in order, and the writer finishes.
     for i in 0..LIMIT {
         let f = l.recv().await.unwrap().unwrap();
-        assert_eq!((f.opcode, f.payload.len()), (OpCode::Binary, FRAME), "frame {i}");
+        assert_eq!(
+            (f.opcode, f.payload.len()),
+            (OpCode::Binary, FRAME),
+            "frame {i}"
+        );
         assert!(f.payload == frame_bytes(i), "frame {i} content");
     }
     writer.await.unwrap();

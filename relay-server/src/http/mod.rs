@@ -20,7 +20,9 @@ use axum::extract::Request;
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use hc_protocol::address::{self, Action};
-use hc_protocol::control::{self, Headers, RemoteEndpoint, RequestCommand, RequestHead, ResponseCommand, ServiceCommand};
+use hc_protocol::control::{
+    self, Headers, RemoteEndpoint, RequestCommand, RequestHead, ResponseCommand, ServiceCommand,
+};
 use hc_protocol::limits::{MAX_CONTROL_BODY_BYTES, MAX_CONTROL_HEADER_BYTES};
 use hc_protocol::{Right, tracking};
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -38,10 +40,28 @@ mod channel;
 pub use channel::RequestChannel;
 
 /// Headers never passed on (hop-by-hop, framing, the token carriers).
-const STRIPPED_REQUEST: [&str; 10] =
-    ["connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "close", "keep-alive", "proxy-connection", "expect"];
-const STRIPPED_RESPONSE: [&str; 8] =
-    ["connection", "content-length", "te", "trailer", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"];
+const STRIPPED_REQUEST: [&str; 10] = [
+    "connection",
+    "content-length",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "close",
+    "keep-alive",
+    "proxy-connection",
+    "expect",
+];
+const STRIPPED_RESPONSE: [&str; 8] = [
+    "connection",
+    "content-length",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
 
 /// Facts about the TCP connection a request came on, added by the server.
 #[derive(Debug, Clone)]
@@ -60,19 +80,34 @@ pub struct ConnInfo {
 pub type ChannelSlot = Arc<std::sync::Mutex<Option<RequestChannel>>>;
 
 /// Serves `sb-hc-action=request`: hands the socket to the waiting request.
-pub fn rendezvous(state: &Arc<RelayState>, id: &str, target: &Target, upgrade: hyper::upgrade::OnUpgrade) -> Result<(), RelayError> {
+pub fn rendezvous(
+    state: &Arc<RelayState>,
+    id: &str,
+    target: &Target,
+    upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<(), RelayError> {
     // Keyed by this hybrid connection: another one's request id is unknown here.
-    let pending = state.registry.take_http_if(&target.key, id, |_| true).ok_or(RelayError::RendezvousExpired)?;
-    let (buffer, limit, hc) = (state.options.tunnel_buffer_size, state.options.http_response_timeout, target.key.clone());
+    let pending = state
+        .registry
+        .take_http_if(&target.key, id, |_| true)
+        .ok_or(RelayError::RendezvousExpired)?;
+    let (buffer, limit, hc) = (
+        state.options.tunnel_buffer_size,
+        state.options.http_response_timeout,
+        target.key.clone(),
+    );
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(io) => {
-                if let Err(Delivery::Rendezvous(io)) = pending.reply.send(Delivery::Rendezvous(io)) {
+                if let Err(Delivery::Rendezvous(io)) = pending.reply.send(Delivery::Rendezvous(io))
+                {
                     RequestChannel::new(io, hc, buffer, limit).close().await;
                 }
             }
             Err(e) => {
-                let _ = pending.reply.send(Delivery::Failed(format!("the listener's rendezvous failed: {e}")));
+                let _ = pending.reply.send(Delivery::Failed(format!(
+                    "the listener's rendezvous failed: {e}"
+                )));
             }
         }
     });
@@ -91,12 +126,27 @@ pub async fn handle(
 ) -> Response {
     let now = state.options.clock.unix_now();
     let client_id = address::query_value(&query, address::QUERY_ID);
-    let id = tracking::tracking_id(client_id.as_deref(), || tracking::guid_from_bytes(rand::random()));
+    let id = tracking::tracking_id(client_id.as_deref(), || {
+        tracking::guid_from_bytes(rand::random())
+    });
     let ns_host = crate::model::host_without_port(&host);
-    let tracking = Tracking { id: id.clone(), system_tracker: format!("{ns_host}:{hc_path}"), now };
+    let tracking = Tracking {
+        id: id.clone(),
+        system_tracker: format!("{ns_host}:{hc_path}"),
+        now,
+    };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let call = Call { state: &state, parts: &parts, conn: &conn, host: &host, hc_path: &hc_path, query: &query, id: &id, names: &names };
+    let call = Call {
+        state: &state,
+        parts: &parts,
+        conn: &conn,
+        host: &host,
+        hc_path: &hc_path,
+        query: &query,
+        id: &id,
+        names: &names,
+    };
     match call.serve(&mut body).await {
         Ok(r) => r,
         Err(e) => {
@@ -119,8 +169,11 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Reads and drops what the client is sending of a body nobody will use (not when the client
 /// waits for `100 Continue`: it has sent nothing and should not be invited to).
 pub(crate) async fn drain_unread(parts: &http::request::Parts, body: Body) {
-    let expects_continue =
-        parts.headers.get(header::EXPECT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     if expects_continue {
         return;
     }
@@ -155,49 +208,104 @@ impl Call<'_> {
     async fn serve(&self, body: &mut Option<Body>) -> Result<Response, RelayError> {
         let (state, parts, conn, id) = (self.state, self.parts, self.conn, self.id);
         if parts.method == Method::CONNECT {
-            return Err(RelayError::BadRequest("CONNECT is not supported on hybrid connection HTTP endpoints.".into()));
+            return Err(RelayError::BadRequest(
+                "CONNECT is not supported on hybrid connection HTTP endpoints.".into(),
+            ));
         }
         if parts.headers.contains_key(header::UPGRADE) {
-            return Err(RelayError::BadRequest("Protocol upgrades are not allowed here; WebSocket connections use /$hc/{path}.".into()));
+            return Err(RelayError::BadRequest(
+                "Protocol upgrades are not allowed here; WebSocket connections use /$hc/{path}."
+                    .into(),
+            ));
         }
         let target = Target::resolve(&state.store.read(), self.host, self.hc_path)?;
         let token = find_token(&parts.headers, self.query);
         let mut strip_authorization = false;
         if target.requires_client_authorization {
-            target.authorize(token.as_ref().map(|t| t.0.as_str()), Right::Send, state.options.clock.unix_now())?;
-            strip_authorization = token.as_ref().is_some_and(|t| t.1 == TokenSource::Authorization);
+            target.authorize(
+                token.as_ref().map(|t| t.0.as_str()),
+                Right::Send,
+                state.options.clock.unix_now(),
+            )?;
+            strip_authorization = token
+                .as_ref()
+                .is_some_and(|t| t.1 == TokenSource::Authorization);
         }
         let ns_host = crate::model::host_without_port(self.host);
         let head = request_head(parts, self.names, id, conn, self.query, strip_authorization);
         let (has_body, length) = body_kind(parts);
         let deadline = state.options.http_response_timeout;
-        let reused = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|c| c.hc == target.key);
+        let reused = conn
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|c| c.hc == target.key);
         if let Some(channel) = reused {
             // Reuse only when the body can be kept: the listener may have closed the rendezvous
             // after its last response (.NET does), and then the request goes the normal way.
             let small = !has_body || length.is_some_and(|l| l as usize <= MAX_CONTROL_BODY_BYTES);
             if small {
                 let taken = body.take().unwrap_or_default();
-                let (collected, rest) =
-                    if has_body { collect_small(taken, state.options.small_body_wait).await } else { (Some(Vec::new()), Body::empty()) };
+                let (collected, rest) = if has_body {
+                    collect_small(taken, state.options.small_body_wait).await
+                } else {
+                    (Some(Vec::new()), Body::empty())
+                };
                 *body = Some(rest);
                 if let Some(bytes) = collected {
-                    let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(String::new(), head.clone(), has_body)));
-                    match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline).await? {
-                        Ok((channel, response)) => return finish_on_channel(state, channel, response, conn, &ns_host, deadline),
-                        Err(why) => debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way"),
+                    let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(
+                        String::new(),
+                        head.clone(),
+                        has_body,
+                    )));
+                    match try_channel(channel, &json, has_body.then(|| bytes.clone()), deadline)
+                        .await?
+                    {
+                        Ok((channel, response)) => {
+                            return finish_on_channel(
+                                state, channel, response, conn, &ns_host, deadline,
+                            );
+                        }
+                        Err(why) => {
+                            debug!(request_id = %id, %why, "the kept rendezvous is gone; sending the request the normal way")
+                        }
                     }
-                    *body = Some(if has_body { Body::from(bytes) } else { Body::empty() });
+                    *body = Some(if has_body {
+                        Body::from(bytes)
+                    } else {
+                        Body::empty()
+                    });
                 }
             }
         }
         let no_listener = RelayError::NoListenersHttp(state.options.http_no_listener_status);
-        let listener = state.registry.pick_listener(&target.key).ok_or_else(|| no_listener.clone())?;
-        let address = address::rendezvous_address(&listener.base_url, &target.hc_name, "", Action::Request, id);
+        let listener = state
+            .registry
+            .pick_listener(&target.key)
+            .ok_or_else(|| no_listener.clone())?;
+        let address = address::rendezvous_address(
+            &listener.base_url,
+            &target.hc_name,
+            "",
+            Action::Request,
+            id,
+        );
         let (reply_tx, reply_rx) = oneshot::channel();
-        let pending = PendingHttp { listener: listener.id, reply: reply_tx };
-        let _guard = state.registry.insert_http(&target.key, id, pending, state.options.max_pending_rendezvous)?;
-        let headers_small = serde_json::to_string(&head.request_headers).map(|j| j.len()).unwrap_or(usize::MAX) <= MAX_CONTROL_HEADER_BYTES;
+        let pending = PendingHttp {
+            listener: listener.id,
+            reply: reply_tx,
+        };
+        let _guard = state.registry.insert_http(
+            &target.key,
+            id,
+            pending,
+            state.options.max_pending_rendezvous,
+        )?;
+        let headers_small = serde_json::to_string(&head.request_headers)
+            .map(|j| j.len())
+            .unwrap_or(usize::MAX)
+            <= MAX_CONTROL_HEADER_BYTES;
         let taken = body.take().unwrap_or_default();
         let (small_body, rest) = match (has_body, length) {
             (false, _) => (Some(Vec::new()), taken),
@@ -211,12 +319,29 @@ impl Call<'_> {
         let until = tokio::time::Instant::now() + deadline;
         let (out, later) = match small_body {
             Some(bytes) => {
-                let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(address, head, has_body)));
-                (ControlOut::Request { id: id.to_owned(), json, body: has_body.then_some(bytes) }, None)
+                let json = control::to_json(&ServiceCommand::Request(RequestCommand::full(
+                    address, head, has_body,
+                )));
+                (
+                    ControlOut::Request {
+                        id: id.to_owned(),
+                        json,
+                        body: has_body.then_some(bytes),
+                    },
+                    None,
+                )
             }
             None => {
-                let json = control::to_json(&ServiceCommand::Request(RequestCommand::rendezvous_only(address.clone(), id.to_owned())));
-                (ControlOut::Text(json), Some((RequestCommand::full(address, head, has_body), has_body.then_some(rest))))
+                let json = control::to_json(&ServiceCommand::Request(
+                    RequestCommand::rendezvous_only(address.clone(), id.to_owned()),
+                ));
+                (
+                    ControlOut::Text(json),
+                    Some((
+                        RequestCommand::full(address, head, has_body),
+                        has_body.then_some(rest),
+                    )),
+                )
             }
         };
         let delivery = tokio::select! {
@@ -230,10 +355,20 @@ impl Call<'_> {
             _ = state.cancel.cancelled() => return Err(RelayError::ShuttingDown),
         };
         match delivery {
-            Delivery::Control(response, body) => build_response(response, body.map(Body::from), &ns_host),
-            Delivery::Failed(why) => Err(RelayError::Rejected { status: 502, description: why }),
+            Delivery::Control(response, body) => {
+                build_response(response, body.map(Body::from), &ns_host)
+            }
+            Delivery::Failed(why) => Err(RelayError::Rejected {
+                status: 502,
+                description: why,
+            }),
             Delivery::Rendezvous(io) => {
-                let mut channel = RequestChannel::new(io, target.key.clone(), state.options.tunnel_buffer_size, deadline);
+                let mut channel = RequestChannel::new(
+                    io,
+                    target.key.clone(),
+                    state.options.tunnel_buffer_size,
+                    deadline,
+                );
                 if let Some((command, body)) = later {
                     let json = control::to_json(&ServiceCommand::Request(command));
                     channel.send_request(&json, body, deadline).await?;
@@ -256,7 +391,11 @@ fn request_head(
 ) -> RequestHead {
     let app_query = address::app_query(query);
     let path = parts.uri.path();
-    let target = if app_query.trim_matches('&').is_empty() { path.to_owned() } else { format!("{path}?{app_query}") };
+    let target = if app_query.trim_matches('&').is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{app_query}")
+    };
     let mut headers = Headers::default();
     for (name, value) in &parts.headers {
         let n = name.as_str();
@@ -272,16 +411,26 @@ fn request_head(
         id: id.to_owned(),
         request_target: target,
         method: parts.method.as_str().to_owned(),
-        remote_endpoint: RemoteEndpoint { address: conn.peer.ip().to_canonical().to_string(), port: conn.peer.port() },
+        remote_endpoint: RemoteEndpoint {
+            address: conn.peer.ip().to_canonical().to_string(),
+            port: conn.peer.port(),
+        },
         request_headers: headers,
     }
 }
 
 /// Whether the request has a body, and its length when known.
 fn body_kind(parts: &http::request::Parts) -> (bool, Option<u64>) {
-    let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    (chunked || length.is_some_and(|l| l > 0), if chunked { None } else { length })
+    (
+        chunked || length.is_some_and(|l| l > 0),
+        if chunked { None } else { length },
+    )
 }
 
 /// Reads a small body whole. When it does not arrive within `wait`, the request goes by
@@ -296,7 +445,9 @@ async fn collect_small(body: Body, wait: Duration) -> (Option<Vec<u8>>, Body) {
             Ok(None) => return (Some(got), Body::empty()),
             Ok(Some(Err(_))) => return (None, Body::from(got)),
             Err(_) => {
-                let prefix = futures_util::stream::once(async move { Ok::<Bytes, axum::Error>(Bytes::from(got)) });
+                let prefix = futures_util::stream::once(async move {
+                    Ok::<Bytes, axum::Error>(Bytes::from(got))
+                });
                 return (None, Body::from_stream(prefix.chain(stream)));
             }
         }
@@ -312,7 +463,10 @@ async fn try_channel(
     body: Option<Vec<u8>>,
     deadline: Duration,
 ) -> Result<Result<(RequestChannel, ResponseCommand), String>, RelayError> {
-    if let Err(e) = channel.send_request(json, body.map(Body::from), deadline).await {
+    if let Err(e) = channel
+        .send_request(json, body.map(Body::from), deadline)
+        .await
+    {
         return Ok(Err(e.to_string()));
     }
     match tokio::time::timeout(deadline, channel.read_response()).await {
@@ -332,7 +486,12 @@ async fn respond_on_channel(
 ) -> Result<Response, RelayError> {
     let response = match tokio::time::timeout(deadline, channel.read_response()).await {
         Ok(Ok(r)) => r,
-        Ok(Err(why)) => return Err(RelayError::Rejected { status: 502, description: why }),
+        Ok(Err(why)) => {
+            return Err(RelayError::Rejected {
+                status: 502,
+                description: why,
+            });
+        }
         Err(_) => return Err(RelayError::HttpTimeout),
     };
     finish_on_channel(state, channel, response, conn, ns_host, deadline)
@@ -354,17 +513,24 @@ fn finish_on_channel(
         return Err(e);
     }
     if !response.body {
-        conn.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
+        conn.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(channel);
         return build_response(response, None, ns_host);
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let slot = conn.slot.clone();
     state.tracker.spawn(async move {
         if channel.stream_body(&tx, deadline).await {
-            slot.lock().unwrap_or_else(|p| p.into_inner()).replace(channel);
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(channel);
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     build_response(response, Some(Body::from_stream(stream)), ns_host)
 }
 
@@ -377,20 +543,35 @@ fn check_status(r: &ResponseCommand) -> Result<(), RelayError> {
     }
     Err(RelayError::Rejected {
         status: 502,
-        description: format!("The listener answered with status {}, which is not a final HTTP status.", r.status_code),
+        description: format!(
+            "The listener answered with status {}, which is not a final HTTP status.",
+            r.status_code
+        ),
     })
 }
 
 /// The client's response: the listener's status and reason phrase exactly, its headers minus
 /// hop-by-hop ones, `Via: 1.1 {namespace host}` (§8.2).
-fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Result<Response, RelayError> {
+fn build_response(
+    r: ResponseCommand,
+    body: Option<Body>,
+    ns_host: &str,
+) -> Result<Response, RelayError> {
     check_status(&r)?;
     let mut response = Response::new(body.unwrap_or_else(Body::empty));
-    *response.status_mut() = StatusCode::from_u16(r.status_code).map_err(|_| RelayError::Rejected {
-        status: 502,
-        description: format!("The listener answered with status {}, which is not a final HTTP status.", r.status_code),
-    })?;
-    if let Some(reason) = r.status_description.as_deref().and_then(|d| hyper::ext::ReasonPhrase::try_from(d.as_bytes().to_vec()).ok()) {
+    *response.status_mut() =
+        StatusCode::from_u16(r.status_code).map_err(|_| RelayError::Rejected {
+            status: 502,
+            description: format!(
+                "The listener answered with status {}, which is not a final HTTP status.",
+                r.status_code
+            ),
+        })?;
+    if let Some(reason) = r
+        .status_description
+        .as_deref()
+        .and_then(|d| hyper::ext::ReasonPhrase::try_from(d.as_bytes().to_vec()).ok())
+    {
         response.extensions_mut().insert(reason);
     }
     let headers = response.headers_mut();
@@ -398,7 +579,10 @@ fn build_response(r: ResponseCommand, body: Option<Body>, ns_host: &str) -> Resu
         if STRIPPED_RESPONSE.contains(&k.to_ascii_lowercase().as_str()) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             headers.append(name, value);
         }
     }
