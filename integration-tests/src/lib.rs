@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod chain;
+pub mod external;
 pub mod mem;
 pub mod node;
 pub mod raw;

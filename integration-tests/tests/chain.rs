@@ -6,7 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::chain::{self, Chain, Postgres};
+use hc_emulator::chain::Chain;
+use hc_emulator::servers;
+use integration_tests::external::{self, Postgres};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,7 +37,7 @@ fn run(program: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_does_real_work_through_the_tunnel() {
     let work = tempfile::tempdir().unwrap();
-    let (_redis, port) = chain::redis(work.path()).unwrap();
+    let (_redis, port) = external::redis(work.path()).unwrap();
     let c = start(format!("127.0.0.1:{port}")).await;
     let (h, p) = (c.forward.ip().to_string(), c.forward.port().to_string());
     let out = tokio::task::spawn_blocking(move || {
@@ -123,7 +125,7 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarter_gigabyte_each_way_arrives_intact() {
     const TOTAL: usize = 256 * 1024 * 1024;
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let c = start(echo.to_string()).await;
     let started = std::time::Instant::now();
     let tcp = TcpStream::connect(c.forward).await.unwrap();
@@ -171,7 +173,7 @@ async fn quarter_gigabyte_each_way_arrives_intact() {
 async fn two_hundred_concurrent_tunnels_account_for_every_byte() {
     const N: usize = 200;
     const EACH: usize = 64 * 1024;
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let c = start(echo.to_string()).await;
     let forward = c.forward;
     let tunnels: Vec<_> = (0..N)
@@ -226,7 +228,7 @@ async fn two_hundred_concurrent_tunnels_account_for_every_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_in_both_directions() {
     // The client shuts down its write side and still receives the whole reply.
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let c = start(echo.to_string()).await;
     let mut s = TcpStream::connect(c.forward).await.unwrap();
     let request = vec![42u8; 3 * 1024 * 1024];
@@ -243,7 +245,7 @@ async fn half_close_in_both_directions() {
     drop(c);
 
     // The server closes first: the client reads the greeting, then EOF.
-    let greeter = chain::greeter_server(b"bye from the server\n").await;
+    let greeter = servers::greeter_server(b"bye from the server\n").await;
     let c = start(greeter.to_string()).await;
     let mut s = TcpStream::connect(c.forward).await.unwrap();
     let mut got = Vec::new();
@@ -256,7 +258,7 @@ async fn half_close_in_both_directions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_clients_leave_nothing_behind() {
-    let sink = chain::sink_server().await;
+    let sink = servers::sink_server().await;
     let c = start(sink.to_string()).await;
     // One tunnel first, so lazily created state (connection pools, log files) is in the baseline.
     let mut warm = TcpStream::connect(c.forward).await.unwrap();
@@ -304,7 +306,7 @@ async fn aborted_clients_leave_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_hcm_fails_the_tunnel_and_a_new_one_serves_again() {
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let mut c = start(echo.to_string()).await;
     let s = TcpStream::connect(c.forward).await.unwrap();
     let (mut r, mut w) = s.into_split();

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::chain::{self, Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::servers;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -68,7 +69,7 @@ async fn settle(limit: Duration, target: usize, count: impl Fn() -> usize) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_do_not_stop_new_tunnels_and_are_shed() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let options = ChainOptions {
         relay_args: vec![
             "--handshake-timeout".into(),
@@ -90,7 +91,7 @@ async fn floods_do_not_stop_new_tunnels_and_are_shed() {
         .await
         .unwrap()
         .expect("chain starts");
-    let socks = chain::banner_value(&chain.shim_banner, "SOCKS5 proxy on ")
+    let socks = hc_emulator::chain::banner_value(&chain.shim_banner, "SOCKS5 proxy on ")
         .unwrap()
         .parse::<std::net::SocketAddr>()
         .unwrap();

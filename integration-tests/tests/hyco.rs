@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use hc_protocol::{ConnectionString, Credential};
 use integration_tests::TestRelay;
-use integration_tests::chain::{self, Chain};
+use hc_emulator::chain::Chain;
+use hc_emulator::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A hyco-ws peer.
@@ -98,7 +99,7 @@ async fn hyco_ws_listener_and_sender_through_our_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     let endpoint = echo.to_string();
     let c = tokio::task::spawn_blocking(move || Chain::start(&endpoint))
         .await
@@ -111,7 +112,7 @@ async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
     let url = format!(
         "wss://localhost:{}/$hc/{}?sb-hc-action=connect",
         c.relay_port,
-        chain::HC
+        hc_emulator::chain::HC
     );
     let payload = "through hyco-ws, our relay and our hcm";
     let mut sender = Peer::start(

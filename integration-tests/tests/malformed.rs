@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use hc_protocol::frame::{self, CloseFrame, OpCode};
 use hc_protocol::{AuthRule, AuthScope, Right, Rights, SasKey, SasToken};
-use integration_tests::chain::{self, Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::servers;
 use integration_tests::raw::{self, RawClient};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -755,7 +756,7 @@ fn judge(case: &Case, outcome: &Outcome) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let echo = chain::echo_server().await;
+    let echo = servers::echo_server().await;
     // The cases address the hybrid connections `sample` and `tunnel`, next to the chain's own,
     // so they never disturb the HCM's listener or tunnels.
     let options = ChainOptions {

@@ -39,11 +39,18 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Raises the open-file soft limit to the hard limit (each tunnel holds sockets) and logs it.
-pub fn raise_fd_limit() {
+/// Raises the open-file soft limit to the hard limit (each tunnel holds sockets), logs it and
+/// returns it (0 when it could not be raised).
+pub fn raise_fd_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+        Ok(limit) => {
+            tracing::info!(limit, "open file limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+            0
+        }
     }
 }
 

@@ -11,17 +11,19 @@
 //! Each with plain WebSockets and with TLS. `--json` prints one JSON object; `--smoke` runs a
 //! seconds-long version (CI checks that the harness works, never its timings).
 //!
-//! Build first: `cargo build --release --workspace`, then `target/release/bench`.
+//! Build first: `cargo build --release --workspace`, then `target/release/bench` (it starts
+//! `relay-server`, `hcm` and `app-side-shim` from its own directory, else from `PATH`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
-use integration_tests::chain::{Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::servers;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Benchmarks the tunnel against a direct TCP connection.
 #[derive(Debug, Parser)]
@@ -57,55 +59,6 @@ struct Plan {
     rtt_samples: usize,
     tunnels: usize,
     idle: usize,
-}
-
-/// The in-process server. First byte: `E` echo, `S` sink (answers the byte count after EOF),
-/// `D` + u64 N: sends N bytes and closes.
-async fn server() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(serve(s));
-        }
-    });
-    Ok(addr)
-}
-
-async fn serve(mut s: TcpStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    match s.read_u8().await? {
-        b'E' => loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                return s.shutdown().await;
-            }
-            s.write_all(&buf[..n]).await?;
-        },
-        b'S' => {
-            let mut total = 0u64;
-            loop {
-                let n = s.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
-            s.write_u64(total).await?;
-            s.shutdown().await
-        }
-        b'D' => {
-            let mut left = s.read_u64().await?;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                s.write_all(&buf[..n]).await?;
-                left -= n as u64;
-            }
-            s.shutdown().await
-        }
-        _ => Ok(()),
-    }
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
@@ -365,9 +318,8 @@ fn print_table(direct: &Value, runs: &[(String, Value)]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("open file limit: {limit}");
-    }
+    let limit = hc_process::raise_fd_limit();
+    eprintln!("open file limit: {limit}");
     let d = if args.smoke {
         Plan {
             bulk: 4,
@@ -389,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
         tunnels: args.tunnels.unwrap_or(d.tunnels).max(16),
         idle: args.idle_tunnels.unwrap_or(d.idle),
     };
-    let server = server().await?;
+    let server = servers::bench_server().await?;
     let direct = measure(server, plan).await.context("direct TCP")?;
     let mut runs = Vec::new();
     for (name, plain) in [("plain ws", true), ("TLS", false)] {

@@ -1,0 +1,270 @@
+//! The whole chain as a user runs it: the `relay-server`, `hcm` and `app-side-shim` binaries
+//! as separate processes (TLS with the generated CA, ports chosen by the OS), for the
+//! benchmark and for tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::procs::{Proc, binary, path};
+
+/// How to run a chain.
+#[derive(Debug, Clone, Default)]
+pub struct ChainOptions {
+    /// Plain `ws://` between the parts instead of TLS.
+    pub plain: bool,
+    /// Extra `relay-server` arguments.
+    pub relay_args: Vec<String>,
+    /// Log filter for the three processes (default `info`).
+    pub log: Option<String>,
+    /// Extra `hcm run` arguments.
+    pub hcm_args: Vec<String>,
+    /// Extra `app-side-shim run` arguments (after `--forward`).
+    pub shim_args: Vec<String>,
+    /// More hybrid connections on the relay (default rules, no endpoint), for tests that
+    /// need one beside the chain's own.
+    pub extra_hybrid_connections: Vec<String>,
+}
+
+/// relay-server + hcm + app-side-shim for one hybrid connection to `endpoint`.
+#[derive(Debug)]
+pub struct Chain {
+    /// Working directory (data dirs, configs, logs).
+    pub dir: tempfile::TempDir,
+    /// The relay process.
+    pub relay: Proc,
+    /// The HCM process (`None` while stopped).
+    pub hcm: Option<Proc>,
+    /// The shim process.
+    pub shim: Proc,
+    /// What the shim printed up to "Ready." (its listeners' addresses).
+    pub shim_banner: Vec<String>,
+    /// Where clients connect.
+    pub forward: SocketAddr,
+    /// The relay's port.
+    pub relay_port: u16,
+    /// The printed Send connection string of the chain's hybrid connection.
+    pub send_cs: String,
+    /// The relay's CA file.
+    pub ca: PathBuf,
+}
+
+/// Name of the chain's hybrid connection.
+pub const HC: &str = "chain";
+
+/// The rest of the first line of `lines` that starts with `prefix` (after trimming).
+pub fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|r| r.trim().to_owned())
+}
+
+impl Chain {
+    /// Starts the three processes over TLS; returns once the HCM is connected.
+    pub fn start(endpoint: &str) -> anyhow::Result<Chain> {
+        Self::start_with(endpoint, &ChainOptions::default())
+    }
+
+    /// Starts the three processes with `options`; returns once the HCM is connected.
+    pub fn start_with(endpoint: &str, options: &ChainOptions) -> anyhow::Result<Chain> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let log = options.log.clone().unwrap_or_else(|| "info".into());
+        let mut hybrid_connections = vec![serde_json::json!({"name": HC, "endpoint": endpoint})];
+        hybrid_connections.extend(
+            options
+                .extra_hybrid_connections
+                .iter()
+                .map(|name| serde_json::json!({ "name": name })),
+        );
+        let relay_config = serde_json::json!({"namespaces": [{"name": "default", "default": true, "hybridConnections": hybrid_connections}]});
+        std::fs::write(d.join("relay.json"), relay_config.to_string())?;
+        let relay_data = d.join("relay");
+        let config = d.join("relay.json");
+        let mut relay_args = vec![
+            "--data-dir",
+            path(&relay_data),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            path(&config),
+        ];
+        if options.plain {
+            relay_args.push("--plain");
+        }
+        relay_args.extend(options.relay_args.iter().map(String::as_str));
+        let (relay, lines) = Proc::start_logging(
+            &binary("relay-server"),
+            &relay_args,
+            d.join("relay.log"),
+            Some("Ready."),
+            &log,
+        )?;
+        let listening = banner_value(
+            &lines,
+            "Azure Relay Hybrid Connections emulator listening on ",
+        )
+        .context("relay banner")?;
+        let relay_port: u16 = listening
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .context("relay port")?;
+        let scheme = |cs: String| {
+            if options.plain {
+                cs.replacen("Endpoint=sb://", "Endpoint=ws://", 1)
+            } else {
+                cs
+            }
+        };
+        // Keys are not printed when stdout is not a terminal; the banner names the file.
+        let keys_file =
+            banner_value(&lines, "Connection strings: ").context("keys file in the banner")?;
+        let keys = std::fs::read_to_string(keys_file.trim_end_matches(" (mode 0600)"))
+            .context("reading the keys file")?;
+        let keys: Vec<String> = keys.lines().map(str::to_owned).collect();
+        let listen_cs = scheme(banner_value(&keys, "Listen ").context("Listen connection string")?);
+        let send_cs = scheme(banner_value(&keys, "Send ").context("Send connection string")?);
+        let ca = relay_data.join("ca.pem");
+
+        let hcm_dir = d.join("hcm");
+        let add = Command::new(binary("hcm"))
+            .args([
+                "--data-dir",
+                path(&hcm_dir),
+                "add",
+                &listen_cs,
+                "--ca-file",
+                path(&ca),
+            ])
+            .output()?;
+        if !add.status.success() {
+            bail!("hcm add failed: {}", String::from_utf8_lossy(&add.stderr));
+        }
+        let hcm = Self::run_hcm(d, &log, &options.hcm_args)?;
+
+        let (host, port) = endpoint.rsplit_once(':').context("endpoint is host:port")?;
+        let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
+        std::fs::write(d.join("shim.json"), shim_config.to_string())?;
+        let (shim_json, forward_spec) = (d.join("shim.json"), format!("127.0.0.1:0={endpoint}"));
+        let mut shim_args = vec![
+            "--config",
+            path(&shim_json),
+            "run",
+            "--forward",
+            &forward_spec,
+        ];
+        shim_args.extend(options.shim_args.iter().map(String::as_str));
+        let (shim, lines) = Proc::start_logging(
+            &binary("app-side-shim"),
+            &shim_args,
+            d.join("shim.log"),
+            Some("Ready."),
+            &log,
+        )?;
+        let forward = banner_value(&lines, "Forwarding ")
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .context("forward address")?
+            .parse()?;
+        let chain = Chain {
+            dir,
+            relay,
+            hcm: Some(hcm),
+            shim,
+            shim_banner: lines,
+            forward,
+            relay_port,
+            send_cs,
+            ca,
+        };
+        chain.wait_hcm_connected()?;
+        Ok(chain)
+    }
+
+    fn run_hcm(d: &Path, log: &str, extra: &[String]) -> anyhow::Result<Proc> {
+        let data = d.join("hcm");
+        let mut args = vec![
+            "--data-dir",
+            path(&data),
+            "run",
+            "--min-backoff",
+            "0.05",
+            "--max-backoff",
+            "0.5",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let (p, _) = Proc::start_logging(&binary("hcm"), &args, d.join("hcm.log"), None, log)?;
+        Ok(p)
+    }
+
+    /// Waits until the HCM reports an open control channel (20 s at most).
+    pub fn wait_hcm_connected(&self) -> anyhow::Result<()> {
+        for _ in 0..1000 {
+            let status = hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"));
+            if status.is_some_and(|s| s.connections.values().any(|c| c.channels_open > 0)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "hcm did not connect: {}",
+            self.hcm.as_ref().map(Proc::log_text).unwrap_or_default()
+        )
+    }
+
+    /// The relay's data directory (state, certificates, `connection-strings.txt`).
+    pub fn relay_data_dir(&self) -> PathBuf {
+        self.dir.path().join("relay")
+    }
+
+    /// The HCM's live status for the chain's hybrid connection.
+    pub fn hcm_status(&self) -> Option<hcm::status::HcStatus> {
+        hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"))?
+            .connections
+            .values()
+            .next()
+            .cloned()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the relay process.
+    pub fn signal_relay(&self, signal: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.relay.pid().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill -{signal} failed");
+        }
+        Ok(())
+    }
+
+    /// Kills the HCM with SIGKILL.
+    pub fn kill_hcm(&mut self) {
+        if let Some(mut p) = self.hcm.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the HCM again and waits until it is connected.
+    pub fn restart_hcm(&mut self) -> anyhow::Result<()> {
+        self.hcm = Some(Self::run_hcm(self.dir.path(), "info", &[])?);
+        self.wait_hcm_connected()
+    }
+
+    /// Logs of all three, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- relay\n{}\n--- hcm\n{}\n--- shim\n{}",
+            self.relay.log_text(),
+            self.hcm.as_ref().map(Proc::log_text).unwrap_or_default(),
+            self.shim.log_text()
+        )
+    }
+}
+
