@@ -232,18 +232,6 @@ impl Chain {
             .cloned()
     }
 
-    /// Sends `signal` (e.g. `STOP`, `CONT`) to the relay process.
-    pub fn signal_relay(&self, signal: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.relay.pid().to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill -{signal} failed");
-        }
-        Ok(())
-    }
-
     /// Kills the HCM with SIGKILL.
     pub fn kill_hcm(&mut self) {
         if let Some(mut p) = self.hcm.take() {
@@ -267,4 +255,3 @@ impl Chain {
         )
     }
 }
-

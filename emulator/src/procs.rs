@@ -5,23 +5,109 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+pub use rustix::process::Signal;
 
-/// Path of a workspace binary: next to the running program (a test in `deps/`, or a binary
-/// such as `bench` in the profile directory itself), else on `PATH` (after `cargo install`).
+/// Path of a workspace binary, up to date.
+///
+/// Run by cargo (a test, or `cargo run --bin bench`), the workspace's binaries are first
+/// built into the same profile directory (once per process, `cargo build --workspace --bins`,
+/// a no-op when nothing changed), so a test never runs a stale `hcm` after `cargo test -p
+/// integration-tests` nor misses one that `cargo test` did not build. Otherwise (after `cargo
+/// install`) the binary is looked up next to the running program, then on `PATH`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let here = exe.parent().expect("executable directory");
-    let candidates = [
-        here.join(name),
-        here.parent().map(|p| p.join(name)).unwrap_or_default(),
-    ];
-    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    // A test runs from `<target>/<profile>/deps`, a binary from `<target>/<profile>`.
+    let profile_dir = if here.file_name().is_some_and(|n| n == "deps") {
+        here.parent().unwrap_or(here)
+    } else {
+        here
+    };
+    if let Err(e) = build_workspace_once(profile_dir) {
+        panic!("building the workspace's binaries for {name}: {e:#}");
+    }
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .collect::<Vec<_>>()
+    });
+    let found = std::iter::once(profile_dir.join(name))
+        .chain(on_path)
+        .find(|p| p.is_file());
     found.unwrap_or_else(|| {
-        panic!("{name} is missing next to {}: build the workspace's binaries first (`cargo test --workspace` does; for `bench`: `cargo build --release --workspace`)", exe.display())
+        panic!(
+            "{name} is neither in {} nor on PATH: `cargo install --path` the crate that has it",
+            profile_dir.display()
+        )
     })
+}
+
+/// `cargo build --workspace --bins` into `profile_dir`, once per process, when run by cargo
+/// from this workspace's target directory; nothing otherwise.
+fn build_workspace_once(profile_dir: &Path) -> anyhow::Result<()> {
+    static BUILT: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(done) = &*built {
+        return done.clone().map_err(anyhow::Error::msg);
+    }
+    let result = build_workspace(profile_dir).map_err(|e| format!("{e:#}"));
+    *built = Some(result.clone());
+    result.map_err(anyhow::Error::msg)
+}
+
+fn build_workspace(profile_dir: &Path) -> anyhow::Result<()> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let (Some(cargo), true) = (std::env::var_os("CARGO"), manifest.is_file()) else {
+        return Ok(()); // installed, or the sources are gone: use what is there
+    };
+    let (Some(target_dir), Some(profile)) = (
+        profile_dir.parent(),
+        profile_dir.file_name().and_then(|n| n.to_str()),
+    ) else {
+        return Ok(());
+    };
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let mut build = Command::new(cargo);
+    // What cargo set for this program would look like changed inputs to build scripts
+    // (`ring` reruns on CARGO_MANIFEST_DIR), rebuilding every time.
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| var.starts_with(p))
+            || var == "CARGO_PRIMARY_PACKAGE"
+            || var == "CARGO_TARGET_TMPDIR"
+        {
+            build.env_remove(var.as_ref());
+        }
+    }
+    let status = build
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--bins",
+            "--profile",
+            profile,
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins --profile {profile}: {status}");
+    }
+    Ok(())
 }
 
 /// A child process killed on drop, with its stderr in a log file.
@@ -33,7 +119,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args`, logging stderr to `log`; returns stdout lines up to `until`.
+    /// Starts `program args`, logging stderr to `log`; returns stdout lines up to the first
+    /// that contains `until`.
     pub fn start(
         program: &Path,
         args: &[&str],
@@ -64,13 +151,13 @@ impl Proc {
         if let Some(until) = until {
             for line in out.by_ref() {
                 let line = line?;
-                let done = line.trim() == until;
+                let done = line.contains(until);
                 lines.push(line);
                 if done {
                     break;
                 }
             }
-            if lines.last().map(|l| l.trim()) != Some(until) {
+            if !lines.last().is_some_and(|l| l.contains(until)) {
                 bail!(
                     "{} exited before '{until}': {lines:?}\n{}",
                     program.display(),
@@ -106,6 +193,23 @@ impl Proc {
             .unwrap_or(0)
     }
 
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
+            .map_err(Into::into)
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.signal(Signal::TERM)?;
+        self.child.wait()
+    }
+
+    /// Waits for the exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+
     /// SIGKILL and wait.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -128,23 +232,3 @@ impl Drop for Proc {
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
-
-/// A free TCP port on 127.0.0.1 for servers that cannot report the one they bound.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Waits until something accepts TCP connections on `port` (20 s at most).
-pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..1000 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
-}
-

@@ -1,5 +1,6 @@
-//! TCP servers used as tunnel endpoints: echo (EOF answered with EOF), sink, greeter, and
-//! the benchmark's server, whose first byte picks echo, sink or a download.
+//! TCP servers used as tunnel endpoints: echo (EOF answered with EOF), sink, greeter, a
+//! one-file HTTP/1.0 server, and the benchmark's server, whose first byte picks echo, sink or
+//! a download.
 
 use std::net::SocketAddr;
 
@@ -42,6 +43,37 @@ pub async fn sink_server() -> SocketAddr {
 pub async fn greeter_server(greeting: &'static [u8]) -> SocketAddr {
     serve(move |mut s| async move {
         let _ = s.write_all(greeting).await;
+        let _ = s.shutdown().await;
+    })
+    .await
+}
+
+/// An HTTP/1.0 server with one document: `GET path` answers 200 with `body`, anything else
+/// 404; one request per connection, closed after the answer (as `python3 -m http.server`).
+pub async fn http_server(path: &'static str, body: &'static str) -> SocketAddr {
+    serve(move |mut s| async move {
+        // The request head, up to the blank line (16 KiB at most).
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let mut request_line = head.lines().next().unwrap_or("").split(' ');
+        let found = request_line.next() == Some("GET") && request_line.next() == Some(path);
+        let (status, body) = if found {
+            ("200 OK", body)
+        } else {
+            ("404 Not Found", "not found\n")
+        };
+        let answer = format!(
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(answer.as_bytes()).await;
         let _ = s.shutdown().await;
     })
     .await
@@ -110,4 +142,3 @@ async fn serve_mode(mut s: TcpStream) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
-

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use hc_emulator::procs::{Proc, free_port, path, wait_for_port};
+use hc_emulator::procs::{Proc, path};
 
 /// A Redis server from Debian's `redis-server` on a free port, without persistence.
 pub fn redis(dir: &Path) -> anyhow::Result<(Proc, u16)> {
@@ -25,11 +25,18 @@ pub fn redis(dir: &Path) -> anyhow::Result<(Proc, u16)> {
             path(dir),
         ],
         dir.join("redis.log"),
-        None,
+        Some("Ready to accept connections"),
     )
     .context("redis-server is needed (Debian package redis-server)")?;
-    wait_for_port(port)?;
     Ok((p, port))
+}
+
+/// A free TCP port on 127.0.0.1, for servers that cannot report the one they bound.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A PostgreSQL cluster from Debian's `postgresql` (trust auth, user `postgres`) on a free
@@ -144,4 +151,3 @@ fn chown_to_postgres(p: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

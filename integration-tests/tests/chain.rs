@@ -1,5 +1,6 @@
 //! The whole chain with real programs at both ends: client -> app-side-shim -> relay-server ->
-//! hcm -> server, each a separate process started as a user would start it.
+//! hcm -> server, each a separate process started as a user would start it. The Redis and
+//! PostgreSQL tests are ignored by default (`--include-ignored` runs them; CI does).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,6 +36,7 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli; --include-ignored runs it"]
 async fn redis_cli_does_real_work_through_the_tunnel() {
     let work = tempfile::tempdir().unwrap();
     let (_redis, port) = external::redis(work.path()).unwrap();
@@ -70,6 +72,7 @@ async fn redis_cli_does_real_work_through_the_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl, psql); --include-ignored runs it"]
 async fn psql_does_real_work_through_the_tunnel() {
     let work = tempfile::tempdir().unwrap();
     let pg = tokio::task::spawn_blocking({

@@ -1,7 +1,8 @@
 //! Conformance with Microsoft's official Node client `hyco-ws` (npm, PEERS.md §6, §11): its
 //! listener and sender through our relay, its sender through our relay and our HCM to a TCP
-//! server, our sender library to its listener, and its view of our error statuses. These
-//! fail, never skip, when Node or the package is missing (.ci/run installs them).
+//! server, our sender library to its listener, and its view of our error statuses. Ignored by
+//! default (they need node and npm); `cargo test --workspace -- --include-ignored` runs them
+//! and then fails, never skips, when Node or the package is missing (.ci/run installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,10 +10,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use hc_protocol::{ConnectionString, Credential};
-use integration_tests::TestRelay;
 use hc_emulator::chain::Chain;
 use hc_emulator::servers;
+use hc_protocol::{ConnectionString, Credential};
+use integration_tests::TestRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A hyco-ws peer.
@@ -45,6 +46,7 @@ fn ca_file(relay: &TestRelay, dir: &tempfile::TempDir) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn hyco_ws_listener_and_sender_through_our_relay() {
     let relay = TestRelay::default_tls().await;
     let dir = tempfile::tempdir().unwrap();
@@ -98,6 +100,7 @@ async fn hyco_ws_listener_and_sender_through_our_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
     let echo = servers::echo_server().await;
     let endpoint = echo.to_string();
@@ -133,6 +136,7 @@ async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn our_sender_library_to_a_hyco_ws_listener() {
     let relay = TestRelay::default_tls().await;
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +184,7 @@ async fn our_sender_library_to_a_hyco_ws_listener() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn the_official_client_sees_the_documented_statuses() {
     let relay = TestRelay::default_tls().await;
     relay
@@ -265,6 +270,7 @@ fn fd_count() -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn a_reconnect_storm_from_a_bad_key_leaves_the_relay_healthy() {
     let relay = TestRelay::default_tls().await;
     let dir = tempfile::tempdir().unwrap();

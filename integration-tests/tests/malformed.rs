@@ -19,10 +19,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use hc_protocol::frame::{self, CloseFrame, OpCode};
-use hc_protocol::{AuthRule, AuthScope, Right, Rights, SasKey, SasToken};
 use hc_emulator::chain::{Chain, ChainOptions};
 use hc_emulator::servers;
+use hc_protocol::frame::{self, CloseFrame, OpCode};
+use hc_protocol::{AuthRule, AuthScope, Right, Rights, SasKey, SasToken};
 use integration_tests::raw::{self, RawClient};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};

@@ -6,18 +6,20 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use hc_client::handshake::WsIo;
 use hc_client::relay::RelayEndpoint;
 use hc_client::token::TokenProvider;
+use hc_emulator::procs::{self, Proc};
+use hc_emulator::servers;
 use hc_protocol::frame::{CloseFrame, OpCode};
 use hc_protocol::metadata::Endpoint;
 use hc_ws::{Config, Item, Reader, Role, Writer};
 use hcm::status::{HcStatus, State, StatusFile};
 use relay_server::{Relay, RelayOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 
 /// A relay from a data directory, serving on `listener`.
@@ -139,36 +141,8 @@ async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(mut reader: Reader<R>
     }
 }
 
-/// A TCP echo server that answers EOF with EOF (half-close aware).
-async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 fn hcm(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hcm"));
+    let mut c = Command::new(procs::binary("hcm"));
     c.arg("--data-dir").arg(dir);
     c
 }
@@ -182,35 +156,31 @@ fn stdout(o: &Output) -> String {
 }
 
 /// `hcm run` as a child process, killed on drop; its log goes to `{dir}/hcm.log`.
-struct Service(Child);
+struct Service;
 
 impl Service {
-    fn start(dir: &Path, extra: &[&str]) -> Service {
-        let log = std::fs::File::create(dir.join("hcm.log")).unwrap();
-        let child = hcm(dir)
-            .args(["run", "--min-backoff", "0.05", "--max-backoff", "0.3"])
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Service(child)
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        self.0.wait().unwrap()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    #[allow(clippy::new_ret_no_self)]
+    fn start(dir: &Path, extra: &[&str]) -> Proc {
+        let data = dir.to_str().unwrap();
+        let mut args = vec![
+            "--data-dir",
+            data,
+            "run",
+            "--min-backoff",
+            "0.05",
+            "--max-backoff",
+            "0.3",
+        ];
+        args.extend_from_slice(extra);
+        Proc::start_logging(
+            &procs::binary("hcm"),
+            &args,
+            dir.join("hcm.log"),
+            None,
+            "debug",
+        )
+        .unwrap()
+        .0
     }
 }
 
@@ -248,20 +218,13 @@ async fn relay_with(options: RelayOptions) -> (TestRelay, tempfile::TempDir) {
 
 /// A relay whose hybrid connection `db` names a TCP echo server, and an HCM data directory
 /// (`home`) with `db` added, as most tests start.
-async fn relay_with_db(
-    options: RelayOptions,
-) -> (
-    TestRelay,
-    tempfile::TempDir,
-    tempfile::TempDir,
-    tokio::task::JoinHandle<()>,
-) {
+async fn relay_with_db(options: RelayOptions) -> (TestRelay, tempfile::TempDir, tempfile::TempDir) {
     let (relay, relay_dir) = relay_with(options).await;
-    let (echo, echo_task) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let home = tempfile::tempdir().unwrap();
     assert!(add(home.path(), &relay, "db", &[]).status.success());
-    (relay, relay_dir, home, echo_task)
+    (relay, relay_dir, home)
 }
 
 fn add(dir: &Path, relay: &TestRelay, hc: &str, extra: &[&str]) -> Output {
@@ -275,7 +238,7 @@ fn add(dir: &Path, relay: &TestRelay, hc: &str, extra: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verbs_and_a_tunnel_through_relay_and_hcm() {
     let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path();
@@ -382,7 +345,7 @@ async fn cli_verbs_and_a_tunnel_through_relay_and_hcm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_and_remove_while_running_leave_other_tunnels_alone() {
     let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("a", echo);
     relay.hybrid_connection("b", echo);
     let home = tempfile::tempdir().unwrap();
@@ -422,7 +385,7 @@ async fn reconnects_after_a_relay_restart() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let relay = TestRelay::start(relay_dir.path(), listener, RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path();
@@ -457,7 +420,7 @@ async fn reconnects_after_a_relay_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hcms_share_the_load_and_one_can_die() {
     let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let (h1, h2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     assert!(add(h1.path(), &relay, "db", &[]).status.success());
@@ -491,8 +454,7 @@ async fn two_hcms_share_the_load_and_one_can_die() {
         served(h2.path())
     );
 
-    s1.0.kill().unwrap();
-    s1.0.wait().unwrap();
+    s1.kill();
     eventually("relay noticed", None, || relay.listeners("db") == 1).await;
     for i in 0..30 {
         let msg = format!("after kill {i}");
@@ -537,7 +499,7 @@ async fn an_unreachable_endpoint_is_rejected_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_hybrid_connection_stops_retrying_and_exits_on_failure() {
-    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
+    let (relay, _rd, home) = relay_with_db(RelayOptions::default()).await;
     let dir = home.path();
     let mut service = Service::start(dir, &["--exit-on-failure"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
@@ -546,7 +508,7 @@ async fn deleted_hybrid_connection_stops_retrying_and_exits_on_failure() {
         .delete_hybrid_connection("default", "db")
         .unwrap();
     let status = tokio::task::spawn_blocking(move || {
-        let s = service.0.wait().unwrap();
+        let s = service.wait().unwrap();
         std::mem::forget(service);
         s
     })
@@ -560,7 +522,7 @@ async fn deleted_hybrid_connection_stops_retrying_and_exits_on_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_is_reported_not_retried() {
     let (relay, _rd) = relay_with(RelayOptions::default()).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path();
@@ -599,28 +561,25 @@ async fn wrong_key_is_reported_not_retried() {
         shown.contains("Unauthorized") && shown.contains("InvalidSignature"),
         "{shown}"
     );
-    assert!(service.terminate().success());
+    assert!(service.terminate().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_live_tunnels_finish() {
-    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
+    let (relay, _rd, home) = relay_with_db(RelayOptions::default()).await;
     let dir = home.path();
     let mut service = Service::start(dir, &["--grace", "10"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;
     let (ws_r, mut ws_w) = relay.sender("db").await.unwrap();
     ws_w.send(OpCode::Binary, b"before").await.unwrap();
-    Command::new("kill")
-        .args(["-TERM", &service.0.id().to_string()])
-        .status()
-        .unwrap();
+    service.signal(procs::Signal::TERM).unwrap();
     eventually("listener closed", Some(dir), || relay.listeners("db") == 0).await;
     // The live tunnel still carries data, then ends cleanly and the process exits 0.
     ws_w.send(OpCode::Binary, b" after").await.unwrap();
     ws_w.close(&CloseFrame::new(1000, "")).await.unwrap();
     let got = read_until_close(ws_r).await;
     assert_eq!(got, b"before after");
-    let exit = tokio::task::spawn_blocking(move || service.0.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || service.wait().unwrap())
         .await
         .unwrap();
     assert!(exit.success());
@@ -661,7 +620,7 @@ async fn missing_or_malformed_metadata_is_named() {
         "{err}"
     );
     // With --endpoint the metadata is not needed.
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     let endpoint = echo.to_string();
     assert!(
         add(dir, &relay, "bare", &["--endpoint", &endpoint])
@@ -707,7 +666,7 @@ async fn quota_exceeded_is_retried_not_fatal() {
         max_connections_per_namespace: 2,
         ..Default::default()
     };
-    let (relay, _rd, home, _e) = relay_with_db(options).await;
+    let (relay, _rd, home) = relay_with_db(options).await;
     let dir = home.path();
     let occupier = (relay.occupy("db").await, relay.occupy("db").await);
     let _service = Service::start(dir, &[]);
@@ -754,7 +713,7 @@ async fn every_channel_is_watched_and_retried() {
         ..Default::default()
     };
     let (relay, _rd) = relay_with(options).await;
-    let (echo, _e) = echo_server().await;
+    let echo = servers::echo_server().await;
     relay.hybrid_connection("db", echo);
     let home = tempfile::tempdir().unwrap();
     let dir = home.path();
@@ -795,7 +754,7 @@ async fn every_channel_is_watched_and_retried() {
 /// `--max-tunnels` caps concurrent tunnels; the next sender gets 503 with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_tunnels_are_capped() {
-    let (relay, _rd, home, _e) = relay_with_db(RelayOptions::default()).await;
+    let (relay, _rd, home) = relay_with_db(RelayOptions::default()).await;
     let dir = home.path();
     let _service = Service::start(dir, &["--max-tunnels", "2"]);
     eventually("connected", Some(dir), || relay.listeners("db") == 1).await;

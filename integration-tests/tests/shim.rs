@@ -1,14 +1,17 @@
-//! The shim through the real relay and the real HCM to a real HTTP server
-//! (`python3 -m http.server`), with `curl` as the unchanged client program in every mode.
+//! The shim binary through the relay and the HCM to an HTTP server on a real socket, with
+//! `curl` as the unchanged client program where a test says it needs curl (those are ignored
+//! by default; `cargo test --workspace -- --include-ignored` runs them, CI does).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use app_side_shim::HybridConnection;
+use hc_emulator::chain::banner_value;
+use hc_emulator::procs::{self, Proc};
+use hc_emulator::servers;
 use relay_server::{ConfigFile, Emulator, RelayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +24,6 @@ const HOST: &str = "api.corp.example";
 struct Chain {
     emulator: Emulator,
     dir: tempfile::TempDir,
-    http: Child,
     http_port: u16,
     hcm_stop: CancellationToken,
     hcm: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -30,7 +32,7 @@ struct Chain {
 impl Chain {
     async fn start() -> Chain {
         let dir = tempfile::tempdir().unwrap();
-        let (http, http_port) = http_server(dir.path());
+        let http_port = servers::http_server("/hello.txt", BODY).await.port();
         let emulator = Emulator::start(&ConfigFile::default(), true, RelayOptions::default())
             .await
             .unwrap();
@@ -86,7 +88,6 @@ impl Chain {
         let chain = Chain {
             emulator,
             dir,
-            http,
             http_port,
             hcm_stop,
             hcm,
@@ -146,121 +147,41 @@ impl Chain {
         path
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
         self.hcm_stop.cancel();
         self.hcm.await.unwrap().unwrap();
-        let _ = self.http.kill();
-        let _ = self.http.wait();
         self.emulator.stop().await.unwrap();
     }
 }
 
-/// `python3 -m http.server` on a free port, serving `hello.txt`.
-fn http_server(dir: &Path) -> (Child, u16) {
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("hello.txt"), BODY).unwrap();
-    let mut child = Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&www)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 is needed for the HTTP endpoint");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split(" port ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect(&line);
-    (child, port)
-}
-
-/// The shim binary; stdout lines up to "Ready." are returned, stderr goes to a file.
+/// The shim binary and what it printed up to "Ready.".
 struct Shim {
-    child: Child,
+    proc: Proc,
     lines: Vec<String>,
-    log: PathBuf,
 }
 
 impl Shim {
     fn start(dir: &Path, args: &[&str]) -> Shim {
         let log = dir.join(format!("shim-{}.log", rand_suffix()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = Vec::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in out.by_ref() {
-            let line = line.unwrap();
-            let ready = line == "Ready.";
-            lines.push(line);
-            if ready {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in out {});
-        assert_eq!(
-            lines.last().map(String::as_str),
-            Some("Ready."),
-            "shim did not start: {lines:?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Shim { child, lines, log }
+        let (proc, lines) =
+            Proc::start(&procs::binary("app-side-shim"), args, log, Some("Ready.")).unwrap();
+        Shim { proc, lines }
     }
 
     /// The address printed on the line starting with `prefix` (after "-> " for hostnames).
     fn addr(&self, prefix: &str) -> String {
-        let line = self
-            .lines
-            .iter()
-            .find(|l| l.starts_with(prefix))
+        let rest = banner_value(&self.lines, prefix)
             .unwrap_or_else(|| panic!("no '{prefix}' in {:?}", self.lines));
-        let rest = line
-            .split(" -> ")
-            .nth(if prefix.starts_with("Hostname") { 1 } else { 0 })
-            .unwrap();
-        rest.trim_start_matches(prefix)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
+        let rest = rest.split_once("-> ").map_or(rest.as_str(), |(_, to)| to);
+        rest.split_whitespace().next().unwrap().to_owned()
     }
 
+    /// SIGTERM; asserts a clean exit and returns the log.
     fn stop(&mut self) -> String {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "shim exited with {status}: {}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.proc.terminate().unwrap();
+        let log = self.proc.log_text();
+        assert!(status.success(), "shim exited with {status}: {log}");
+        log
     }
 }
 
@@ -358,8 +279,19 @@ async fn library_streams_with_half_close_and_tells_errors_apart() {
     chain.stop().await;
 }
 
+/// An HTTP/1.0 GET of `/hello.txt` over a plain TCP connection to `addr`; the whole answer.
+async fn http_get(addr: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_all_within(&mut tcp, Duration::from_secs(20)).await;
+    assert!(closed, "the answer ends with a close");
+    String::from_utf8(got).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explicit_forwards_with_curl() {
+async fn explicit_forwards_carry_a_client_to_the_endpoint() {
     let chain = Chain::start().await;
     let config = chain.shim_config();
     let by_endpoint = format!("127.0.0.1:0={HOST}:{}", chain.http_port);
@@ -387,11 +319,10 @@ async fn explicit_forwards_with_curl() {
         .collect();
     assert_eq!(forwards.len(), 2);
     for addr in forwards {
-        let out = curl(vec![format!("http://{addr}/hello.txt")]).await;
+        let answer = http_get(&addr).await;
         assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout) == BODY,
-            "{}",
-            text(&out)
+            answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with(BODY),
+            "{answer}"
         );
     }
     let log = shim.stop();
@@ -404,6 +335,7 @@ async fn explicit_forwards_with_curl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, unshare and curl; --include-ignored runs it"]
 async fn hostname_mode_lets_unchanged_curl_use_the_real_name() {
     let chain = Chain::start().await;
     let config = chain.shim_config();
@@ -459,6 +391,7 @@ async fn hostname_mode_lets_unchanged_curl_use_the_real_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs curl; --include-ignored runs it"]
 async fn proxy_mode_tunnels_names_and_refuses_others() {
     let chain = Chain::start().await;
     let config = chain.shim_config();
@@ -559,7 +492,7 @@ async fn proxy_mode_tunnels_names_and_refuses_others() {
 async fn tcpping(config: &Path, endpoint: &str) -> (bool, String) {
     let (config, endpoint) = (config.to_owned(), endpoint.to_owned());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
+        Command::new(procs::binary("app-side-shim"))
             .args([
                 "--config",
                 config.to_str().unwrap(),
@@ -623,7 +556,7 @@ fn plan_limits_are_a_startup_error() {
         serde_json::json!({"hybridConnections": entries}).to_string(),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_app-side-shim"))
+    let out = Command::new(procs::binary("app-side-shim"))
         .args([
             "--config",
             path.to_str().unwrap(),

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use hc_emulator::procs::{self, Proc, Signal};
 use hc_protocol::{ConnectionString, Credential, SasToken};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -24,7 +24,7 @@ struct Banner {
     manage: String,
 }
 
-fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Banner) {
+fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Proc, Banner) {
     let (child, stdout) = start_raw(data_dir, extra);
     // Stdout is a pipe here, so the banner names the keys file instead of printing keys.
     assert!(
@@ -94,36 +94,23 @@ fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Banner) {
 }
 
 /// Starts the binary and returns what it printed up to "Ready.".
-fn start_raw(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut out = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        out.push_str(&line);
-        out.push('\n');
-        if line == "Ready." {
-            break;
-        }
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    assert!(
-        out.ends_with("Ready.\n"),
-        "relay-server did not start:\n{out}"
-    );
-    (child, out)
+fn start_raw(data_dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let mut args = vec![
+        "--data-dir",
+        procs::path(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let (relay, lines) = Proc::start(
+        &procs::binary("relay-server"),
+        &args,
+        data_dir.join("relay.log"),
+        Some("Ready."),
+    )
+    .unwrap();
+    (relay, lines.join("\n") + "\n")
 }
 
 fn tls_for(ca_file: &str) -> Arc<rustls::ClientConfig> {
@@ -235,8 +222,7 @@ async fn zero_config_start_survives_kill_9_with_the_same_keys() {
     );
     assert!(first.send.contains("SharedAccessKeyName=defaultSender"));
     round_trip(&first).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     let ca_before = std::fs::read_to_string(&first.ca_file).unwrap();
     let (mut child, second) = start(dir.path(), &[]);
@@ -267,8 +253,7 @@ async fn zero_config_start_survives_kill_9_with_the_same_keys() {
         ..second
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 #[tokio::test]
@@ -277,10 +262,7 @@ async fn sigterm_shuts_down_cleanly() {
     let (child, b) = start(dir.path(), &[]);
     let tls = tls_for(&b.ca_file);
     let mut control = connect(tls, b.port, &b.listen, "listen").await.unwrap();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    child.signal(Signal::TERM).unwrap();
     let close = loop {
         match control.next().await {
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
@@ -312,15 +294,14 @@ fn config_file_is_applied_and_errors_name_the_problem() {
         &["--config", config.to_str().unwrap()],
     );
     assert!(b.listen.ends_with(";EntityPath=db"), "{}", b.listen);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     std::fs::write(
         &config,
         r#"{"namespaces":[{"name":"contoso","hybridConections":[]}]}"#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+    let out = Command::new(procs::binary("relay-server"))
         .args([
             "--data-dir",
             dir.path().join("data2").to_str().unwrap(),
@@ -346,8 +327,7 @@ fn config_file_is_applied_and_errors_name_the_problem() {
 async fn a_start_after_an_interrupted_write_repairs_the_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, first) = start(dir.path(), &[]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // What an interrupted reissue leaves: a new key next to the old certificate, and the
     // temporary file of a process that is gone.
     let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
@@ -364,8 +344,7 @@ async fn a_start_after_an_interrupted_write_repairs_the_data_directory() {
         "same CA"
     );
     round_trip(&second).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 /// `--quiet-keys` keeps keys off stdout (they are in the file either way).
@@ -382,8 +361,7 @@ fn quiet_keys_prints_no_key() {
             .unwrap()
             .contains("SharedAccessKey=")
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 /// Durations that would overflow a deadline (or make no sense) are refused, naming the flag.
@@ -399,7 +377,7 @@ fn timing_flags_are_validated() {
         ("--shutdown-grace", "18446744073709551615"),
         ("--max-connections-per-namespace", "0"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        let out = Command::new(procs::binary("relay-server"))
             .args([
                 "--data-dir",
                 dir.path().to_str().unwrap(),
