@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use hc_client::relay::{Connector, RelayEndpoint};
-use relay_server::{ConfigFile, Model, Relay, RelayOptions, Store};
+use relay_server::{ConfigFile, Relay, RelayOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
@@ -31,12 +31,8 @@ impl MemRelay {
     /// A relay with `config` (JSON) applied to an in-memory model, plain HTTP.
     pub fn new(config: &str, options: RelayOptions) -> MemRelay {
         let config = ConfigFile::parse(config).expect("test config parses");
-        let now = options.clock.unix_now();
-        let mut model = Model::default();
-        config.apply(&mut model, now).expect("config applies");
-        relay_server::config::ensure_default_namespace(&mut model, now).expect("default namespace");
         MemRelay {
-            relay: Relay::new(Store::in_memory(model), None, options),
+            relay: Relay::in_memory(&config, options).expect("config applies"),
             next_port: Arc::new(AtomicU16::new(40_000)),
             gate: Arc::new(watch::channel(true).0),
         }

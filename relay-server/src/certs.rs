@@ -24,7 +24,7 @@ const CA_COMMON_NAME: &str = "Hybrid Connections emulator local CA";
 
 /// Why TLS material could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     /// File access failed.
     #[error("{path}: {source}")]
     Io {
@@ -46,7 +46,7 @@ pub enum CertError {
 
 /// A CA and a server certificate, as PEM text.
 #[derive(Clone)]
-pub struct TlsMaterial {
+pub(crate) struct TlsMaterial {
     /// The CA certificate (PEM).
     pub ca_pem: String,
     /// The server certificate (PEM).
@@ -92,7 +92,7 @@ fn issue_server(
 
 impl TlsMaterial {
     /// Fresh CA and server certificate in memory (for in-process emulators and tests).
-    pub fn generate(hosts: &[String]) -> Result<Self, CertError> {
+    pub(crate) fn generate(hosts: &[String]) -> Result<Self, CertError> {
         let ca_key = KeyPair::generate()?;
         let ca_pem = ca_params()?.self_signed(&ca_key)?.pem();
         let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
@@ -111,7 +111,7 @@ impl TlsMaterial {
     /// both are checked here: a CA whose key does not fit its certificate is made again (with
     /// a warning, since clients must trust the new one), and a server certificate whose key
     /// does not fit, or that the CA did not sign, is issued again.
-    pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, CertError> {
+    pub(crate) fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, CertError> {
         let read = |name: &str| read_optional(&dir.join(name));
         let existing_ca = match (read(CA_FILE)?, read(CA_KEY_FILE)?) {
             (Some(cert), Some(key)) => match KeyPair::from_pem(&key) {
@@ -166,7 +166,7 @@ impl TlsMaterial {
     }
 
     /// A rustls server configuration (HTTP/1.1 only, as WebSocket upgrades need).
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let certs = CertificateDer::pem_slice_iter(self.server_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CertError::Pem(SERVER_FILE.into()))?;

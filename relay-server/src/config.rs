@@ -185,7 +185,7 @@ fn apply_hybrid_connection(
 }
 
 /// A namespace with no rules or hybrid connections yet.
-pub fn empty_namespace(name: &str, now: u64) -> Namespace {
+pub(crate) fn empty_namespace(name: &str, now: u64) -> Namespace {
     Namespace {
         name: name.into(),
         aliases: vec![],
@@ -197,7 +197,7 @@ pub fn empty_namespace(name: &str, now: u64) -> Namespace {
 }
 
 /// A hybrid connection with no rules yet, requiring client authorization.
-pub fn empty_hybrid_connection(name: &str, now: u64) -> HybridConnection {
+pub(crate) fn empty_hybrid_connection(name: &str, now: u64) -> HybridConnection {
     HybridConnection {
         name: name.into(),
         requires_client_authorization: true,
@@ -209,7 +209,7 @@ pub fn empty_hybrid_connection(name: &str, now: u64) -> HybridConnection {
 }
 
 /// Adds `RootManageSharedAccessKey` (all rights) when the namespace has no rule (§3.4).
-pub fn ensure_root_rule(ns: &mut Namespace) -> Result<(), ModelError> {
+pub(crate) fn ensure_root_rule(ns: &mut Namespace) -> Result<(), ModelError> {
     if ns.authorization_rules.is_empty() {
         ns.authorization_rules
             .push(model::new_rule(ROOT_RULE, Rights::ALL, None, None)?);
@@ -219,7 +219,7 @@ pub fn ensure_root_rule(ns: &mut Namespace) -> Result<(), ModelError> {
 
 /// Adds `defaultListener` (Listen) and `defaultSender` (Send) when the entity has no rule,
 /// as App Service does (§12.1).
-pub fn ensure_app_service_rules(hc: &mut HybridConnection) -> Result<(), ModelError> {
+pub(crate) fn ensure_app_service_rules(hc: &mut HybridConnection) -> Result<(), ModelError> {
     use hc_protocol::Right;
     if hc.authorization_rules.is_empty() {
         hc.authorization_rules.push(model::new_rule(
@@ -240,7 +240,7 @@ pub fn ensure_app_service_rules(hc: &mut HybridConnection) -> Result<(), ModelEr
 
 /// The zero-config model: namespace `default` (answering to localhost) with
 /// `RootManageSharedAccessKey`, and the hybrid connection `sample` with App Service's rules.
-pub fn ensure_default_namespace(model: &mut Model, now: u64) -> Result<(), ModelError> {
+pub(crate) fn ensure_default_namespace(model: &mut Model, now: u64) -> Result<(), ModelError> {
     if !model.namespaces.is_empty() {
         return Ok(());
     }

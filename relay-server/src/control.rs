@@ -41,7 +41,7 @@ const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Everything a control channel task owns.
 #[derive(Debug)]
-pub struct ControlChannel {
+pub(crate) struct ControlChannel {
     /// Shared relay state.
     pub state: Arc<RelayState>,
     /// The hybrid connection.
@@ -88,7 +88,7 @@ impl Shared<'_> {
 
 impl ControlChannel {
     /// Serves the channel until it closes.
-    pub async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send>(self, io: IO) {
+    pub(crate) async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send>(self, io: IO) {
         let ControlChannel {
             state,
             hc,

@@ -12,7 +12,7 @@ use http::{StatusCode, header};
 
 /// Everything a request to the relay can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     /// The request is not what this endpoint takes.
     #[error("{0}")]
     BadRequest(String),
@@ -76,7 +76,7 @@ pub enum RelayError {
 
 impl RelayError {
     /// The HTTP status for this error.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             RelayError::BadRequest(_) => 400,
             RelayError::UnknownHost(_) | RelayError::EndpointNotFound | RelayError::NoListeners => {
@@ -97,7 +97,7 @@ impl RelayError {
 
     /// The response: status, reason phrase and a body in `format`. A listener's own reject
     /// text goes out unchanged; the relay's texts get the tracking suffix.
-    pub fn render(self, tracking: &Tracking, format: ErrorFormat) -> Response {
+    pub(crate) fn render(self, tracking: &Tracking, format: ErrorFormat) -> Response {
         let status = self.status();
         let text = match &self {
             RelayError::Rejected { description, .. } => description.clone(),
@@ -131,7 +131,7 @@ impl RelayError {
 
 /// The body shape of an error answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorFormat {
+pub(crate) enum ErrorFormat {
     /// Plain text (WebSocket endpoints; the SDKs read the reason phrase).
     Text,
     /// `<Error><Code>…</Code><Detail>…</Detail></Error>` (management GET, §9.3).
@@ -165,7 +165,7 @@ impl From<AuthError> for RelayError {
 
 /// What the tracking text of one request says (§9.3).
 #[derive(Debug, Clone)]
-pub struct Tracking {
+pub(crate) struct Tracking {
     /// `{sb-hc-id or generated}_G0`.
     pub id: String,
     /// `sb://{ns-host}/{path}`.
@@ -176,7 +176,7 @@ pub struct Tracking {
 
 impl Tracking {
     /// The tracking text of a request: `{sb-hc-id or a new GUID}_G0`, `sb://{host}/{path}`.
-    pub fn for_request(query: &str, host: &str, path: &str, now: u64) -> Tracking {
+    pub(crate) fn for_request(query: &str, host: &str, path: &str, now: u64) -> Tracking {
         let client_id = hc_protocol::address::query_value(query, hc_protocol::address::QUERY_ID);
         let id = tracking::tracking_id(client_id.as_deref(), || {
             tracking::guid_from_bytes(rand::random())
@@ -189,13 +189,13 @@ impl Tracking {
     }
 
     /// `{message} TrackingId:…, SystemTracker:…, Timestamp:…`.
-    pub fn decorate(&self, message: &str) -> String {
+    pub(crate) fn decorate(&self, message: &str) -> String {
         tracking::with_tracking(message, &self.id, &self.system_tracker, self.now)
     }
 }
 
 /// A response whose reason phrase and plain-text body are `text`.
-pub fn text_response(status: u16, text: &str) -> Response {
+pub(crate) fn text_response(status: u16, text: &str) -> Response {
     let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Body::from(text.to_owned()));
     *response.status_mut() = status_code;

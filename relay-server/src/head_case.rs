@@ -25,18 +25,18 @@ const KEEP: usize = 3 * MAX_HANDSHAKE_BYTES;
 
 /// The bytes a connection read recently, until it is upgraded.
 #[derive(Debug, Default)]
-pub struct HeadCapture {
+pub(crate) struct HeadCapture {
     stopped: AtomicBool,
     bytes: Mutex<Vec<u8>>,
 }
 
 /// Original spellings by lower-case name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderNames(HashMap<String, String>);
+pub(crate) struct HeaderNames(HashMap<String, String>);
 
 impl HeaderNames {
     /// The name as the client wrote it, else in its usual capitalisation.
-    pub fn spell(&self, lower: &str) -> String {
+    pub(crate) fn spell(&self, lower: &str) -> String {
         self.0
             .get(lower)
             .cloned()
@@ -59,7 +59,7 @@ impl HeadCapture {
 
     /// The header names of the request whose request line is `{method} {target} HTTP/1.x`;
     /// the bytes up to the end of its head are dropped.
-    pub fn names(&self, method: &str, target: &str) -> HeaderNames {
+    pub(crate) fn names(&self, method: &str, target: &str) -> HeaderNames {
         let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
         let line = format!("{method} {target} HTTP/1.");
         let Some(start) = find(&bytes, line.as_bytes()) else {
@@ -95,7 +95,7 @@ impl HeadCapture {
     }
 
     /// Stops copying (the connection was upgraded) and frees the copy.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
     }
@@ -109,7 +109,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `sec-websocket-key` -> `Sec-WebSocket-Key`: the fallback spelling.
-pub fn title_case(name: &str) -> String {
+pub(crate) fn title_case(name: &str) -> String {
     name.split('-')
         .map(|part| match part {
             "websocket" => "WebSocket".to_owned(),
@@ -126,14 +126,14 @@ pub fn title_case(name: &str) -> String {
 
 /// A socket whose reads are also recorded in a [`HeadCapture`].
 #[derive(Debug)]
-pub struct CaptureIo<IO> {
+pub(crate) struct CaptureIo<IO> {
     io: IO,
     capture: Arc<HeadCapture>,
 }
 
 impl<IO> CaptureIo<IO> {
     /// Wraps `io`.
-    pub fn new(io: IO, capture: Arc<HeadCapture>) -> Self {
+    pub(crate) fn new(io: IO, capture: Arc<HeadCapture>) -> Self {
         CaptureIo { io, capture }
     }
 }

@@ -11,39 +11,45 @@
 //! `error` renders every failure in one place. Frames are `hc-ws`'s endpoint; protocol
 //! details come from `hc-protocol`.
 
-pub mod certs;
-pub mod config;
-pub mod control;
-pub mod error;
-pub mod head_case;
-pub mod http;
-pub mod lifecycle;
+#![warn(unreachable_pub)]
+
+mod certs;
+mod config;
+mod control;
+mod error;
+mod head_case;
+mod http;
+mod lifecycle;
 pub mod model;
-pub mod pump;
-pub mod registry;
-pub mod rendezvous;
-pub mod routes;
-pub mod runtime_info;
-pub mod server;
-pub mod state;
-pub mod store;
-pub mod target;
-pub mod upgrade;
+mod pump;
+mod registry;
+mod rendezvous;
+mod routes;
+mod runtime_info;
+mod server;
+mod state;
+mod store;
+mod target;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hc_protocol::frame::close_code;
-use hc_protocol::{ConnectionString, Credential, Right, Rights};
+use hc_protocol::{ConnectionString, Credential};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use certs::TlsMaterial;
+pub use certs::CA_FILE;
 pub use config::ConfigFile;
 pub use model::{Model, ModelError};
-pub use state::{RelayOptions, RelayState, now_unix};
-pub use store::{Store, StoreError};
+pub use state::{RelayOptions, now_unix};
+pub use store::StoreError;
+
+use certs::TlsMaterial;
+use state::RelayState;
+use store::Store;
 
 /// A handle on a relay: serve it, inspect it, change its namespaces.
 #[derive(Debug, Clone)]
@@ -53,7 +59,7 @@ pub struct Relay {
 
 impl Relay {
     /// A relay over `store`; `tls` `None` serves plain ws/http.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         tls: Option<Arc<rustls::ServerConfig>>,
         options: RelayOptions,
@@ -69,6 +75,15 @@ impl Relay {
         Relay {
             state: Arc::new(state),
         }
+    }
+
+    /// A relay with `config` applied to an in-memory model (the default namespace when it
+    /// lists none), serving plain ws/http, with times from `options.clock`: for
+    /// [`Relay::serve_connection`] over in-memory pipes (tests in virtual time), or
+    /// [`Relay::serve`]. Nothing is written to disk.
+    pub fn in_memory(config: &ConfigFile, options: RelayOptions) -> anyhow::Result<Relay> {
+        let model = model_from(config, options.clock.unix_now())?;
+        Ok(Relay::new(Store::in_memory(model), None, options))
     }
 
     /// A relay over a data directory, as `relay-server` runs: `state.json` (created when
@@ -210,39 +225,6 @@ impl Relay {
         Ok(())
     }
 
-    /// Adds or replaces an authorization rule on a namespace, or on one of its hybrid
-    /// connections; keys are generated unless given.
-    pub fn put_rule(
-        &self,
-        namespace: &str,
-        hybrid_connection: Option<&str>,
-        name: &str,
-        rights: &[Right],
-        keys: Option<(&str, &str)>,
-    ) -> Result<(), StoreError> {
-        self.state.store.update(|m| {
-            let rule = model::new_rule(
-                name,
-                Rights::of(rights),
-                keys.map(|k| k.0),
-                keys.map(|k| k.1),
-            )?;
-            let ns = m.namespace_mut(namespace)?;
-            match hybrid_connection {
-                None => model::upsert_rule(&mut ns.authorization_rules, namespace, rule),
-                Some(hc) => {
-                    let entity = ns
-                        .hybrid_connections
-                        .get_mut(&hc.to_ascii_lowercase())
-                        .ok_or_else(|| {
-                            ModelError::NoHybridConnection(namespace.into(), hc.into())
-                        })?;
-                    model::upsert_rule(&mut entity.authorization_rules, hc, rule)
-                }
-            }
-        })
-    }
-
     /// A connection string for a rule, as the portal shows it: `Endpoint=sb://{host}/` with
     /// the rule's primary key, and `EntityPath` when a hybrid connection is named.
     pub fn connection_string(
@@ -284,6 +266,14 @@ impl Relay {
     }
 }
 
+/// `config` applied to an empty model, plus the default namespace when it lists none.
+fn model_from(config: &ConfigFile, now: u64) -> anyhow::Result<Model> {
+    let mut model = Model::default();
+    config.apply(&mut model, now)?;
+    config::ensure_default_namespace(&mut model, now)?;
+    Ok(model)
+}
+
 /// An in-process emulator for tests, the way Azurite serves storage tests: bound to
 /// 127.0.0.1 on a port the OS picks, with its own CA when TLS is on, stopped on drop.
 #[derive(Debug)]
@@ -305,9 +295,7 @@ impl Emulator {
         tls: bool,
         options: RelayOptions,
     ) -> anyhow::Result<Emulator> {
-        let mut model = Model::default();
-        config.apply(&mut model, now_unix())?;
-        config::ensure_default_namespace(&mut model, now_unix())?;
+        let model = model_from(config, options.clock.unix_now())?;
         let material = if tls {
             Some(TlsMaterial::generate(&model.all_hosts())?)
         } else {

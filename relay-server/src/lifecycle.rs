@@ -9,15 +9,15 @@ use tokio::time::Instant;
 
 /// Token expiries further away than this are treated as this far (a signed `se` may be any
 /// 64-bit number; deadlines must stay representable).
-pub const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub(crate) const MAX_EXPIRY_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Keep-alive pings a listener may leave unanswered (nothing received from it since) before
 /// it is dropped.
-pub const MAX_UNANSWERED_PINGS: u32 = 2;
+pub(crate) const MAX_UNANSWERED_PINGS: u32 = 2;
 
 /// What is due when the ping timer fires.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PingDue {
+pub(crate) enum PingDue {
     /// Send a keep-alive ping.
     Ping,
     /// The listener answered none of the last pings: drop it.
@@ -26,7 +26,7 @@ pub enum PingDue {
 
 /// One listener's deadlines.
 #[derive(Debug, Clone)]
-pub struct ListenerLife {
+pub(crate) struct ListenerLife {
     expires_at: u64,
     grace: Duration,
     keepalive: Option<Duration>,
@@ -36,7 +36,7 @@ pub struct ListenerLife {
 
 impl ListenerLife {
     /// A channel opened at `now` with a token expiring at `expires_at` (Unix seconds).
-    pub fn new(
+    pub(crate) fn new(
         expires_at: u64,
         grace: Duration,
         keepalive: Option<Duration>,
@@ -53,34 +53,34 @@ impl ListenerLife {
 
     /// When the channel must close for an expired token, given the Unix time `unix_now` at
     /// the instant `now`: expiry plus grace, with the expiry clamped to the horizon.
-    pub fn expiry_deadline(&self, unix_now: u64, now: Instant) -> Instant {
+    pub(crate) fn expiry_deadline(&self, unix_now: u64, now: Instant) -> Instant {
         let left =
             Duration::from_secs(self.expires_at.saturating_sub(unix_now)).min(MAX_EXPIRY_HORIZON);
         now + left + self.grace
     }
 
     /// The token's expiry, Unix seconds.
-    pub fn expires_at(&self) -> u64 {
+    pub(crate) fn expires_at(&self) -> u64 {
         self.expires_at
     }
 
     /// A valid `renewToken` moved the expiry.
-    pub fn renewed(&mut self, expires_at: u64) {
+    pub(crate) fn renewed(&mut self, expires_at: u64) {
         self.expires_at = expires_at;
     }
 
     /// Something arrived from the listener: it is alive.
-    pub fn heard(&mut self) {
+    pub(crate) fn heard(&mut self) {
         self.unanswered = 0;
     }
 
     /// When the next keep-alive ping is due; `None` with keep-alive off.
-    pub fn next_ping(&self) -> Option<Instant> {
+    pub(crate) fn next_ping(&self) -> Option<Instant> {
         self.next_ping
     }
 
     /// The ping timer fired at `now`.
-    pub fn ping_due(&mut self, now: Instant) -> PingDue {
+    pub(crate) fn ping_due(&mut self, now: Instant) -> PingDue {
         self.next_ping = self.keepalive.map(|k| now + k);
         if self.unanswered >= MAX_UNANSWERED_PINGS {
             return PingDue::GiveUp;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use relay_server::model::{LISTENER_RULE, SENDER_RULE};
-use relay_server::{ConfigFile, Relay, RelayOptions, certs};
+use relay_server::{CA_FILE, ConfigFile, Relay, RelayOptions};
 use tokio::net::TcpListener;
 
 /// Data directory name under $XDG_DATA_HOME (shared with `up`).
@@ -146,7 +146,7 @@ fn print_banner(
     println!("Azure Relay Hybrid Connections emulator listening on {addr} ({ws}://, {http}://)");
     println!("Data directory: {}", data_dir.display());
     if !plain {
-        let ca = data_dir.join(certs::CA_FILE);
+        let ca = data_dir.join(CA_FILE);
         println!("CA certificate: {}", ca.display());
         println!(
             "  Node (hyco-ws, hyco-https): export NODE_EXTRA_CA_CERTS={}",
@@ -163,7 +163,7 @@ fn print_banner(
     }
     let (with_keys, without_keys) = namespaces_text(relay, addr.port(), ws);
     let keys_file = data_dir.join(KEYS_FILE);
-    relay_server::store::write_atomically(&keys_file, with_keys.as_bytes())
+    hc_process::write_atomically(&keys_file, with_keys.as_bytes())
         .with_context(|| format!("cannot write {}", keys_file.display()))?;
     let show_keys = std::io::stdout().is_terminal() && !args.quiet_keys;
     print!("{}", if show_keys { &with_keys } else { &without_keys });

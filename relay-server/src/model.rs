@@ -24,7 +24,7 @@ pub const LISTENER_RULE: &str = "defaultListener";
 /// See [`LISTENER_RULE`].
 pub const SENDER_RULE: &str = "defaultSender";
 /// Suffix every namespace answers to.
-pub const LOCALHOST_SUFFIX: &str = ".localhost";
+pub(crate) const LOCALHOST_SUFFIX: &str = ".localhost";
 
 /// All namespaces, keyed by lower-cased name.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for Rule {
 }
 
 /// Parses rights names; errors name the unknown one.
-pub fn parse_rights(names: &[String]) -> Result<Rights, ModelError> {
+pub(crate) fn parse_rights(names: &[String]) -> Result<Rights, ModelError> {
     let rights = names
         .iter()
         .map(|n| Right::parse(n).ok_or_else(|| ModelError::UnknownRight(n.clone())))
@@ -169,7 +169,7 @@ pub enum ModelError {
 }
 
 /// Checks a namespace name.
-pub fn validate_namespace_name(name: &str) -> Result<(), ModelError> {
+pub(crate) fn validate_namespace_name(name: &str) -> Result<(), ModelError> {
     let ok = (6..=50).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -178,7 +178,7 @@ pub fn validate_namespace_name(name: &str) -> Result<(), ModelError> {
 }
 
 /// Checks a hybrid connection path.
-pub fn validate_hybrid_connection_name(name: &str) -> Result<(), ModelError> {
+pub(crate) fn validate_hybrid_connection_name(name: &str) -> Result<(), ModelError> {
     let ok = (1..=260).contains(&name.len())
         && !name.starts_with('/')
         && !name.ends_with('/')
@@ -191,7 +191,7 @@ pub fn validate_hybrid_connection_name(name: &str) -> Result<(), ModelError> {
 }
 
 /// Checks a rule name.
-pub fn validate_rule_name(name: &str) -> Result<(), ModelError> {
+pub(crate) fn validate_rule_name(name: &str) -> Result<(), ModelError> {
     let ok = (1..=256).contains(&name.len())
         && name
             .bytes()
@@ -201,14 +201,14 @@ pub fn validate_rule_name(name: &str) -> Result<(), ModelError> {
 }
 
 /// Checks an endpoint `host:port` and returns the userMetadata text for it.
-pub fn endpoint_metadata(hc: &str, endpoint: &str) -> Result<String, ModelError> {
+pub(crate) fn endpoint_metadata(hc: &str, endpoint: &str) -> Result<String, ModelError> {
     Endpoint::parse(endpoint)
         .map(|e| e.to_user_metadata())
         .map_err(|e| ModelError::BadEndpoint(hc.into(), e.to_string()))
 }
 
 /// Strips a `:port` from a Host header value and lower-cases it.
-pub fn host_without_port(host: &str) -> String {
+pub(crate) fn host_without_port(host: &str) -> String {
     let bare = hc_protocol::uri::split_host_port(host)
         .map(|(h, _)| h)
         .unwrap_or(host);
@@ -331,7 +331,7 @@ impl Model {
 }
 
 /// Creates a rule with the given rights; keys are generated unless given.
-pub fn new_rule(
+pub(crate) fn new_rule(
     name: &str,
     rights: Rights,
     primary: Option<&str>,
@@ -354,7 +354,11 @@ pub fn new_rule(
 }
 
 /// Inserts or replaces a rule by name, keeping the entity under the 12-rule limit.
-pub fn upsert_rule(rules: &mut Vec<Rule>, owner: &str, rule: Rule) -> Result<(), ModelError> {
+pub(crate) fn upsert_rule(
+    rules: &mut Vec<Rule>,
+    owner: &str,
+    rule: Rule,
+) -> Result<(), ModelError> {
     if let Some(existing) = rules.iter_mut().find(|r| r.0.name == rule.0.name) {
         *existing = rule;
     } else if rules.len() >= MAX_AUTHORIZATION_RULES {

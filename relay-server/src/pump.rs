@@ -36,7 +36,7 @@ enum End {
 
 /// How a tunnel ended, with the payload bytes moved each way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelReport {
+pub(crate) struct TunnelReport {
     /// Payload bytes from sender to listener.
     pub sender_to_listener: u64,
     /// Payload bytes from listener to sender.
@@ -47,7 +47,7 @@ pub struct TunnelReport {
 
 /// Settings of the data phase.
 #[derive(Debug, Clone, Copy)]
-pub struct PumpOptions {
+pub(crate) struct PumpOptions {
     /// Read buffer per direction (allocated only while data flows).
     pub buffer_size: usize,
     /// How long a tunnel may take to close after the relay starts shutting down.
@@ -64,7 +64,7 @@ struct Direction<'a, R, W> {
 }
 
 /// Relays frames between `sender` and `listener` until both have closed or one aborts.
-pub async fn bridge<S, L>(
+pub(crate) async fn bridge<S, L>(
     sender: S,
     listener: L,
     options: PumpOptions,

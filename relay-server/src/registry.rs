@@ -25,11 +25,11 @@ use hc_protocol::control::ResponseCommand;
 use crate::error::RelayError;
 
 /// A hybrid connection's identity: (namespace, path), both lower-case.
-pub type HcKey = (String, String);
+pub(crate) type HcKey = (String, String);
 
 /// What the relay asks a control-channel task to write.
 #[derive(Debug)]
-pub enum ControlOut {
+pub(crate) enum ControlOut {
     /// A JSON command (text frame).
     Text(String),
     /// An `accept` for the rendezvous `id`; failed at once if never written.
@@ -54,11 +54,9 @@ pub enum ControlOut {
 
 /// A connected listener as the rest of the relay sees it.
 #[derive(Debug, Clone)]
-pub struct ListenerHandle {
+pub(crate) struct ListenerHandle {
     /// Registry-unique id.
     pub id: u64,
-    /// The listener's tracking id.
-    pub tracking_id: String,
     /// `wss://host[:port]` as the listener reached the relay; rendezvous addresses use it.
     pub base_url: String,
     /// Commands for its control-channel task. Bounded: a listener that stops reading fills
@@ -69,7 +67,7 @@ pub struct ListenerHandle {
 
 /// How a rendezvous ended, sent from the listener's request to the waiting sender.
 #[derive(Debug)]
-pub enum RendezvousReply {
+pub(crate) enum RendezvousReply {
     /// The listener joined; its socket upgrades with this protocol.
     Accepted {
         /// The listener's upgrade.
@@ -87,11 +85,11 @@ pub enum RendezvousReply {
 }
 
 /// A sender waiting for its listener; the outcome goes through `reply`.
-pub type Pending = oneshot::Sender<RendezvousReply>;
+pub(crate) type Pending = oneshot::Sender<RendezvousReply>;
 
 /// How a waiting HTTP request was answered (HTTP request mode, §8).
 #[derive(Debug)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// The response (and its body, if any) came on the control channel.
     Control(ResponseCommand, Option<Vec<u8>>),
     /// The listener opened the request's rendezvous; this is its socket.
@@ -102,7 +100,7 @@ pub enum Delivery {
 
 /// An HTTP request waiting for its listener (kept under its hybrid connection and id).
 #[derive(Debug)]
-pub struct PendingHttp {
+pub(crate) struct PendingHttp {
     /// Registry id of the listener the request went to: only its control channel may answer.
     pub listener: u64,
     /// Where the answer goes.
@@ -112,7 +110,7 @@ pub struct PendingHttp {
 /// The live state of one namespace. Locks are held for map operations only, never across an
 /// await.
 #[derive(Debug, Default)]
-pub struct NamespaceLive {
+pub(crate) struct NamespaceLive {
     /// Listeners by hybrid connection (lower-case path).
     listeners: Mutex<HashMap<String, Vec<ListenerHandle>>>,
     /// Senders waiting for a listener, by (hybrid connection, id).
@@ -135,14 +133,14 @@ impl NamespaceLive {
 
 /// All live state.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     namespaces: DashMap<String, Arc<NamespaceLive>>,
     next_id: AtomicU64,
 }
 
 impl Registry {
     /// A fresh listener id.
-    pub fn next_listener_id(&self) -> u64 {
+    pub(crate) fn next_listener_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -162,7 +160,7 @@ impl Registry {
     }
 
     /// Registers a listener unless the hybrid connection already has `max`.
-    pub fn add_listener(
+    pub(crate) fn add_listener(
         &self,
         hc: &HcKey,
         handle: ListenerHandle,
@@ -187,7 +185,7 @@ impl Registry {
 
     /// A listener chosen uniformly at random (§6.1 step 3) among those whose command queue
     /// has room; only when every queue is full, among all of them.
-    pub fn pick_listener(&self, hc: &HcKey) -> Option<ListenerHandle> {
+    pub(crate) fn pick_listener(&self, hc: &HcKey) -> Option<ListenerHandle> {
         let ns = self.existing(&hc.0)?;
         let all = lock(&ns.listeners);
         let list = all.get(&hc.1).filter(|l| !l.is_empty())?;
@@ -200,13 +198,13 @@ impl Registry {
     }
 
     /// Connected listeners of a hybrid connection.
-    pub fn listener_count(&self, hc: &HcKey) -> usize {
+    pub(crate) fn listener_count(&self, hc: &HcKey) -> usize {
         self.existing(&hc.0)
             .map_or(0, |ns| lock(&ns.listeners).get(&hc.1).map_or(0, Vec::len))
     }
 
     /// Asks every listener of `hc` to close (hybrid connection deleted: 1001, §5.5).
-    pub fn close_listeners(&self, hc: &HcKey, code: u16, reason: &str) {
+    pub(crate) fn close_listeners(&self, hc: &HcKey, code: u16, reason: &str) {
         let Some(ns) = self.existing(&hc.0) else {
             return;
         };
@@ -218,7 +216,7 @@ impl Registry {
     }
 
     /// Takes a quota slot of `namespace`, refusing past `max`.
-    pub fn acquire_connection(
+    pub(crate) fn acquire_connection(
         &self,
         namespace: &str,
         max: usize,
@@ -235,14 +233,14 @@ impl Registry {
     }
 
     /// Connections currently counted for `namespace`.
-    pub fn connection_count(&self, namespace: &str) -> usize {
+    pub(crate) fn connection_count(&self, namespace: &str) -> usize {
         self.existing(namespace)
             .map_or(0, |ns| *lock(&ns.connections))
     }
 
     /// Records a sender waiting on `hc` under `id`; refuses a duplicate or more than `max`
     /// waiting in the namespace.
-    pub fn insert_pending(
+    pub(crate) fn insert_pending(
         &self,
         hc: &HcKey,
         id: &str,
@@ -268,18 +266,18 @@ impl Registry {
 
     /// Removes and returns the sender waiting on `hc` under `id` (single use). Entries of
     /// other hybrid connections and namespaces are out of reach.
-    pub fn take_pending(&self, hc: &HcKey, id: &str) -> Option<Pending> {
+    pub(crate) fn take_pending(&self, hc: &HcKey, id: &str) -> Option<Pending> {
         let ns = self.existing(&hc.0)?;
         lock(&ns.pending).remove(&(hc.1.clone(), id.to_owned()))
     }
 
     /// Rendezvous and HTTP requests currently waiting, over all namespaces.
-    pub fn pending_count(&self) -> usize {
+    pub(crate) fn pending_count(&self) -> usize {
         self.namespaces.iter().map(|ns| ns.waiting()).sum()
     }
 
     /// Records an HTTP request on `hc` waiting for its listener.
-    pub fn insert_http(
+    pub(crate) fn insert_http(
         &self,
         hc: &HcKey,
         id: &str,
@@ -305,7 +303,7 @@ impl Registry {
 
     /// Removes and returns the HTTP request waiting on `hc` under `id`, but only when `owns`
     /// says yes; otherwise it stays where it is.
-    pub fn take_http_if(
+    pub(crate) fn take_http_if(
         &self,
         hc: &HcKey,
         id: &str,
@@ -321,7 +319,7 @@ impl Registry {
     }
 
     /// Removes and returns every HTTP request on `hc` for which `owns` says yes.
-    pub fn take_http_all(
+    pub(crate) fn take_http_all(
         &self,
         hc: &HcKey,
         owns: impl Fn(&PendingHttp) -> bool,
@@ -341,7 +339,7 @@ impl Registry {
 
 /// Removes its listener from the registry when dropped.
 #[derive(Debug)]
-pub struct ListenerGuard {
+pub(crate) struct ListenerGuard {
     ns: Arc<NamespaceLive>,
     hc: String,
     id: u64,
@@ -349,7 +347,7 @@ pub struct ListenerGuard {
 
 impl ListenerGuard {
     /// The listener's registry id.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 }
@@ -368,7 +366,7 @@ impl Drop for ListenerGuard {
 
 /// Gives its namespace quota slot back when dropped.
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     ns: Arc<NamespaceLive>,
 }
 
@@ -381,7 +379,7 @@ impl Drop for ConnectionPermit {
 
 /// Removes its HTTP request when dropped (answered, timed out, client gone).
 #[derive(Debug)]
-pub struct HttpGuard {
+pub(crate) struct HttpGuard {
     ns: Arc<NamespaceLive>,
     key: (String, String),
 }
@@ -394,7 +392,7 @@ impl Drop for HttpGuard {
 
 /// Removes its rendezvous when dropped (expiry, sender gone, relay stopping).
 #[derive(Debug)]
-pub struct PendingGuard {
+pub(crate) struct PendingGuard {
     ns: Arc<NamespaceLive>,
     key: (String, String),
 }
@@ -415,7 +413,6 @@ mod tests {
         (
             ListenerHandle {
                 id,
-                tracking_id: format!("l{id}"),
                 base_url: "wss://h".into(),
                 tx,
             },

@@ -36,7 +36,7 @@ const CONTROL_QUEUE: usize = 64;
 
 /// One request to `/$hc/...`, taken apart.
 #[derive(Debug)]
-pub struct WsRequest {
+pub(crate) struct WsRequest {
     /// The request (headers, extensions with the upgrade).
     pub req: Request,
     /// Host header (with port).
@@ -69,7 +69,7 @@ impl WsRequest {
 }
 
 /// Serves one `/$hc/` request.
-pub async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
+pub(crate) async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response {
     let action = match address::query_value(&r.query, address::QUERY_ACTION) {
         None => Ok(Action::Connect),
         Some(a) => Action::parse(&a).ok_or_else(|| {
@@ -101,7 +101,6 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let handle = ListenerHandle {
         id: state.registry.next_listener_id(),
-        tracking_id: r.tracking.id.clone(),
         base_url: format!("{}://{}", if r.tls { "wss" } else { "ws" }, r.host),
         tx,
     };

@@ -24,7 +24,7 @@ use crate::rendezvous::{self, WsRequest};
 use crate::state::RelayState;
 
 /// The relay's router.
-pub fn router(state: Arc<RelayState>) -> Router {
+pub(crate) fn router(state: Arc<RelayState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 

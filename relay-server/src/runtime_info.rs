@@ -14,7 +14,7 @@ use crate::state::RelayState;
 use crate::target::{Target, find_token};
 
 /// The runtime-info Atom entry, or the error in Service Bus XML.
-pub fn answer(
+pub(crate) fn answer(
     state: &RelayState,
     req: &Request,
     host: &str,

@@ -20,7 +20,7 @@ use crate::routes;
 use crate::state::RelayState;
 
 /// Serves until `shutdown` completes, then drains.
-pub async fn serve(
+pub(crate) async fn serve(
     state: Arc<RelayState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -111,7 +111,7 @@ async fn serve_connection(
 
 /// Serves one plain (no TLS) HTTP/1.1 connection over any byte stream: an in-memory pipe in
 /// component tests, where time can be paused and no socket is involved.
-pub async fn serve_io<IO>(state: Arc<RelayState>, io: IO, peer: std::net::SocketAddr)
+pub(crate) async fn serve_io<IO>(state: Arc<RelayState>, io: IO, peer: std::net::SocketAddr)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

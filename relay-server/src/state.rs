@@ -69,7 +69,7 @@ impl Default for RelayOptions {
 
 /// State shared by every task of one relay.
 #[derive(Debug)]
-pub struct RelayState {
+pub(crate) struct RelayState {
     /// Durable model.
     pub store: Store,
     /// Live listeners, rendezvous and quotas.

@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
-pub use hc_process::write_atomically;
+pub(crate) use hc_process::write_atomically;
 
 use crate::model::{Model, ModelError};
 
 /// File name of the persisted model.
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 
 /// Why the model could not be loaded, changed or saved.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +39,14 @@ pub enum StoreError {
 
 /// The shared, persisted model.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     model: RwLock<Model>,
     path: Option<PathBuf>,
 }
 
 impl Store {
     /// A store that keeps the model in memory only.
-    pub fn in_memory(model: Model) -> Self {
+    pub(crate) fn in_memory(model: Model) -> Self {
         Store {
             model: RwLock::new(model),
             path: None,
@@ -54,7 +54,7 @@ impl Store {
     }
 
     /// Loads `{dir}/state.json` (an empty model when absent).
-    pub fn load(dir: &Path) -> Result<Model, StoreError> {
+    pub(crate) fn load(dir: &Path) -> Result<Model, StoreError> {
         let path = dir.join(STATE_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -65,7 +65,7 @@ impl Store {
     }
 
     /// A store persisting to `{dir}/state.json`; writes `model` there at once.
-    pub fn persistent(dir: &Path, model: Model) -> Result<Self, StoreError> {
+    pub(crate) fn persistent(dir: &Path, model: Model) -> Result<Self, StoreError> {
         let store = Store {
             model: RwLock::new(model),
             path: Some(dir.join(STATE_FILE)),
@@ -75,14 +75,14 @@ impl Store {
     }
 
     /// A read guard on the model; hold it briefly.
-    pub fn read(&self) -> RwLockReadGuard<'_, Model> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
         self.model
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `change` to a copy of the model; on success the copy is saved and replaces it.
-    pub fn update<T>(
+    pub(crate) fn update<T>(
         &self,
         change: impl FnOnce(&mut Model) -> Result<T, ModelError>,
     ) -> Result<T, StoreError> {

@@ -15,7 +15,7 @@ use crate::registry::HcKey;
 
 /// A hybrid connection as one request sees it.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Namespace name as created.
     pub namespace: String,
     /// Every host the namespace answers to.
@@ -40,7 +40,7 @@ pub struct Target {
 
 /// Where a request's token came from; `Authorization` is stripped only when it carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// `ServiceBusAuthorization` header.
     Header,
     /// `sb-hc-token` query parameter.
@@ -51,7 +51,7 @@ pub enum TokenSource {
 
 /// The token of a request, from `ServiceBusAuthorization`, then `sb-hc-token`, then
 /// `Authorization` (§2.3, §8.3).
-pub fn find_token(headers: &HeaderMap, query: &str) -> Option<(String, TokenSource)> {
+pub(crate) fn find_token(headers: &HeaderMap, query: &str) -> Option<(String, TokenSource)> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -84,7 +84,7 @@ impl Target {
     }
 
     /// Resolves `host` (Host header) and `path` (hybrid connection name plus suffix).
-    pub fn resolve(model: &Model, host: &str, path: &str) -> Result<Self, RelayError> {
+    pub(crate) fn resolve(model: &Model, host: &str, path: &str) -> Result<Self, RelayError> {
         let ns = model
             .namespace_for_host(host)
             .ok_or_else(|| RelayError::UnknownHost(host_without_port(host)))?;
@@ -92,7 +92,7 @@ impl Target {
     }
 
     /// Looks a registry key up again (token renewal; the entity may be gone).
-    pub fn lookup(model: &Model, key: &HcKey) -> Result<Self, RelayError> {
+    pub(crate) fn lookup(model: &Model, key: &HcKey) -> Result<Self, RelayError> {
         let ns = model
             .namespaces
             .get(&key.0)
@@ -106,12 +106,12 @@ impl Target {
     }
 
     /// The hybrid connection path plus suffix.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         format!("{}{}", self.hc_name, self.suffix)
     }
 
     /// Checks `token` for `needed` at `now`.
-    pub fn authorize(
+    pub(crate) fn authorize(
         &self,
         token: Option<&str>,
         needed: Right,
@@ -129,7 +129,11 @@ impl Target {
     }
 
     /// Checks `token` for any one right (the runtime-info GET, §3.4).
-    pub fn authorize_any(&self, token: Option<&str>, now: u64) -> Result<Authorized, AuthError> {
+    pub(crate) fn authorize_any(
+        &self,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<Authorized, AuthError> {
         match self.authorize(token, Right::Listen, now) {
             Err(AuthError::MissingRight(_)) => self.authorize(token, Right::Send, now),
             other => other,

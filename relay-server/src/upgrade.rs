@@ -10,7 +10,7 @@ use crate::error::RelayError;
 
 /// What a client asked for in its upgrade request.
 #[derive(Debug, Clone)]
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     /// `Sec-WebSocket-Key`.
     pub key: String,
     /// Offered sub-protocols, in order.
@@ -27,7 +27,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Checks the RFC 6455 upgrade headers; the error names the missing one.
-pub fn check_upgrade(headers: &HeaderMap) -> Result<Upgrade, RelayError> {
+pub(crate) fn check_upgrade(headers: &HeaderMap) -> Result<Upgrade, RelayError> {
     let bad = |what: &str| {
         RelayError::BadRequest(format!(
             "This endpoint takes WebSocket upgrades only: {what}."
@@ -70,7 +70,7 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<Upgrade, RelayError> {
 }
 
 /// The 101 answer: accept key, the chosen sub-protocol if any, never an extension (§6.3).
-pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Response {
+pub(crate) fn switching_protocols(key: &str, protocol: Option<&str>) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

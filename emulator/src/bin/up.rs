@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (relay, relay_addr) = start_relay(&args, &data, &endpoint, cancel.clone()).await?;
     let authority = format!("localhost:{}", relay_addr.port());
-    let ca = data.join(relay_server::certs::CA_FILE);
+    let ca = data.join(relay_server::CA_FILE);
     let hcm_dir = data.join("up-hcm");
     let hcm = start_hcm(
         &relay,

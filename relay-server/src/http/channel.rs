@@ -21,7 +21,7 @@ use crate::registry::HcKey;
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 
 /// A request rendezvous socket.
-pub struct RequestChannel {
+pub(crate) struct RequestChannel {
     reader: Reader<ReadHalf<Io>>,
     writer: Writer<WriteHalf<Io>>,
     /// The hybrid connection it belongs to: a kept channel only carries this one's requests.
@@ -39,7 +39,7 @@ impl std::fmt::Debug for RequestChannel {
 impl RequestChannel {
     /// The relay's end of an upgraded rendezvous; `buffer` is the streaming read buffer and
     /// `write_timeout` bounds each write to the listener.
-    pub fn new(
+    pub(crate) fn new(
         io: hyper::upgrade::Upgraded,
         hc: HcKey,
         buffer: usize,
@@ -55,7 +55,7 @@ impl RequestChannel {
 
     /// Sends the full `request` and, when present, its body as one binary message in pieces;
     /// a body that pauses longer than `idle` ends it with 408.
-    pub async fn send_request(
+    pub(crate) async fn send_request(
         &mut self,
         json: &str,
         body: Option<Body>,
@@ -99,7 +99,7 @@ impl RequestChannel {
 
     /// Reads until the `response` command (stray binary messages skipped: Node sends an empty
     /// one after `body: false`).
-    pub async fn read_response(&mut self) -> Result<ResponseCommand, String> {
+    pub(crate) async fn read_response(&mut self) -> Result<ResponseCommand, String> {
         loop {
             match self
                 .reader
@@ -129,7 +129,7 @@ impl RequestChannel {
 
     /// Streams the body message's payload into `tx` until its last frame; `idle` bounds the
     /// wait for each piece. Returns false when the channel cannot be reused.
-    pub async fn stream_body(
+    pub(crate) async fn stream_body(
         &mut self,
         tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
         idle: Duration,
@@ -190,7 +190,7 @@ impl RequestChannel {
     }
 
     /// Closes the rendezvous from the relay's side.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self
             .writer
             .close(&CloseFrame::new(close_code::NORMAL, ""))

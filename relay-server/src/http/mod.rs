@@ -37,7 +37,7 @@ use crate::target::{Target, TokenSource, find_token};
 
 mod channel;
 
-pub use channel::RequestChannel;
+pub(crate) use channel::RequestChannel;
 
 /// Headers never passed on (hop-by-hop, framing, the token carriers).
 const STRIPPED_REQUEST: [&str; 10] = [
@@ -65,7 +65,7 @@ const STRIPPED_RESPONSE: [&str; 8] = [
 
 /// Facts about the TCP connection a request came on, added by the server.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The peer's address.
     pub peer: std::net::SocketAddr,
     /// Whether TLS is in use.
@@ -77,10 +77,10 @@ pub struct ConnInfo {
 }
 
 /// The rendezvous kept for a client TCP connection, reused by its next requests.
-pub type ChannelSlot = Arc<std::sync::Mutex<Option<RequestChannel>>>;
+pub(crate) type ChannelSlot = Arc<std::sync::Mutex<Option<RequestChannel>>>;
 
 /// Serves `sb-hc-action=request`: hands the socket to the waiting request.
-pub fn rendezvous(
+pub(crate) fn rendezvous(
     state: &Arc<RelayState>,
     id: &str,
     target: &Target,
@@ -115,7 +115,7 @@ pub fn rendezvous(
 }
 
 /// Serves one HTTP-mode request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<RelayState>,
     req: Request,
     conn: ConnInfo,
