@@ -11,22 +11,87 @@ use anyhow::{Context as _, bail};
 
 use crate::procs::{Proc, binary, path};
 
-/// How to run a chain.
-#[derive(Debug, Clone, Default)]
-pub struct ChainOptions {
-    /// Plain `ws://` between the parts instead of TLS.
-    pub plain: bool,
+/// A chain to start, step by step:
+///
+/// ```no_run
+/// # async fn f() -> anyhow::Result<()> {
+/// use hc_emulator::chain::ChainBuilder;
+/// let chain = ChainBuilder::new("127.0.0.1:6379")
+///     .relay_args(["--max-connections-per-namespace", "1000"])
+///     .shim_args(["--socks5", "127.0.0.1:0"])
+///     .hybrid_connection("spare")
+///     .start()
+///     .await?;
+/// println!("connect to {}", chain.forward);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChainBuilder {
+    endpoint: String,
+    plain: bool,
+    relay_args: Vec<String>,
+    log: String,
+    hcm_args: Vec<String>,
+    shim_args: Vec<String>,
+    extra_hybrid_connections: Vec<String>,
+}
+
+impl ChainBuilder {
+    /// A chain whose hybrid connection leads to `endpoint` (`host:port`): TLS between the
+    /// parts, default flags, log filter `info`.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        ChainBuilder {
+            endpoint: endpoint.into(),
+            plain: false,
+            relay_args: Vec::new(),
+            log: "info".into(),
+            hcm_args: Vec::new(),
+            shim_args: Vec::new(),
+            extra_hybrid_connections: Vec::new(),
+        }
+    }
+
+    /// Plain `ws://` between the parts instead of TLS (when `plain`).
+    pub fn plain(mut self, plain: bool) -> Self {
+        self.plain = plain;
+        self
+    }
+
+    /// Log filter for the three processes.
+    pub fn log(mut self, filter: &str) -> Self {
+        self.log = filter.into();
+        self
+    }
+
     /// Extra `relay-server` arguments.
-    pub relay_args: Vec<String>,
-    /// Log filter for the three processes (default `info`).
-    pub log: Option<String>,
+    pub fn relay_args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.relay_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// Extra `hcm run` arguments.
-    pub hcm_args: Vec<String>,
-    /// Extra `app-side-shim run` arguments (after `--forward`).
-    pub shim_args: Vec<String>,
-    /// More hybrid connections on the relay (default rules, no endpoint), for tests that
-    /// need one beside the chain's own.
-    pub extra_hybrid_connections: Vec<String>,
+    pub fn hcm_args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.hcm_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Extra `app-side-shim run` arguments (after its `--forward`).
+    pub fn shim_args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.shim_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// One more hybrid connection on the relay (default rules, no endpoint, no listener),
+    /// for tests that need one beside the chain's own.
+    pub fn hybrid_connection(mut self, name: &str) -> Self {
+        self.extra_hybrid_connections.push(name.into());
+        self
+    }
+
+    /// Starts the three processes (on a blocking thread); returns once the HCM is connected.
+    pub async fn start(self) -> anyhow::Result<Chain> {
+        tokio::task::spawn_blocking(move || Chain::start_blocking(&self)).await?
+    }
 }
 
 /// relay-server + hcm + app-side-shim for one hybrid connection to `endpoint`.
@@ -65,16 +130,17 @@ pub fn banner_value(lines: &[String], prefix: &str) -> Option<String> {
 }
 
 impl Chain {
-    /// Starts the three processes over TLS; returns once the HCM is connected.
-    pub fn start(endpoint: &str) -> anyhow::Result<Chain> {
-        Self::start_with(endpoint, &ChainOptions::default())
+    /// The chain to `endpoint` with defaults ([`ChainBuilder::new`]); returns once the HCM is
+    /// connected.
+    pub async fn start(endpoint: &str) -> anyhow::Result<Chain> {
+        ChainBuilder::new(endpoint).start().await
     }
 
-    /// Starts the three processes with `options`; returns once the HCM is connected.
-    pub fn start_with(endpoint: &str, options: &ChainOptions) -> anyhow::Result<Chain> {
+    fn start_blocking(options: &ChainBuilder) -> anyhow::Result<Chain> {
+        let endpoint = options.endpoint.as_str();
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        let log = options.log.clone().unwrap_or_else(|| "info".into());
+        let log = options.log.clone();
         let mut hybrid_connections = vec![serde_json::json!({"name": HC, "endpoint": endpoint})];
         hybrid_connections.extend(
             options

@@ -15,10 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(endpoint: String) -> Chain {
-    tokio::task::spawn_blocking(move || Chain::start(&endpoint))
-        .await
-        .unwrap()
-        .expect("chain starts")
+    Chain::start(&endpoint).await.expect("chain starts")
 }
 
 fn run(program: &str, args: &[&str]) -> String {

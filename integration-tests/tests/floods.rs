@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainBuilder};
 use hc_emulator::servers;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -70,26 +70,17 @@ async fn settle(limit: Duration, target: usize, count: impl Fn() -> usize) -> us
 async fn floods_do_not_stop_new_tunnels_and_are_shed() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let echo = servers::echo_server().await;
-    let options = ChainOptions {
-        relay_args: vec![
-            "--handshake-timeout".into(),
-            "5".into(),
-            "--max-connections-per-namespace".into(),
-            "100000".into(),
-        ],
-        shim_args: vec![
-            "--socks5".into(),
-            "127.0.0.1:0".into(),
-            "--handshake-timeout".into(),
-            "5".into(),
-        ],
-        log: Some("warn,relay_server=debug".into()),
-        ..Default::default()
-    };
-    let endpoint = echo.to_string();
-    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options))
+    let chain = ChainBuilder::new(echo.to_string())
+        .relay_args([
+            "--handshake-timeout",
+            "5",
+            "--max-connections-per-namespace",
+            "100000",
+        ])
+        .shim_args(["--socks5", "127.0.0.1:0", "--handshake-timeout", "5"])
+        .log("warn,relay_server=debug")
+        .start()
         .await
-        .unwrap()
         .expect("chain starts");
     let socks = hc_emulator::chain::banner_value(&chain.shim_banner, "SOCKS5 proxy on ")
         .unwrap()

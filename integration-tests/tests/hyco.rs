@@ -103,11 +103,7 @@ async fn hyco_ws_listener_and_sender_through_our_relay() {
 #[ignore = "needs node and npm (Microsoft's hyco-ws); --include-ignored runs it"]
 async fn hyco_ws_sender_through_our_hcm_to_a_tcp_server() {
     let echo = servers::echo_server().await;
-    let endpoint = echo.to_string();
-    let c = tokio::task::spawn_blocking(move || Chain::start(&endpoint))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = Chain::start(&echo.to_string()).await.unwrap();
     let cs = ConnectionString::parse(&c.send_cs).unwrap();
     let Some(Credential::Key { name, key }) = &cs.credential else {
         panic!()

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainBuilder};
 use hc_emulator::servers;
 use hc_protocol::frame::{self, CloseFrame, OpCode};
 use hc_protocol::{AuthRule, AuthScope, Right, Rights, SasKey, SasToken};
@@ -759,16 +759,13 @@ async fn ten_thousand_malformed_inputs_get_4xx_or_the_documented_close_code() {
     let echo = servers::echo_server().await;
     // The cases address the hybrid connections `sample` and `tunnel`, next to the chain's own,
     // so they never disturb the HCM's listener or tunnels.
-    let options = ChainOptions {
-        plain: true,
-        relay_args: vec!["--max-connections-per-namespace".into(), "100000".into()],
-        extra_hybrid_connections: vec!["sample".into(), "tunnel".into()],
-        ..Default::default()
-    };
-    let endpoint = echo.to_string();
-    let chain = tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options))
+    let chain = ChainBuilder::new(echo.to_string())
+        .plain(true)
+        .relay_args(["--max-connections-per-namespace", "100000"])
+        .hybrid_connection("sample")
+        .hybrid_connection("tunnel")
+        .start()
         .await
-        .unwrap()
         .expect("chain starts");
     let mut keys = BTreeMap::new();
     for hc in ["sample", "tunnel"] {

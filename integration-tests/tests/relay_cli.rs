@@ -10,8 +10,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hc_emulator::procs::{self, Proc, Signal};
 use hc_protocol::{ConnectionString, Credential, SasToken};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -114,18 +113,7 @@ fn start_raw(data_dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
 }
 
 fn tls_for(ca_file: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    integration_tests::client_tls(&std::fs::read_to_string(ca_file).unwrap())
 }
 
 /// Connects like an SDK would from a connection string: token for `http://{host}/{hc}/`.

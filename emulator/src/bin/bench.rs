@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
-use hc_emulator::chain::{Chain, ChainOptions};
+use hc_emulator::chain::{Chain, ChainBuilder};
 use hc_emulator::servers;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,15 +247,12 @@ async fn idle_memory(chain: &Chain, n: usize) -> Value {
 }
 
 async fn chained(server: SocketAddr, plain: bool, plan: Plan) -> anyhow::Result<Value> {
-    let options = ChainOptions {
-        plain,
-        relay_args: vec!["--max-connections-per-namespace".into(), "100000".into()],
-        log: Some("warn".into()),
-        ..ChainOptions::default()
-    };
-    let endpoint = server.to_string();
-    let chain =
-        tokio::task::spawn_blocking(move || Chain::start_with(&endpoint, &options)).await??;
+    let chain = ChainBuilder::new(server.to_string())
+        .plain(plain)
+        .relay_args(["--max-connections-per-namespace", "100000"])
+        .log("warn")
+        .start()
+        .await?;
     let mut figures = measure(chain.forward, plan).await?;
     figures["idle"] = idle_memory(&chain, plan.idle).await;
     Ok(figures)
