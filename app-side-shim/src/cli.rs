@@ -19,10 +19,20 @@ use crate::proxy::{self, Limits, Router};
 use crate::sender::HybridConnection;
 use crate::{forward, tcpping};
 
+const HELP_EXAMPLES: &str = "\
+Examples:
+  app-side-shim -c shim.json run --forward 127.0.0.1:15432=db.corp.example:5432
+  app-side-shim -c shim.json run --socks5 127.0.0.1:1080 --http-proxy 127.0.0.1:3128
+  sudo app-side-shim -c shim.json run --hostnames
+  app-side-shim -c shim.json tcpping db.corp.example:5432 -n 3
+
+Exit status (as ping's): 0 done (tcpping: every tunnel opened); 1 tcpping: a tunnel failed;
+2 an error: a bad command line or configuration, or `run` could not start.";
+
 /// What App Service does for an app: make programs' TCP connections to hybrid connection
 /// endpoints flow through Azure Relay (or the emulator).
 #[derive(Debug, Parser)]
-#[command(name = "app-side-shim", version)]
+#[command(name = "app-side-shim", version, after_help = HELP_EXAMPLES)]
 pub struct Cli {
     /// Configuration file listing the app's hybrid connections (see the README).
     #[arg(long, short, global = true, env = "SHIM_CONFIG")]
@@ -30,9 +40,10 @@ pub struct Cli {
     /// Extra CA certificate to trust for the relay (the emulator's ca.pem).
     #[arg(long, global = true, env = "SHIM_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `app_side_shim=debug`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `app_side_shim=debug` [default: `info` for `run`; `tcpping`
+    /// logs nothing unless given one].
+    #[arg(long, global = true, env = "RUST_LOG")]
+    pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

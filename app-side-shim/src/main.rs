@@ -1,16 +1,23 @@
 //! `app-side-shim`: parse the command line, set up logging, run until SIGINT or SIGTERM.
 
-use app_side_shim::cli::Cli;
+use app_side_shim::cli::{Cli, Command};
 use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = hc_process::init_logging(&cli.log) {
-        eprintln!("error: {e}");
+    let run = matches!(cli.command, Command::Run(_));
+    // tcpping prints its answer only, unless a log filter is asked for.
+    let filter = cli.log.clone().or_else(|| run.then(|| "info".to_owned()));
+    if let Some(filter) = filter
+        && let Err(e) = hc_process::init_logging(&filter)
+    {
+        eprintln!("error: --log: {e}");
         return std::process::ExitCode::from(2);
     }
-    hc_process::raise_fd_limit();
+    if run {
+        hc_process::raise_fd_limit();
+    }
     match app_side_shim::cli::execute(cli, hc_process::shutdown_signal()).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,

@@ -67,7 +67,8 @@ pub async fn run(target: &Target, count: u32, interval: Duration) -> bool {
         }
     }
     let ok = times.len();
-    print!("{count} tunnels: {ok} succeeded, {failures} failed");
+    let tunnels = if count == 1 { "tunnel" } else { "tunnels" };
+    print!("{count} {tunnels}: {ok} succeeded, {failures} failed");
     if ok > 0 {
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         let max = times.iter().copied().fold(0.0, f64::max);

@@ -17,17 +17,28 @@ use crate::service::{self, ServiceOptions};
 use crate::status::{HcStatus, StatusFile};
 use crate::worker::WorkerOptions;
 
+const HELP_EXAMPLES: &str = "\
+Examples:
+  hcm add 'Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=defaultListener;SharedAccessKey=…;EntityPath=db'
+  hcm add - --endpoint db.internal:5432 --ca-file ~/.local/share/hc-emulator/ca.pem < listen.txt
+  hcm list
+  hcm run --exit-on-failure
+
+Exit status: 0 done; 1 the verb failed (the error says why; for `run`: --exit-on-failure
+gave up on a hybrid connection); 2 a bad command line.";
+
 /// Hybrid Connection Manager: forwards the connections of Azure Relay hybrid connections to
 /// TCP endpoints in this network. Connects outbound only.
 #[derive(Debug, Parser)]
-#[command(name = "hcm", version)]
+#[command(name = "hcm", version, after_help = HELP_EXAMPLES)]
 pub struct Cli {
     /// Where connections.json and status.json live [default: $XDG_DATA_HOME/hcm or ~/.local/share/hcm].
     #[arg(long, global = true, env = "HCM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log filter for `run`, e.g. `info` or `hcm=debug`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `hcm=debug` [default: `info` for `run`; the other verbs
+    /// log nothing unless given one].
+    #[arg(long, global = true, env = "RUST_LOG")]
+    pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -6,18 +6,17 @@ use hcm::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run(_)) {
-        if let Err(e) = hc_process::init_logging(&cli.log) {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    let run = matches!(cli.command, Command::Run(_));
+    // One-shot verbs print their answer only, unless a log filter is asked for.
+    let filter = cli.log.clone().or_else(|| run.then(|| "info".to_owned()));
+    if let Some(filter) = filter
+        && let Err(e) = hc_process::init_logging(&filter)
+    {
+        eprintln!("error: --log: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    if run {
         hc_process::raise_fd_limit();
     }
-    match hcm::cli::execute(cli, hc_process::shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    hc_process::exit_status(hcm::cli::execute(cli, hc_process::shutdown_signal()).await)
 }

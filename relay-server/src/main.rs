@@ -14,9 +14,19 @@ use tokio::net::TcpListener;
 /// Data directory name under $XDG_DATA_HOME (shared with `up`).
 const DATA_DIR_NAME: &str = "hc-emulator";
 
+const HELP_EXAMPLES: &str = "\
+Examples:
+  relay-server                                  TLS on 127.0.0.1:9443, namespace 'default', hybrid connection 'sample'
+  relay-server --plain                          ws:// and http:// on 127.0.0.1:9080
+  relay-server --config relay.json --listen 0.0.0.0:9443
+                                                namespaces and hybrid connections from a file (see the README)
+
+Exit status: 0 after SIGINT or SIGTERM; 1 it could not start (the error says why: the
+config file, the data directory, the address); 2 a bad command line.";
+
 /// A local, offline Azure Relay Hybrid Connections emulator.
 #[derive(Debug, Parser)]
-#[command(name = "relay-server", version)]
+#[command(name = "relay-server", version, after_help = HELP_EXAMPLES)]
 struct Args {
     /// Address to listen on [default: 127.0.0.1:9443, or 127.0.0.1:9080 with --plain].
     #[arg(long, env = "HC_RELAY_LISTEN")]
@@ -66,8 +76,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    hc_process::exit_status(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
 
     hc_process::raise_fd_limit();

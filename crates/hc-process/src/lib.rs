@@ -54,6 +54,19 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// The exit status of a command that returned `result`: success, or the error printed with
+/// its causes as `error: …` on stderr and status 1. (clap exits with 2 for a bad command line
+/// before a command runs.)
+pub fn exit_status<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Logs to stderr with `filter` (e.g. `info` or `relay_server=debug`); colours only on a
 /// terminal. The error names the bad filter.
 pub fn init_logging(filter: &str) -> Result<(), String> {

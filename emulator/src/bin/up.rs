@@ -21,9 +21,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+const HELP_EXAMPLES: &str = "\
+Examples:
+  up --endpoint localhost:6379                  then: redis-cli -p 16379
+  up --endpoint db.internal:5432 --listen 127.0.0.1:15432
+
+Exit status: 0 after SIGINT or SIGTERM; 1 it could not start (the error says why); 2 a bad
+command line.";
+
 /// Relay + Hybrid Connection Manager + app-side forwarder, tunnelling a local port to an endpoint.
 #[derive(Debug, Parser)]
-#[command(name = "up", version)]
+#[command(name = "up", version, after_help = HELP_EXAMPLES)]
 struct Args {
     /// The endpoint to reach, host:port (what App Service keeps in the hybrid connection's userMetadata).
     #[arg(long)]
@@ -46,8 +54,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    hc_process::exit_status(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
     hc_process::raise_fd_limit();
     let endpoint = Endpoint::parse(&args.endpoint)
