@@ -165,7 +165,7 @@ impl Chain {
         }
         relay_args.extend(options.relay_args.iter().map(String::as_str));
         let (relay, lines) = Proc::start_logging(
-            &binary("relay-server"),
+            &binary("relay-server")?,
             &relay_args,
             d.join("relay.log"),
             Some("Ready."),
@@ -200,7 +200,7 @@ impl Chain {
         let ca = relay_data.join("ca.pem");
 
         let hcm_dir = d.join("hcm");
-        let add = Command::new(binary("hcm"))
+        let add = Command::new(binary("hcm")?)
             .args([
                 "--data-dir",
                 path(&hcm_dir),
@@ -228,7 +228,7 @@ impl Chain {
         ];
         shim_args.extend(options.shim_args.iter().map(String::as_str));
         let (shim, lines) = Proc::start_logging(
-            &binary("app-side-shim"),
+            &binary("app-side-shim")?,
             &shim_args,
             d.join("shim.log"),
             Some("Ready."),
@@ -265,7 +265,7 @@ impl Chain {
             "0.5",
         ];
         args.extend(extra.iter().map(String::as_str));
-        let (p, _) = Proc::start_logging(&binary("hcm"), &args, d.join("hcm.log"), None, log)?;
+        let (p, _) = Proc::start_logging(&binary("hcm")?, &args, d.join("hcm.log"), None, log)?;
         Ok(p)
     }
 

@@ -16,32 +16,31 @@ pub use rustix::process::Signal;
 /// a no-op when nothing changed), so a test never runs a stale `hcm` after `cargo test -p
 /// integration-tests` nor misses one that `cargo test` did not build. Otherwise (after `cargo
 /// install`) the binary is looked up next to the running program, then on `PATH`.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
-    let here = exe.parent().expect("executable directory");
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the running program's path")?;
+    let here = exe.parent().context("the running program's directory")?;
     // A test runs from `<target>/<profile>/deps`, a binary from `<target>/<profile>`.
     let profile_dir = if here.file_name().is_some_and(|n| n == "deps") {
         here.parent().unwrap_or(here)
     } else {
         here
     };
-    if let Err(e) = build_workspace_once(profile_dir) {
-        panic!("building the workspace's binaries for {name}: {e:#}");
-    }
+    build_workspace_once(profile_dir)
+        .with_context(|| format!("building the workspace's binaries for {name}"))?;
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(name))
             .collect::<Vec<_>>()
     });
-    let found = std::iter::once(profile_dir.join(name))
+    std::iter::once(profile_dir.join(name))
         .chain(on_path)
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} is neither in {} nor on PATH: `cargo install --path` the crate that has it",
-            profile_dir.display()
-        )
-    })
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} is neither in {} nor on PATH: `cargo install --path` the crate that has it (see the README)",
+                profile_dir.display()
+            )
+        })
 }
 
 /// `cargo build --workspace --bins` into `profile_dir`, once per process, when run by cargo

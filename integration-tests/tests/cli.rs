@@ -10,7 +10,7 @@ use hc_emulator::procs;
 
 /// Runs a workspace binary as a user would: no log filter or backtrace from the environment.
 fn run(binary: &str, args: &[&str]) -> Output {
-    Command::new(procs::binary(binary))
+    Command::new(procs::binary(binary).unwrap())
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("RUST_BACKTRACE")

@@ -142,7 +142,7 @@ async fn read_until_close<R: tokio::io::AsyncRead + Unpin>(mut reader: Reader<R>
 }
 
 fn hcm(dir: &Path) -> Command {
-    let mut c = Command::new(procs::binary("hcm"));
+    let mut c = Command::new(procs::binary("hcm").unwrap());
     c.arg("--data-dir").arg(dir);
     c
 }
@@ -173,7 +173,7 @@ impl Service {
         ];
         args.extend_from_slice(extra);
         Proc::start_logging(
-            &procs::binary("hcm"),
+            &procs::binary("hcm").unwrap(),
             &args,
             dir.join("hcm.log"),
             None,

@@ -103,7 +103,7 @@ fn start_raw(data_dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
     ];
     args.extend_from_slice(extra);
     let (relay, lines) = Proc::start(
-        &procs::binary("relay-server"),
+        &procs::binary("relay-server").unwrap(),
         &args,
         data_dir.join("relay.log"),
         Some("Ready."),
@@ -289,7 +289,7 @@ fn config_file_is_applied_and_errors_name_the_problem() {
         r#"{"namespaces":[{"name":"contoso","hybridConections":[]}]}"#,
     )
     .unwrap();
-    let out = Command::new(procs::binary("relay-server"))
+    let out = Command::new(procs::binary("relay-server").unwrap())
         .args([
             "--data-dir",
             dir.path().join("data2").to_str().unwrap(),
@@ -365,7 +365,7 @@ fn timing_flags_are_validated() {
         ("--shutdown-grace", "18446744073709551615"),
         ("--max-connections-per-namespace", "0"),
     ] {
-        let out = Command::new(procs::binary("relay-server"))
+        let out = Command::new(procs::binary("relay-server").unwrap())
             .args([
                 "--data-dir",
                 dir.path().to_str().unwrap(),

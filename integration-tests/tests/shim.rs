@@ -163,8 +163,13 @@ struct Shim {
 impl Shim {
     fn start(dir: &Path, args: &[&str]) -> Shim {
         let log = dir.join(format!("shim-{}.log", rand_suffix()));
-        let (proc, lines) =
-            Proc::start(&procs::binary("app-side-shim"), args, log, Some("Ready.")).unwrap();
+        let (proc, lines) = Proc::start(
+            &procs::binary("app-side-shim").unwrap(),
+            args,
+            log,
+            Some("Ready."),
+        )
+        .unwrap();
         Shim { proc, lines }
     }
 
@@ -492,7 +497,7 @@ async fn proxy_mode_tunnels_names_and_refuses_others() {
 async fn tcpping(config: &Path, endpoint: &str) -> (bool, String) {
     let (config, endpoint) = (config.to_owned(), endpoint.to_owned());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(procs::binary("app-side-shim"))
+        Command::new(procs::binary("app-side-shim").unwrap())
             .args([
                 "--config",
                 config.to_str().unwrap(),
@@ -556,7 +561,7 @@ fn plan_limits_are_a_startup_error() {
         serde_json::json!({"hybridConnections": entries}).to_string(),
     )
     .unwrap();
-    let out = Command::new(procs::binary("app-side-shim"))
+    let out = Command::new(procs::binary("app-side-shim").unwrap())
         .args([
             "--config",
             path.to_str().unwrap(),
