@@ -1,6 +1,9 @@
 //! TLS material for the emulator: a local CA (made once, reused on every restart so users
 //! trust it once) and a server certificate signed by it, covering every host the namespaces
-//! answer to. The server certificate is issued again when that host set changes.
+//! answer to. The server certificate is issued again when that host set changes. A namespace
+//! made while the relay runs (through the ARM endpoint) gets a certificate for its host name
+//! at its first TLS handshake: [`SniResolver`] issues one, with the same key, for any
+//! `*.localhost` or `*.servicebus.windows.net` name the server certificate does not cover.
 //!
 //! Files in the data directory: `ca.pem` (give this to clients), `ca-key.pem`, `server.pem`,
 //! `server-key.pem`, `server-hosts.txt` (the names the server certificate covers).
@@ -52,13 +55,98 @@ pub(crate) struct TlsMaterial {
     /// The server certificate (PEM).
     pub server_pem: String,
     server_key_pem: String,
+    ca_key_pem: String,
+    /// The names the server certificate covers.
+    hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsMaterial")
             .field("server_key_pem", &"<redacted>")
+            .field("ca_key_pem", &"<redacted>")
             .finish_non_exhaustive()
+    }
+}
+
+/// Host names the relay issues certificates for at handshake time: names under `.localhost`
+/// (RFC 6761: always loopback) and under Azure's relay suffix (for users who map them to
+/// loopback), at most 253 characters of DNS letters, digits, `-` and `.`.
+fn issuable(name: &str) -> bool {
+    name.len() <= 253
+        && (name.ends_with(".localhost") || name.ends_with(".servicebus.windows.net"))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.contains("..")
+}
+
+/// Certificates issued at handshake time kept at most (then the cache starts again).
+const MAX_ISSUED: usize = 1024;
+
+/// Picks the server certificate by SNI: the one from `server.pem` for the names it covers
+/// (and for clients that send none), else a certificate for the name, issued by the CA with
+/// the server key on first use and cached.
+pub(crate) struct SniResolver {
+    default: Arc<rustls::sign::CertifiedKey>,
+    covered: std::collections::HashSet<String>,
+    issuer: Issuer<'static, KeyPair>,
+    leaf_key: KeyPair,
+    signing: Arc<dyn rustls::sign::SigningKey>,
+    issued: std::sync::Mutex<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("covered", &self.covered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SniResolver {
+    fn issue(&self, name: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = issued.get(name) {
+            return Some(found.clone());
+        }
+        let mut params = CertificateParams::new(vec![name.to_owned()]).ok()?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Hybrid Connections emulator");
+        params.use_authority_key_identifier_extension = true;
+        let cert = match params.signed_by(&self.leaf_key, &self.issuer) {
+            Ok(cert) => cert,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot issue a certificate");
+                return None;
+            }
+        };
+        let key = Arc::new(rustls::sign::CertifiedKey::new(
+            vec![cert.der().clone()],
+            self.signing.clone(),
+        ));
+        if issued.len() >= MAX_ISSUED {
+            issued.clear();
+        }
+        issued.insert(name.to_owned(), key.clone());
+        tracing::debug!(name, "issued a certificate for a new host name");
+        Some(key)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        match name {
+            Some(name) if !self.covered.contains(&name) && issuable(&name) => {
+                self.issue(&name).or_else(|| Some(self.default.clone()))
+            }
+            _ => Some(self.default.clone()),
+        }
     }
 }
 
@@ -95,11 +183,14 @@ impl TlsMaterial {
     pub(crate) fn generate(hosts: &[String]) -> Result<Self, CertError> {
         let ca_key = KeyPair::generate()?;
         let ca_pem = ca_params()?.self_signed(&ca_key)?.pem();
+        let ca_key_pem = ca_key.serialize_pem();
         let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
         Ok(TlsMaterial {
             ca_pem,
             server_pem,
             server_key_pem,
+            ca_key_pem,
+            hosts: hosts.to_vec(),
         })
     }
 
@@ -148,12 +239,15 @@ impl TlsMaterial {
                     ca_pem,
                     server_pem: cert,
                     server_key_pem: key,
+                    ca_key_pem: ca_key.serialize_pem(),
+                    hosts: hosts.to_vec(),
                 });
             }
             if names == wanted {
                 tracing::warn!(dir = %dir.display(), "server.pem and server-key.pem do not belong together (interrupted write?); issuing them again");
             }
         }
+        let ca_key_pem = ca_key.serialize_pem();
         let (server_pem, server_key_pem) = issue_server(&Issuer::new(ca_params()?, ca_key), hosts)?;
         write(dir, SERVER_KEY_FILE, &server_key_pem)?;
         write(dir, SERVER_FILE, &server_pem)?;
@@ -162,21 +256,38 @@ impl TlsMaterial {
             ca_pem,
             server_pem,
             server_key_pem,
+            ca_key_pem,
+            hosts: hosts.to_vec(),
         })
     }
 
-    /// A rustls server configuration (HTTP/1.1 only, as WebSocket upgrades need).
+    /// A rustls server configuration (HTTP/1.1 only, as WebSocket upgrades need) whose
+    /// certificate follows SNI ([`SniResolver`]).
     pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let certs = CertificateDer::pem_slice_iter(self.server_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CertError::Pem(SERVER_FILE.into()))?;
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
             .map_err(|_| CertError::Pem(SERVER_KEY_FILE.into()))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+        let default = rustls::sign::CertifiedKey::new(certs.clone(), signing.clone());
+        default.keys_match()?;
+        let covered = self.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let leaf_key = KeyPair::from_pem(&self.server_key_pem)?;
+        let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&self.ca_key_pem)?);
+        let resolver = SniResolver {
+            default: Arc::new(default),
+            covered,
+            issuer,
+            leaf_key,
+            signing,
+            issued: Default::default(),
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+            .with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -314,5 +425,38 @@ mod tests {
         let third = TlsMaterial::load_or_create(dir.path(), &hosts).unwrap();
         assert_eq!(third.ca_pem, again.ca_pem);
         assert!(signed_by(&third.server_pem, &third.ca_pem, &hosts));
+    }
+
+    /// Handshakes over an in-memory pipe; whether a client trusting only the CA accepts the
+    /// certificate served for `name`.
+    async fn client_accepts(material: &TlsMaterial, name: &str) -> bool {
+        let server = tokio_rustls::TlsAcceptor::from(material.server_config().unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(material.ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let (client, _server) = tokio::join!(connector.connect(name, a), server.accept(b));
+        client.is_ok()
+    }
+
+    /// A namespace made while the relay runs answers TLS at its new host name; names outside
+    /// the issuable suffixes get the server certificate (and fail verification).
+    #[tokio::test]
+    async fn new_host_names_get_a_certificate_at_the_handshake() {
+        let material = TlsMaterial::generate(&["localhost".to_owned()]).unwrap();
+        assert!(client_accepts(&material, "localhost").await);
+        assert!(client_accepts(&material, "made-later.localhost").await);
+        assert!(client_accepts(&material, "contoso.servicebus.windows.net").await);
+        assert!(!client_accepts(&material, "bank.example").await);
+        assert!(!issuable("a..localhost") && !issuable("x y.localhost"));
     }
 }

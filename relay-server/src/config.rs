@@ -193,6 +193,7 @@ pub(crate) fn empty_namespace(name: &str, now: u64) -> Namespace {
         authorization_rules: vec![],
         hybrid_connections: Default::default(),
         created_at: now,
+        arm: Default::default(),
     }
 }
 

@@ -13,6 +13,7 @@
 
 #![warn(unreachable_pub)]
 
+mod arm;
 mod certs;
 mod config;
 mod control;
@@ -44,7 +45,7 @@ use tokio_util::task::TaskTracker;
 pub use certs::CA_FILE;
 pub use config::ConfigFile;
 pub use model::{Model, ModelError};
-pub use state::{RelayOptions, now_unix};
+pub use state::{ArmOptions, RelayOptions, now_unix};
 pub use store::StoreError;
 
 use certs::TlsMaterial;
@@ -58,10 +59,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay over `store`; `tls` `None` serves plain ws/http.
+    /// A relay over `store`; `tls` `None` serves plain ws/http; `management_tls` serves the
+    /// ARM endpoint.
     pub(crate) fn new(
         store: Store,
         tls: Option<Arc<rustls::ServerConfig>>,
+        management_tls: Option<Arc<rustls::ServerConfig>>,
+        token_key: state::TokenKey,
         options: RelayOptions,
     ) -> Self {
         let state = RelayState {
@@ -71,6 +75,9 @@ impl Relay {
             tls,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            management_tls,
+            token_key,
+            data_port: Default::default(),
         };
         Relay {
             state: Arc::new(state),
@@ -83,7 +90,13 @@ impl Relay {
     /// [`Relay::serve`]. Nothing is written to disk.
     pub fn in_memory(config: &ConfigFile, options: RelayOptions) -> anyhow::Result<Relay> {
         let model = model_from(config, options.clock.unix_now())?;
-        Ok(Relay::new(Store::in_memory(model), None, options))
+        Ok(Relay::new(
+            Store::in_memory(model),
+            None,
+            None,
+            state::TokenKey(rand::random()),
+            options,
+        ))
     }
 
     /// A relay over a data directory, as `relay-server` runs: `state.json` (created when
@@ -114,14 +127,14 @@ impl Relay {
         config::ensure_default_namespace(&mut model, now_unix())?;
         let material = TlsMaterial::load_or_create(data_dir, &model.all_hosts())
             .context("preparing TLS certificates")?;
-        let tls = if plain {
-            None
-        } else {
-            Some(material.server_config()?)
-        };
+        let server_config = material.server_config()?;
+        let tls = (!plain).then(|| server_config.clone());
+        let token_key = arm::load_or_create_token_key(data_dir)?;
         Ok(Relay::new(
             Store::persistent(data_dir, model)?,
             tls,
+            Some(server_config),
+            token_key,
             options,
         ))
     }
@@ -134,6 +147,19 @@ impl Relay {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         server::serve(self.state.clone(), listener, shutdown).await
+    }
+
+    /// Serves the management plane, an Azure Resource Manager endpoint for Microsoft.Relay
+    /// and Microsoft.Web plus the identity endpoints its clients need (ARM.md), over HTTPS on
+    /// an already bound listener, until the relay shuts down. Fails at once when the relay
+    /// has no TLS material (an in-memory relay).
+    pub async fn serve_management(&self, listener: TcpListener) -> std::io::Result<()> {
+        let Some(tls) = self.state.management_tls.clone() else {
+            return Err(std::io::Error::other(
+                "the ARM endpoint needs TLS material (a data directory or an Emulator with TLS)",
+            ));
+        };
+        server::serve_management(self.state.clone(), listener, tls).await
     }
 
     /// Serves one connection over any byte stream, as plain HTTP/1.1 (no TLS): a test can
@@ -284,6 +310,8 @@ pub struct Emulator {
     pub relay: Relay,
     /// The CA certificate (PEM) to trust, when TLS is on.
     pub ca_pem: Option<String>,
+    /// The ARM endpoint's address (`https://localhost:{port}/`), when TLS is on.
+    pub management_addr: Option<SocketAddr>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -302,16 +330,32 @@ impl Emulator {
             None
         };
         let server_config = material.as_ref().map(|m| m.server_config()).transpose()?;
-        let relay = Relay::new(Store::in_memory(model), server_config, options);
+        let relay = Relay::new(
+            Store::in_memory(model),
+            server_config.clone(),
+            server_config,
+            state::TokenKey(rand::random()),
+            options,
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = relay.clone();
         let task =
             tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        let management_addr = if tls {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let serving = relay.clone();
+            tokio::spawn(async move { serving.serve_management(listener).await });
+            Some(addr)
+        } else {
+            None
+        };
         Ok(Emulator {
             addr,
             relay,
             ca_pem: material.map(|m| m.ca_pem),
+            management_addr,
             task: Some(task),
         })
     }

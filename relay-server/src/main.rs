@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use relay_server::model::{LISTENER_RULE, SENDER_RULE};
-use relay_server::{CA_FILE, ConfigFile, Relay, RelayOptions};
+use relay_server::{ArmOptions, CA_FILE, ConfigFile, Relay, RelayOptions};
 use tokio::net::TcpListener;
 
 /// Data directory name under $XDG_DATA_HOME (shared with `up`).
@@ -70,6 +70,32 @@ struct Args {
     /// connection-strings.txt (mode 0600) in the data directory.
     #[arg(long)]
     quiet_keys: bool,
+    /// Address of the management endpoint (Azure Resource Manager, always HTTPS)
+    /// [default: the relay's address with port + 1, or any free port when that is 0].
+    #[arg(long, env = "HC_RELAY_ARM_LISTEN", value_name = "ADDR")]
+    arm_listen: Option<SocketAddr>,
+    /// Do not serve the management endpoint.
+    #[arg(long, conflicts_with = "arm_listen")]
+    no_arm: bool,
+    /// Management endpoint: accept only bearer tokens it issued (signature and expiry
+    /// checked) instead of any non-empty one.
+    #[arg(long)]
+    arm_strict_auth: bool,
+    /// Management endpoint: tenant id of the tokens it issues.
+    #[arg(long, default_value = relay_server::model::DEFAULT_SUBSCRIPTION, value_name = "GUID")]
+    arm_tenant: String,
+    /// Management endpoint: subscription it lists first (any id works in paths).
+    #[arg(long, default_value = relay_server::model::DEFAULT_SUBSCRIPTION, value_name = "GUID")]
+    arm_subscription: String,
+    /// Management endpoint: hybrid-connection listKeys strings without `;EntityPath=` (as the
+    /// REST spec's example shows them).
+    #[arg(long)]
+    arm_keys_without_entity_path: bool,
+    /// Namespaces made through the management endpoint also answer to
+    /// {name}.servicebus.windows.net, and their connection strings use it (map the name to
+    /// 127.0.0.1 in /etc/hosts).
+    #[arg(long)]
+    azure_host_names: bool,
     /// Log filter, e.g. `info` or `relay_server=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -102,8 +128,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         format!("cannot listen on {addr} (use --listen 127.0.0.1:0 for any free port)")
     })?;
     let bound = listener.local_addr()?;
+    let management = if args.no_arm {
+        None
+    } else {
+        let addr = args.arm_listen.unwrap_or_else(|| {
+            let port = if bound.port() == 0 || addr.port() == 0 {
+                0
+            } else {
+                bound.port().saturating_add(1)
+            };
+            SocketAddr::new(bound.ip(), port)
+        });
+        let arm = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for the management endpoint (--arm-listen ADDR to choose, --no-arm to go without)")
+        })?;
+        Some(arm)
+    };
+    let management_addr = management
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let stop = hc_process::shutdown_signal();
-    print_banner(&relay, bound, &args, &data_dir)?;
+    print_banner(&relay, bound, management_addr, &args, &data_dir)?;
+    if let Some(arm) = management {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            if let Err(e) = relay.serve_management(arm).await {
+                tracing::error!(error = %e, "the management endpoint stopped");
+            }
+        });
+    }
     relay.serve(listener, stop).await?;
     Ok(())
 }
@@ -120,6 +174,13 @@ fn options(args: &Args) -> RelayOptions {
         http_no_listener_status: args.http_no_listener_status,
         listener_keepalive: (args.listener_keepalive > 0)
             .then(|| Duration::from_secs(args.listener_keepalive)),
+        arm: ArmOptions {
+            tenant: args.arm_tenant.clone(),
+            subscription: args.arm_subscription.clone(),
+            strict_auth: args.arm_strict_auth,
+            entity_path_in_keys: !args.arm_keys_without_entity_path,
+            azure_host_names: args.azure_host_names,
+        },
         ..RelayOptions::default()
     }
 }
@@ -146,6 +207,7 @@ const KEYS_FILE: &str = "connection-strings.txt";
 fn print_banner(
     relay: &Relay,
     addr: SocketAddr,
+    management: Option<SocketAddr>,
     args: &Args,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -172,6 +234,13 @@ fn print_banner(
         println!(
             "  curl:                       curl --cacert {} ...",
             ca.display()
+        );
+    }
+    if let Some(arm) = management {
+        println!(
+            "Management (Azure Resource Manager): https://localhost:{}/  (subscription {}; az: see the README)",
+            arm.port(),
+            args.arm_subscription
         );
     }
     let (with_keys, without_keys) = namespaces_text(relay, addr.port(), ws);

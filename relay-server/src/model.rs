@@ -1,5 +1,9 @@
 //! The relay's durable model: namespaces, hybrid connections and authorization rules
-//! (PROTOCOL.md §3.4, §11, §12.1). Serialized as the data directory's `state.json`.
+//! (PROTOCOL.md §3.4, §11, §12.1), where each namespace sits in Azure Resource Manager
+//! (subscription, resource group, location, tags, SKU), and the App Service side of the
+//! management plane (ARM.md §3: resource groups, sites, plans and their hybrid connection
+//! relays). Serialized as the data directory's `state.json`; the config file and the ARM
+//! endpoint change the same model.
 //!
 //! Host resolution lives here too: a namespace answers to `{name}.localhost`, to its
 //! configured aliases, and, for the default namespace, to `localhost` and IP literals.
@@ -25,12 +29,219 @@ pub const LISTENER_RULE: &str = "defaultListener";
 pub const SENDER_RULE: &str = "defaultSender";
 /// Suffix every namespace answers to.
 pub(crate) const LOCALHOST_SUFFIX: &str = ".localhost";
+/// Subscription (and tenant) the emulator hosts by default, as LocalStack for Azure does
+/// (ARM.md §4.7); ARM paths may name any other.
+pub const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
+/// Resource group of namespaces made by the config file or the zero-config start.
+pub const DEFAULT_RESOURCE_GROUP: &str = "relay-emulator";
+/// Location of namespaces and resource groups made without one.
+pub const DEFAULT_LOCATION: &str = "local";
 
-/// All namespaces, keyed by lower-cased name.
+/// All namespaces, keyed by lower-cased name, and the other ARM resources.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Model {
     /// The namespaces.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Resource groups created through ARM, keyed by `{subscription}/{group}` lower-cased.
+    #[serde(default)]
+    pub resource_groups: BTreeMap<String, ResourceGroup>,
+    /// App Service sites, keyed by `{subscription}/{group}/{site}` lower-cased.
+    #[serde(default)]
+    pub sites: BTreeMap<String, Site>,
+    /// App Service plans, keyed by `{subscription}/{group}/{plan}` lower-cased.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Plan>,
+    /// Hybrid connections of sites (`sites/{app}[/slots/{slot}]/hybridConnectionNamespaces/
+    /// {ns}/relays/{relay}`), keyed by [`WebRelay::key`].
+    #[serde(default)]
+    pub web_relays: BTreeMap<String, WebRelay>,
+}
+
+/// Where a namespace sits in Azure Resource Manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmPlacement {
+    /// Subscription id.
+    pub subscription: String,
+    /// Resource group, as created.
+    pub resource_group: String,
+    /// Location, as given.
+    pub location: String,
+    /// Resource tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// SKU name and tier (`Standard`).
+    pub sku: String,
+    /// Last change through ARM, Unix seconds (0: never).
+    #[serde(default)]
+    pub updated_at: u64,
+}
+
+impl Default for ArmPlacement {
+    fn default() -> Self {
+        ArmPlacement {
+            subscription: DEFAULT_SUBSCRIPTION.into(),
+            resource_group: DEFAULT_RESOURCE_GROUP.into(),
+            location: DEFAULT_LOCATION.into(),
+            tags: BTreeMap::new(),
+            sku: "Standard".into(),
+            updated_at: 0,
+        }
+    }
+}
+
+/// A resource group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGroup {
+    /// Subscription id.
+    pub subscription: String,
+    /// Name as created.
+    pub name: String,
+    /// Location.
+    pub location: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An App Service site (web or function app), as far as hybrid connections need one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Site {
+    /// Subscription id.
+    pub subscription: String,
+    /// Resource group.
+    pub resource_group: String,
+    /// Name as created.
+    pub name: String,
+    /// Location.
+    pub location: String,
+    /// `serverFarmId`: the plan's resource id, when known.
+    pub server_farm_id: Option<String>,
+}
+
+/// An App Service plan: its tier sets how many hybrid connections an app may use
+/// (PROTOCOL.md §12.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Subscription id.
+    pub subscription: String,
+    /// Resource group.
+    pub resource_group: String,
+    /// Name as created.
+    pub name: String,
+    /// Location.
+    pub location: String,
+    /// SKU name, e.g. `S1`.
+    pub sku_name: String,
+    /// SKU tier, e.g. `Standard`.
+    pub sku_tier: String,
+}
+
+impl Plan {
+    /// Hybrid connections one app on this plan may use: Basic 5, Standard 25, Premium and
+    /// Isolated 220, none on Free, Shared and the consumption tiers (PROTOCOL.md §12.2).
+    pub fn hybrid_connection_limit(&self) -> usize {
+        let tier = self.sku_tier.to_ascii_lowercase();
+        if tier.starts_with("premium") || tier.starts_with("isolated") {
+            220
+        } else if tier == "standard" {
+            25
+        } else if tier == "basic" {
+            5
+        } else {
+            0
+        }
+    }
+}
+
+/// A hybrid connection of a site (Microsoft.Web `…/hybridConnectionNamespaces/{ns}/relays/
+/// {relay}`): which relay the app reaches, the endpoint it reaches through it, and the Send
+/// key the platform uses. `Debug` shows no key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebRelay {
+    /// Subscription id.
+    pub subscription: String,
+    /// Resource group of the site.
+    pub resource_group: String,
+    /// Site name as created.
+    pub site: String,
+    /// Deployment slot, if any.
+    pub slot: Option<String>,
+    /// Relay namespace name, from the URL (as the real service does, ARM.md §3.1).
+    pub namespace: String,
+    /// Hybrid connection name, from the URL.
+    pub relay: String,
+    /// The hybrid connection's resource id.
+    pub relay_arm_uri: Option<String>,
+    /// Endpoint host the app connects to.
+    pub hostname: String,
+    /// Endpoint port.
+    pub port: u16,
+    /// Send rule name.
+    pub send_key_name: String,
+    /// Send key.
+    #[serde(with = "optional_key")]
+    pub send_key_value: Option<SasKey>,
+    /// `serviceBusSuffix`, e.g. `.servicebus.windows.net`.
+    pub service_bus_suffix: Option<String>,
+}
+
+impl WebRelay {
+    /// Map key: `{subscription}/{group}/{site}/{slot}/{namespace}/{relay}`, lower-cased.
+    pub fn key(&self) -> String {
+        web_relay_key(
+            &self.subscription,
+            &self.resource_group,
+            &self.site,
+            self.slot.as_deref(),
+            &self.namespace,
+            &self.relay,
+        )
+    }
+}
+
+/// A key stored as its text.
+mod optional_key {
+    use hc_protocol::SasKey;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(key: &Option<SasKey>, s: S) -> Result<S::Ok, S::Error> {
+        key.as_ref().map(SasKey::expose).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SasKey>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(SasKey::new)
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// See [`WebRelay::key`].
+pub(crate) fn web_relay_key(
+    subscription: &str,
+    group: &str,
+    site: &str,
+    slot: Option<&str>,
+    namespace: &str,
+    relay: &str,
+) -> String {
+    format!(
+        "{subscription}/{group}/{site}/{}/{namespace}/{relay}",
+        slot.unwrap_or("")
+    )
+    .to_ascii_lowercase()
+}
+
+/// Map key of resource groups, sites and plans: `{subscription}/{group}[/{name}]`,
+/// lower-cased.
+pub(crate) fn arm_key(parts: &[&str]) -> String {
+    parts.join("/").to_ascii_lowercase()
 }
 
 /// One namespace.
@@ -51,6 +262,9 @@ pub struct Namespace {
     pub hybrid_connections: BTreeMap<String, HybridConnection>,
     /// Creation time, Unix seconds.
     pub created_at: u64,
+    /// Where it sits in Azure Resource Manager.
+    #[serde(default)]
+    pub arm: ArmPlacement,
 }
 
 /// One hybrid connection.
@@ -166,6 +380,16 @@ pub enum ModelError {
     /// The same host claimed by two namespaces.
     #[error("host '{0}' is claimed by namespaces '{1}' and '{2}'")]
     HostClash(String, String, String),
+    /// No such authorization rule.
+    #[error("authorization rule '{1}' does not exist on '{0}'")]
+    NoRule(String, String),
+    /// A namespace name is taken by another resource group or subscription (names are
+    /// global, as DNS names are).
+    #[error("namespace name '{0}' is already in use")]
+    NamespaceNameTaken(String),
+    /// An app would use more hybrid connections than its plan allows.
+    #[error("App Service plan '{0}' allows {1} hybrid connections per app")]
+    PlanLimit(String, usize),
 }
 
 /// Checks a namespace name.
@@ -381,6 +605,7 @@ mod tests {
             authorization_rules: vec![],
             hybrid_connections: BTreeMap::new(),
             created_at: 0,
+            arm: ArmPlacement::default(),
         }
     }
 

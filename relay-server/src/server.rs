@@ -33,23 +33,14 @@ pub(crate) async fn serve(
             _ = trigger.cancelled() => {}
         }
     });
-    let router = routes::router(state.clone());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let (state, router) = (state.clone(), router.clone());
-                    state.tracker.clone().spawn(serve_connection(state, router, stream, peer));
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = cancel.cancelled() => break,
-        }
+    if let Ok(addr) = listener.local_addr() {
+        state
+            .data_port
+            .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
     }
-    drop(listener);
+    let router = routes::router(state.clone());
+    let tls = state.tls.clone();
+    accept_loop(&state, listener, router, tls).await;
     info!("shutting down: no new connections; closing listeners and tunnels");
     state.tracker.close();
     if tokio::time::timeout(state.options.shutdown_grace, state.tracker.wait())
@@ -64,9 +55,47 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Serves the ARM endpoint over HTTPS until the relay shuts down (its connections are
+/// tracked with the relay's, so `serve`'s drain waits for them too).
+pub(crate) async fn serve_management(
+    state: Arc<RelayState>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let router = crate::arm::router(state.clone());
+    accept_loop(&state, listener, router, Some(tls)).await;
+    Ok(())
+}
+
+/// Accepts connections until the relay is cancelled; each is served (TLS when `tls`) by
+/// `router` as a tracked task.
+async fn accept_loop(
+    state: &Arc<RelayState>,
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (state2, router, tls) = (state.clone(), router.clone(), tls.clone());
+                    state.tracker.spawn(serve_connection(state2, router, tls, stream, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = state.cancel.cancelled() => break,
+        }
+    }
+}
+
 async fn serve_connection(
     state: Arc<RelayState>,
     router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
 ) {
@@ -78,7 +107,7 @@ async fn serve_connection(
         slot: Default::default(),
         capture: capture.clone(),
     };
-    match state.tls.clone() {
+    match tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             match tokio::time::timeout(state.options.handshake_timeout, acceptor.accept(stream))

@@ -46,6 +46,38 @@ pub struct RelayOptions {
     /// Where "now" comes from for token checks and deadlines (tests pass a clock that
     /// follows paused tokio time).
     pub clock: hc_ws::Clock,
+    /// The management plane (ARM endpoint).
+    pub arm: ArmOptions,
+}
+
+/// How the ARM endpoint behaves (ARM.md §4.7, §8).
+#[derive(Debug, Clone)]
+pub struct ArmOptions {
+    /// Tenant id of issued tokens and `/tenants`.
+    pub tenant: String,
+    /// Subscription `/subscriptions` lists first (ARM paths may name any).
+    pub subscription: String,
+    /// Accept only bearer tokens this relay issued (signature and expiry checked) instead of
+    /// any non-empty one.
+    pub strict_auth: bool,
+    /// Hybrid-connection `listKeys` connection strings end with `;EntityPath={hc}` (as the
+    /// App Service gateway string does; the spec example omits it, ARM.md §8.1).
+    pub entity_path_in_keys: bool,
+    /// Namespaces made through ARM also answer to `{name}.servicebus.windows.net`, and
+    /// `listKeys` and `serviceBusEndpoint` use that name (map it to loopback to use it).
+    pub azure_host_names: bool,
+}
+
+impl Default for ArmOptions {
+    fn default() -> Self {
+        ArmOptions {
+            tenant: crate::model::DEFAULT_SUBSCRIPTION.into(),
+            subscription: crate::model::DEFAULT_SUBSCRIPTION.into(),
+            strict_auth: false,
+            entity_path_in_keys: true,
+            azure_host_names: false,
+        }
+    }
 }
 
 impl Default for RelayOptions {
@@ -63,6 +95,7 @@ impl Default for RelayOptions {
             http_no_listener_status: 404,
             small_body_wait: Duration::from_secs(2),
             clock: hc_ws::Clock::System,
+            arm: ArmOptions::default(),
         }
     }
 }
@@ -82,6 +115,24 @@ pub(crate) struct RelayState {
     pub cancel: CancellationToken,
     /// Every connection and tunnel task.
     pub tracker: TaskTracker,
+    /// TLS for the ARM endpoint (HTTPS even when the data plane is plain), when there is
+    /// TLS material.
+    pub management_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Key that signs the bearer tokens the ARM endpoint issues.
+    pub token_key: TokenKey,
+    /// The data plane's port, once it serves on a socket (0 before): connection strings the
+    /// ARM endpoint hands out name it.
+    pub data_port: std::sync::atomic::AtomicU16,
+}
+
+/// An HMAC key for issued tokens; `Debug` shows nothing of it.
+#[derive(Clone)]
+pub(crate) struct TokenKey(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
 }
 
 /// Seconds since the Unix epoch.
