@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::app::{AppOptions, AppSource};
 use crate::config::{Plan, ShimConfig, Target};
 use crate::hosts::HostsBlock;
 use crate::proxy::{self, Limits, Router};
@@ -53,7 +54,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve local listeners and proxies until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Open real tunnels to HOST:PORT and report the time, or which hop failed.
     Tcpping {
         /// A configured endpoint, host:port.
@@ -106,6 +107,36 @@ pub struct RunArgs {
     /// Seconds a SOCKS5 or HTTP CONNECT client has to say where it wants to go.
     #[arg(long, default_value_t = 10.0, value_parser = hc_process::seconds(0.1, 3600.0))]
     pub handshake_timeout: f64,
+    /// Take this App Service app's hybrid connections from its Microsoft.Web resources
+    /// through the ARM endpoint, as App Service does, and pick up changes while running
+    /// (needs --arm-endpoint, --subscription, --resource-group and a token).
+    #[arg(long, value_name = "NAME", requires_all = ["arm_endpoint", "subscription", "resource_group"])]
+    pub app: Option<String>,
+    /// The app's deployment slot.
+    #[arg(long, requires = "app")]
+    pub slot: Option<String>,
+    /// ARM endpoint for --app, e.g. `https://localhost:9444/` (the emulator's) or
+    /// `https://management.azure.com/`.
+    #[arg(long, env = "SHIM_ARM_ENDPOINT", value_name = "URL")]
+    pub arm_endpoint: Option<String>,
+    /// Subscription of the app.
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID", value_name = "ID")]
+    pub subscription: Option<String>,
+    /// Resource group of the app.
+    #[arg(long, env = "SHIM_RESOURCE_GROUP", value_name = "NAME")]
+    pub resource_group: Option<String>,
+    /// Bearer token for --app; without it the managed-identity endpoint in IDENTITY_ENDPOINT
+    /// and IDENTITY_HEADER is asked, as on App Service.
+    #[arg(
+        long,
+        env = "SHIM_ARM_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub arm_token: Option<String>,
+    /// Seconds between two reads of the app's hybrid connections.
+    #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.5, 3600.0))]
+    pub app_refresh: f64,
 }
 
 fn load(cli: &Cli) -> anyhow::Result<ShimConfig> {
@@ -205,6 +236,27 @@ async fn run(
         );
     }
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let source = match &args.app {
+        Some(app) => Some(Arc::new(app_source(cli, args, app)?)),
+        None => None,
+    };
+    let from_config = targets;
+    let mut targets = from_config.clone();
+    if let Some(source) = &source {
+        let from_app = source.fetch().await.with_context(|| {
+            format!(
+                "reading the hybrid connections of app '{}'",
+                args.app.as_deref().unwrap_or_default()
+            )
+        })?;
+        println!(
+            "App {}: {}",
+            args.app.as_deref().unwrap_or_default(),
+            describe_all(&from_app)
+        );
+        targets.extend(from_app);
+    }
+    let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
     let limits = Limits::new(
         usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         Duration::try_from_secs_f64(args.handshake_timeout).unwrap_or(Duration::from_secs(10)),
@@ -216,6 +268,31 @@ async fn run(
         let listen: SocketAddr = listen.parse().with_context(|| {
             format!("--forward '{listen}' is not an address such as 127.0.0.1:15432")
         })?;
+        if source.is_some() && !target.to_ascii_lowercase().starts_with("endpoint=") {
+            // With --app the endpoint is looked up at each connection: the app may gain it.
+            let (host, port) = target
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)))
+                .with_context(|| {
+                    format!("--forward '{spec}': with --app the target is an endpoint host:port")
+                })?;
+            let listener = bind(listen).await?;
+            println!(
+                "Forwarding {} -> {host}:{port} through app {}",
+                listener.local_addr()?,
+                args.app.as_deref().unwrap_or_default()
+            );
+            tokio::spawn(forward::serve_routed(
+                listener,
+                router.clone(),
+                host,
+                port,
+                limits.clone(),
+                tracker.clone(),
+                cancel.clone(),
+            ));
+            continue;
+        }
         let target = forward_target(cli, &targets, listen, target)?;
         let listener = bind(listen).await?;
         println!(
@@ -237,7 +314,15 @@ async fn run(
     } else {
         None
     };
-    let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
+    if let Some(source) = source {
+        tokio::spawn(refresh(
+            source,
+            router.clone(),
+            from_config,
+            Duration::try_from_secs_f64(args.app_refresh).unwrap_or(AppSource::DEFAULT_REFRESH),
+            cancel.clone(),
+        ));
+    }
     for addr in [args.socks5, args.http_proxy].into_iter().flatten() {
         if args.allow_direct && !addr.ip().is_loopback() {
             warn!(%addr, "--allow-direct on a proxy bound to a non-loopback address: anyone who can reach it can use this machine to connect anywhere");
@@ -279,6 +364,71 @@ async fn run(
         );
     }
     Ok(())
+}
+
+fn app_source(cli: &Cli, args: &RunArgs, app: &str) -> anyhow::Result<AppSource> {
+    let tls = hc_client::tls::client_config(cli.ca_file.as_deref())?;
+    AppSource::new(
+        AppOptions {
+            arm_endpoint: args.arm_endpoint.clone().unwrap_or_default(),
+            subscription: args.subscription.clone().unwrap_or_default(),
+            resource_group: args.resource_group.clone().unwrap_or_default(),
+            app: app.to_owned(),
+            slot: args.slot.clone(),
+            token: args.arm_token.clone(),
+        },
+        tls,
+    )
+}
+
+/// `host:port via namespace/relay, …`, or `none`.
+fn describe_all(targets: &[Arc<Target>]) -> String {
+    if targets.is_empty() {
+        return "no hybrid connections".into();
+    }
+    targets
+        .iter()
+        .map(|t| format!("{} via {}", t.endpoint(), t.describe()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the app's hybrid connections every `every` and swaps the router's set when they
+/// changed; a failed read keeps the last set (and says so).
+async fn refresh(
+    source: Arc<AppSource>,
+    router: Arc<Router>,
+    from_config: Vec<Arc<Target>>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let key = |ts: &[Arc<Target>]| {
+        let mut k: Vec<String> = ts
+            .iter()
+            .map(|t| format!("{} {}", t.endpoint(), t.describe()))
+            .collect();
+        k.sort();
+        k
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => return,
+        }
+        match source.fetch().await {
+            Ok(from_app) => {
+                let mut next = from_config.clone();
+                next.extend(from_app.iter().cloned());
+                if key(&next) != key(&router.targets()) {
+                    info!(now = %describe_all(&from_app), "the app's hybrid connections changed");
+                    router.replace(next);
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the app's hybrid connections; keeping the last ones")
+            }
+        }
+    }
 }
 
 async fn hostname_mode(

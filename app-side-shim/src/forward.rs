@@ -54,6 +54,37 @@ pub async fn bridge_logged(
     );
 }
 
+/// Accepts on `listener` until `cancel`, tunnelling each connection to whatever hybrid
+/// connection `router` has for `host:port` at that moment (`--app` with `--forward`); a
+/// connection to an endpoint the app does not have (any more) is closed, with a warning.
+pub async fn serve_routed(
+    listener: TcpListener,
+    router: Arc<crate::proxy::Router>,
+    host: String,
+    port: u16,
+    limits: Limits,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    accept_loop(listener, limits, tracker, cancel, move |tcp, peer, slot| {
+        let decision = router.decide(&host, port);
+        let endpoint = format!("{host}:{port}");
+        async move {
+            match decision {
+                crate::proxy::Decision::Tunnel(target) => tunnel(tcp, target, peer, slot).await,
+                crate::proxy::Decision::Refuse(why) => {
+                    warn!(%peer, reason = %why, "connection closed");
+                    let _ = tcp.set_zero_linger();
+                }
+                crate::proxy::Decision::Direct => {
+                    warn!(%peer, "{endpoint} is not an endpoint of the app; connection closed");
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// Accepts on `listener` until `cancel`, tunnelling each connection to `target`.
 pub async fn serve(
     listener: TcpListener,

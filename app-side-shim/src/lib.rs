@@ -5,6 +5,7 @@
 //! name plus hosts-file entries), and a SOCKS5 / HTTP CONNECT proxy. `tcpping` checks every
 //! hop with a real tunnel.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod forward;

@@ -31,10 +31,11 @@ pub enum Decision {
     Refuse(String),
 }
 
-/// Matches requests against the configured endpoints.
-#[derive(Debug, Clone)]
+/// Matches requests against the configured endpoints; the set can be replaced while the
+/// proxies run (`--app` picks up the app's changes).
+#[derive(Debug)]
 pub struct Router {
-    targets: Vec<Arc<Target>>,
+    targets: std::sync::RwLock<Arc<Vec<Arc<Target>>>>,
     allow_direct: bool,
 }
 
@@ -42,16 +43,29 @@ impl Router {
     /// A router over `targets`.
     pub fn new(targets: Vec<Arc<Target>>, allow_direct: bool) -> Self {
         Router {
-            targets,
+            targets: std::sync::RwLock::new(Arc::new(targets)),
             allow_direct,
         }
+    }
+
+    /// The current set.
+    pub fn targets(&self) -> Arc<Vec<Arc<Target>>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the set; requests decided from now on use the new one.
+    pub fn replace(&self, targets: Vec<Arc<Target>>) {
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
     }
 
     /// Decides for `host:port` (`host` lower-cased, IPv6 without brackets).
     pub fn decide(&self, host: &str, port: u16) -> Decision {
         let host = host.to_ascii_lowercase();
-        if let Some(t) = self
-            .targets
+        let targets = self.targets();
+        if let Some(t) = targets
             .iter()
             .find(|t| t.hostname == host && t.port == port)
         {
@@ -60,7 +74,7 @@ impl Router {
         if self.allow_direct {
             return Decision::Direct;
         }
-        let configured: Vec<String> = self.targets.iter().map(|t| t.endpoint()).collect();
+        let configured: Vec<String> = targets.iter().map(|t| t.endpoint()).collect();
         let reason = if host.parse::<IpAddr>().is_ok() {
             format!(
                 "{host}:{port} is an IP address; hybrid connections match endpoint host names, as in App Service (configured: {}). Ask for the name (e.g. curl --socks5-hostname).",

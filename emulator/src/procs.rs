@@ -137,9 +137,21 @@ impl Proc {
         until: Option<&str>,
         filter: &str,
     ) -> anyhow::Result<(Proc, Vec<String>)> {
+        Self::start_with_env(program, args, &[("RUST_LOG", filter)], log, until)
+    }
+
+    /// [`Proc::start`] with extra environment variables.
+    pub fn start_with_env(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+        until: Option<&str>,
+    ) -> anyhow::Result<(Proc, Vec<String>)> {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)

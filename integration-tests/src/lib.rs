@@ -6,9 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod arm;
 pub mod external;
 pub mod mem;
 pub mod node;
+pub mod python;
 pub mod raw;
 
 use std::sync::Arc;

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,93 +13,11 @@ use hc_client::listener::{ControlChannel, ControlEvent, ListenerConfig};
 use hc_client::relay::RelayEndpoint;
 use hc_client::token::TokenProvider;
 use hc_protocol::ConnectionString;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
+use integration_tests::arm::Arm;
 use relay_server::{ArmOptions, ConfigFile, Emulator, Relay, RelayOptions};
 use serde_json::{Value, json};
 
 const SUB: &str = "00000000-0000-0000-0000-00000000aaaa";
-
-/// An HTTPS client of the ARM endpoint.
-struct Arm {
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    ca_pem: String,
-    token: Option<String>,
-}
-
-/// Status, headers and JSON body (Null when empty).
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Value,
-}
-
-impl Arm {
-    fn new(addr: SocketAddr, ca_pem: &str) -> Arm {
-        Arm {
-            addr,
-            tls: integration_tests::client_tls(ca_pem),
-            ca_pem: ca_pem.to_owned(),
-            token: Some("emulator-dev-token".into()),
-        }
-    }
-
-    async fn call_raw(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Answer {
-        let stream = integration_tests::connect_stream(
-            self.addr,
-            Some(self.tls.clone()),
-            "localhost".into(),
-        )
-        .await
-        .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("localhost:{}", self.addr.port()));
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = sender
-            .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
-        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        self.call_raw(method, path, &[("content-type", "application/json")], body)
-            .await
-    }
-}
 
 /// `/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Relay/namespaces/{ns}{rest}?api-version=…`
 fn ns_path(rg: &str, ns: &str, rest: &str) -> String {

@@ -762,3 +762,141 @@ fn a_stop_signal_right_after_ready_is_a_clean_exit() {
         shim.stop();
     }
 }
+
+/// `--app`: the app's hybrid connections come from its Microsoft.Web resources through the
+/// ARM endpoint (no configuration file), and a change there reaches a running shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_mode_takes_the_apps_relays_from_arm_and_follows_changes() {
+    let chain = Chain::start().await;
+    let management = chain.emulator.management_addr.unwrap();
+    let arm =
+        integration_tests::arm::Arm::new(management, chain.emulator.ca_pem.as_deref().unwrap());
+    let sub = relay_server::model::DEFAULT_SUBSCRIPTION;
+    let relay_uri = format!(
+        "/subscriptions/{sub}/resourceGroups/relay-emulator/providers/Microsoft.Relay/namespaces/default/hybridConnections/api"
+    );
+    let site_relay = format!(
+        "/subscriptions/{sub}/resourceGroups/apps/providers/Microsoft.Web/sites/myapp/hybridConnectionNamespaces/default/relays/api?api-version=2022-03-01"
+    );
+    let put = arm
+        .call(
+            "PUT",
+            &site_relay,
+            Some(serde_json::json!({"properties": {"hostname": HOST, "port": chain.http_port, "relayArmUri": relay_uri, "sendKeyName": "defaultSender"}})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let endpoint = format!("https://localhost:{}/", management.port());
+    let ca = chain.ca();
+    let mut shim = Shim::start(
+        chain.dir.path(),
+        &[
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "run",
+            "--app",
+            "myapp",
+            "--arm-endpoint",
+            &endpoint,
+            "--subscription",
+            sub,
+            "--resource-group",
+            "apps",
+            "--arm-token",
+            "any",
+            "--http-proxy",
+            "127.0.0.1:0",
+            "--app-refresh",
+            "0.5",
+        ],
+    );
+    assert_eq!(
+        banner_value(&shim.lines, "App myapp: ").unwrap(),
+        format!("{HOST}:{} via default.localhost/api", chain.http_port)
+    );
+    let proxy = shim.addr("HTTP CONNECT proxy on ");
+    let connect = |proxy: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+        let request = format!(
+            "CONNECT {HOST}:{} HTTP/1.1\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n",
+            chain.http_port
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let (got, _) = read_all_within(&mut tcp, Duration::from_secs(20)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let answer = connect(proxy.clone()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(BODY),
+        "{answer}"
+    );
+    // Removed from the app: the running shim refuses it from its next read on.
+    assert_eq!(arm.call("DELETE", &site_relay, None).await.status, 200);
+    let changed = tokio::time::timeout(Duration::from_secs(20), async {
+        while !shim
+            .proc
+            .log_text()
+            .contains("the app's hybrid connections changed")
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(changed.is_ok(), "{}", shim.proc.log_text());
+    let answer = connect(proxy).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    shim.stop();
+    chain.stop().await;
+}
+
+/// `--app` without a way to get a token, or with an http:// endpoint, is a startup error
+/// naming what is missing.
+#[test]
+fn app_mode_needs_https_and_a_token() {
+    let run = |endpoint: &str| {
+        let out = Command::new(procs::binary("app-side-shim").unwrap())
+            .args([
+                "run",
+                "--app",
+                "myapp",
+                "--arm-endpoint",
+                endpoint,
+                "--subscription",
+                "s",
+                "--resource-group",
+                "g",
+                "--socks5",
+                "127.0.0.1:0",
+            ])
+            .env_remove("IDENTITY_ENDPOINT")
+            .env_remove("IDENTITY_HEADER")
+            .env_remove("SHIM_ARM_TOKEN")
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, err) = run("https://localhost:1/");
+    assert!(
+        code == Some(2)
+            && err.contains("needs a management token")
+            && err.contains("IDENTITY_ENDPOINT"),
+        "{err}"
+    );
+    let (code, err) = run("http://localhost:1/");
+    assert!(
+        code == Some(2) && err.contains("is not an https:// URL"),
+        "{err}"
+    );
+    let out = Command::new(procs::binary("app-side-shim").unwrap())
+        .args(["run", "--app", "myapp", "--socks5", "127.0.0.1:0"])
+        .env_remove("SHIM_ARM_ENDPOINT")
+        .env_remove("AZURE_SUBSCRIPTION_ID")
+        .env_remove("SHIM_RESOURCE_GROUP")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(2) && text(&out).contains("--arm-endpoint"),
+        "{}",
+        text(&out)
+    );
+}

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use hc_protocol::frame;
 use http::header::{self, HeaderName, HeaderValue};
-use http_body_util::{BodyExt as _, Empty, Limited};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
@@ -82,13 +82,28 @@ fn request(
     target: &str,
     authority: &str,
     headers: &[(&str, &str)],
-) -> Result<http::Request<Empty<Bytes>>, Error> {
-    let mut request = http::Request::get(target).body(Empty::new()).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("bad request target '{target}': {e}"),
-        )
-    })?;
+) -> Result<http::Request<Full<Bytes>>, Error> {
+    with_body(http::Method::GET, target, authority, headers, Vec::new())
+}
+
+/// A request with a method and a body (`Content-Length` set by hyper).
+fn with_body(
+    method: http::Method,
+    target: &str,
+    authority: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, Error> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("bad request target '{target}': {e}"),
+            )
+        })?;
     let h = request.headers_mut();
     let bad = |what: &str| Error::new(ErrorKind::Config, format!("bad header {what}"));
     h.insert(
@@ -164,7 +179,27 @@ pub async fn http_get(
     authority: &str,
     headers: &[(&str, &str)],
 ) -> Result<(Head, Vec<u8>), Error> {
-    let req = request(target, authority, headers)?;
+    http_request(
+        io,
+        http::Method::GET,
+        target,
+        authority,
+        headers,
+        Vec::new(),
+    )
+    .await
+}
+
+/// Sends one request and reads the whole response (at most 1 MiB of body).
+pub async fn http_request(
+    io: BoxIo,
+    method: http::Method,
+    target: &str,
+    authority: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(Head, Vec<u8>), Error> {
+    let req = with_body(method, target, authority, headers, body)?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .title_case_headers(true)
         .handshake(TokioIo::new(io))
