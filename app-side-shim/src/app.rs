@@ -26,8 +26,8 @@ const RELAY_API: &str = "2017-04-01";
 /// Audience of the management token.
 const MANAGEMENT_RESOURCE: &str = "https://management.azure.com/";
 
-/// Where an app's hybrid connections are and how to ask.
-#[derive(Debug, Clone)]
+/// Where an app's hybrid connections are and how to ask. `Debug` shows no token.
+#[derive(Clone)]
 pub struct AppOptions {
     /// ARM endpoint, e.g. `https://localhost:9444/` or `https://management.azure.com/`.
     pub arm_endpoint: String,
@@ -41,6 +41,19 @@ pub struct AppOptions {
     pub slot: Option<String>,
     /// A bearer token to use instead of the managed-identity endpoint.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppOptions")
+            .field("arm_endpoint", &self.arm_endpoint)
+            .field("subscription", &self.subscription)
+            .field("resource_group", &self.resource_group)
+            .field("app", &self.app)
+            .field("slot", &self.slot)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// How tokens are obtained.

@@ -133,7 +133,7 @@ pub struct RunArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub arm_token: Option<String>,
+    pub arm_token: Option<hc_process::Secret>,
     /// Seconds between two reads of the app's hybrid connections.
     #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.5, 3600.0))]
     pub app_refresh: f64,
@@ -375,7 +375,7 @@ fn app_source(cli: &Cli, args: &RunArgs, app: &str) -> anyhow::Result<AppSource>
             resource_group: args.resource_group.clone().unwrap_or_default(),
             app: app.to_owned(),
             slot: args.slot.clone(),
-            token: args.arm_token.clone(),
+            token: args.arm_token.as_ref().map(|t| t.expose().to_owned()),
         },
         tls,
     )

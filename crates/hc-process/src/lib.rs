@@ -166,8 +166,41 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// A command-line value that is a secret (a token, a key): `Debug` shows `<redacted>`, so a
+/// parsed command line can be logged or printed whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s: super::Secret = "abc123".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(s.expose(), "abc123");
+    }
+
     use super::*;
 
     #[test]

@@ -40,8 +40,8 @@ pub(crate) fn router(state: Arc<RelayState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
-/// One request, read whole.
-#[derive(Debug)]
+/// One request, read whole. `Debug` shows neither headers nor body (they carry tokens and
+/// keys).
 pub(crate) struct ArmRequest {
     method: Method,
     /// Path segments as sent.
@@ -51,6 +51,16 @@ pub(crate) struct ArmRequest {
     body: axum::body::Bytes,
     /// `https://{Host}`, the base URL clients reached us at.
     base: String,
+}
+
+impl std::fmt::Debug for ArmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmRequest")
+            .field("method", &self.method)
+            .field("segments", &self.segments)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ArmRequest {
