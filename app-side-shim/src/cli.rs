@@ -45,6 +45,9 @@ pub struct Cli {
     /// logs nothing unless given one].
     #[arg(long, global = true, env = "RUST_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line, with every field).
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text", value_parser = clap::value_parser!(hc_process::observe::LogFormat))]
+    pub log_format: hc_process::observe::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -80,6 +83,12 @@ pub struct RunArgs {
     /// listening on the endpoint's port, and hosts-file entries map the names to them.
     #[arg(long)]
     pub hostnames: bool,
+    /// Serve /healthz, /readyz (200 once the shim's listeners are up and it has a hybrid
+    /// connection to route to; `?wait=SECONDS` holds the answer until then) and /metrics
+    /// (Prometheus) on this address, e.g. 127.0.0.1:9101 (no authentication: keep it on
+    /// loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// File to write hostname mode's entries into (a marked block, removed on exit).
     #[arg(long, value_name = "FILE")]
     pub hosts_file: Option<PathBuf>,
@@ -257,6 +266,19 @@ async fn run(
         targets.extend(from_app);
     }
     let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
+    crate::metrics::metrics().set_routes(targets.len());
+    if let Some(addr) = args.metrics_listen {
+        let listener = bind(addr).await?;
+        println!(
+            "Metrics: http://{}/metrics  (health: /healthz, /readyz)",
+            listener.local_addr()?
+        );
+        tokio::spawn(hc_process::observe::serve(
+            listener,
+            Arc::new(crate::metrics::ShimHealth),
+            cancel.clone().cancelled_owned(),
+        ));
+    }
     let limits = Limits::new(
         usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         Duration::try_from_secs_f64(args.handshake_timeout).unwrap_or(Duration::from_secs(10)),
@@ -350,6 +372,7 @@ async fn run(
             cancel.clone(),
         ));
     }
+    crate::metrics::metrics().set_started();
     println!("Ready.");
     shutdown.await;
     cancel.cancel();

@@ -25,6 +25,7 @@ pub async fn tunnel(
     match target.hc.connect_ws().await {
         Ok(ws) => bridge_logged(ws, tcp, Vec::new(), &target, peer).await,
         Err(e) => {
+            crate::metrics::metrics().connect_failed(&target.describe());
             warn!(endpoint = %target.endpoint(), hybrid_connection = %target.describe(), %peer, error = %e, "cannot open a tunnel");
             let _ = tcp.set_zero_linger();
         }
@@ -41,7 +42,15 @@ pub async fn bridge_logged(
     peer: SocketAddr,
 ) {
     let started = std::time::Instant::now();
+    let hc = target.describe();
+    crate::metrics::metrics().opened(&hc);
     let report = hc_client::bridge::bridge_with_early(ws, tcp, &early, 64 * 1024).await;
+    crate::metrics::metrics().ended(
+        &hc,
+        report.from_tcp,
+        report.to_tcp,
+        report.aborted.is_some(),
+    );
     info!(
         endpoint = %target.endpoint(),
         hybrid_connection = %target.describe(),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod hosts;
+pub mod metrics;
 pub mod proxy;
 pub mod sender;
 pub mod tcpping;

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     // tcpping prints its answer only, unless a log filter is asked for.
     let filter = cli.log.clone().or_else(|| run.then(|| "info".to_owned()));
     if let Some(filter) = filter
-        && let Err(e) = hc_process::init_logging(&filter)
+        && let Err(e) = hc_process::init_logging(&filter, cli.log_format)
     {
         eprintln!("error: --log: {e}");
         return std::process::ExitCode::from(2);

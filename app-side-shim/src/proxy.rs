@@ -58,6 +58,7 @@ impl Router {
 
     /// Replaces the set; requests decided from now on use the new one.
     pub fn replace(&self, targets: Vec<Arc<Target>>) {
+        crate::metrics::metrics().set_routes(targets.len());
         *self.targets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
     }
 
@@ -310,6 +311,7 @@ async fn socks5(
                 }
             }
             Err(e) => {
+                crate::metrics::metrics().connect_failed(&target.describe());
                 warn!(%peer, endpoint = %target.endpoint(), error = %e, "SOCKS5 tunnel failed");
                 let _ = socks_reply(&mut tcp, socks_code(&e)).await;
             }
@@ -443,6 +445,7 @@ async fn http_connect(
                 }
             }
             Err(e) => {
+                crate::metrics::metrics().connect_failed(&target.describe());
                 warn!(%peer, endpoint = %target.endpoint(), error = %e, "CONNECT tunnel failed");
                 let status = if e.is_timeout() {
                     "504 Gateway Timeout"

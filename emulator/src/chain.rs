@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::procs::{Proc, binary, path};
+use crate::procs::{Proc, binary, http_get, metrics_address, path};
 
 /// A chain to start, step by step:
 ///
@@ -115,6 +114,14 @@ pub struct Chain {
     pub send_cs: String,
     /// The relay's CA file.
     pub ca: PathBuf,
+    /// Whether the relay's data plane is plain ws/http.
+    pub plain: bool,
+    /// The relay's address (its health, metrics and status page are there too).
+    pub relay_addr: SocketAddr,
+    /// Where the HCM serves `/healthz`, `/readyz`, `/metrics`.
+    pub hcm_metrics: SocketAddr,
+    /// Where the shim serves `/healthz`, `/readyz`, `/metrics`.
+    pub shim_metrics: SocketAddr,
 }
 
 /// Name of the chain's hybrid connection.
@@ -198,6 +205,12 @@ impl Chain {
         let listen_cs = scheme(banner_value(&keys, "Listen ").context("Listen connection string")?);
         let send_cs = scheme(banner_value(&keys, "Send ").context("Send connection string")?);
         let ca = relay_data.join("ca.pem");
+        let relay_addr = std::net::SocketAddr::from(([127, 0, 0, 1], relay_port));
+        let relay_ca = (!options.plain).then_some(ca.as_path());
+        let (status, body) = http_get(relay_addr, "/readyz?wait=30", relay_ca)?;
+        if status != 200 {
+            bail!("the relay is not ready ({status}): {body}");
+        }
 
         let hcm_dir = d.join("hcm");
         let add = Command::new(binary("hcm")?)
@@ -213,7 +226,7 @@ impl Chain {
         if !add.status.success() {
             bail!("hcm add failed: {}", String::from_utf8_lossy(&add.stderr));
         }
-        let hcm = Self::run_hcm(d, &log, &options.hcm_args)?;
+        let (hcm, hcm_metrics) = Self::run_hcm(d, &log, &options.hcm_args)?;
 
         let (host, port) = endpoint.rsplit_once(':').context("endpoint is host:port")?;
         let shim_config = serde_json::json!({"caFile": ca, "hybridConnections": [{"connectionString": send_cs, "hostname": host, "port": port.parse::<u16>()?}]});
@@ -225,6 +238,8 @@ impl Chain {
             "run",
             "--forward",
             &forward_spec,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ];
         shim_args.extend(options.shim_args.iter().map(String::as_str));
         let (shim, lines) = Proc::start_logging(
@@ -238,22 +253,35 @@ impl Chain {
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .context("forward address")?
             .parse()?;
+        let shim_metrics = metrics_address(&lines).context("shim metrics address")?;
+        let (status, body) = http_get(shim_metrics, "/readyz", None)?;
+        if status != 200 {
+            bail!("the shim is not ready after Ready. ({status}): {body}");
+        }
         let chain = Chain {
             dir,
             relay,
+            relay_addr,
             hcm: Some(hcm),
+            hcm_metrics,
+            shim_metrics,
             shim,
             shim_banner: lines,
             forward,
             relay_port,
             send_cs,
             ca,
+            plain: options.plain,
         };
         chain.wait_hcm_connected()?;
         Ok(chain)
     }
 
-    fn run_hcm(d: &Path, log: &str, extra: &[String]) -> anyhow::Result<Proc> {
+    fn run_hcm(
+        d: &Path,
+        log: &str,
+        extra: &[String],
+    ) -> anyhow::Result<(Proc, std::net::SocketAddr)> {
         let data = d.join("hcm");
         let mut args = vec![
             "--data-dir",
@@ -263,25 +291,50 @@ impl Chain {
             "0.05",
             "--max-backoff",
             "0.5",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ];
         args.extend(extra.iter().map(String::as_str));
-        let (p, _) = Proc::start_logging(&binary("hcm")?, &args, d.join("hcm.log"), None, log)?;
-        Ok(p)
+        let (p, lines) = Proc::start_logging(
+            &binary("hcm")?,
+            &args,
+            d.join("hcm.log"),
+            Some("Metrics: "),
+            log,
+        )?;
+        let metrics = metrics_address(&lines).context("hcm metrics address")?;
+        Ok((p, metrics))
     }
 
-    /// Waits until the HCM reports an open control channel (20 s at most).
+    /// Waits until the HCM is ready, every control channel open (its `/readyz?wait=20`
+    /// answers then, or with why not after 20 s).
     pub fn wait_hcm_connected(&self) -> anyhow::Result<()> {
-        for _ in 0..1000 {
-            let status = hcm::status::StatusFile::read_live(&self.dir.path().join("hcm"));
-            if status.is_some_and(|s| s.connections.values().any(|c| c.channels_open > 0)) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let (status, body) = http_get(self.hcm_metrics, "/readyz?wait=20", None)?;
+        if status != 200 {
+            bail!(
+                "hcm did not connect ({status}): {body}\n{}",
+                self.hcm.as_ref().map(Proc::log_text).unwrap_or_default()
+            );
         }
-        bail!(
-            "hcm did not connect: {}",
-            self.hcm.as_ref().map(Proc::log_text).unwrap_or_default()
-        )
+        Ok(())
+    }
+
+    /// The Prometheus text of the relay (`relay`), the HCM (`hcm`) or the shim (`shim`).
+    pub fn metrics(&self, which: &str) -> anyhow::Result<String> {
+        let ca = self.ca.clone();
+        let (addr, ca) = match which {
+            "relay" => (self.relay_addr, self.ca.exists().then_some(ca)),
+            "hcm" => (self.hcm_metrics, None),
+            "shim" => (self.shim_metrics, None),
+            other => bail!("no process '{other}' in the chain"),
+        };
+        // A plain relay has a CA file too (the ARM endpoint); the data plane is plain then.
+        let ca = ca.filter(|_| !self.plain);
+        let (status, body) = http_get(addr, "/metrics", ca.as_deref())?;
+        if status != 200 {
+            bail!("{which} /metrics: {status} {body}");
+        }
+        Ok(body)
     }
 
     /// The relay's data directory (state, certificates, `connection-strings.txt`).
@@ -307,7 +360,9 @@ impl Chain {
 
     /// Starts the HCM again and waits until it is connected.
     pub fn restart_hcm(&mut self) -> anyhow::Result<()> {
-        self.hcm = Some(Self::run_hcm(self.dir.path(), "info", &[])?);
+        let (hcm, metrics) = Self::run_hcm(self.dir.path(), "info", &[])?;
+        self.hcm = Some(hcm);
+        self.hcm_metrics = metrics;
         self.wait_hcm_connected()
     }
 

@@ -243,3 +243,96 @@ impl Drop for Proc {
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// `GET path` from `addr` (HTTP/1.1, `Host: localhost`), over TLS trusting the CA in `ca`
+/// when given: the status and the body. For health and metrics endpoints: a `/readyz?wait=N`
+/// is answered when the process is ready (or after N seconds), so no polling is needed.
+pub fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca: Option<&Path>,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let tcp =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut raw = Vec::new();
+    match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                let cert: rustls::pki_types::CertificateDer<'static> = cert?;
+                roots.add(cert)?;
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let conn = rustls::ClientConnection::new(
+                std::sync::Arc::new(config),
+                rustls::pki_types::ServerName::try_from("localhost")?,
+            )?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(request.as_bytes())?;
+            // A peer that closes without close_notify still sent the whole answer.
+            match tls.read_to_end(&mut raw) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => {
+            let mut tcp = tcp;
+            tcp.write_all(request.as_bytes())?;
+            tcp.read_to_end(&mut raw)?;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP answer from {addr}{path}: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line from {addr}: {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The address in a banner line such as `Metrics: http://127.0.0.1:9100/metrics  (…)`.
+pub fn metrics_address(lines: &[String]) -> Option<std::net::SocketAddr> {
+    lines.iter().find_map(|l| {
+        l.strip_prefix("Metrics: http://")?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    })
+}

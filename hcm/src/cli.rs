@@ -39,6 +39,9 @@ pub struct Cli {
     /// log nothing unless given one].
     #[arg(long, global = true, env = "RUST_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line, with every field).
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text", value_parser = clap::value_parser!(hc_process::observe::LogFormat))]
+    pub log_format: hc_process::observe::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -124,6 +127,11 @@ pub struct RunArgs {
     /// Tunnels served at once over all hybrid connections; more are rejected with 503.
     #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_TUNNELS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_tunnels: u64,
+    /// Serve /healthz, /readyz (200 once every hybrid connection has an open control
+    /// channel; `?wait=SECONDS` holds the answer until then) and /metrics (Prometheus) on
+    /// this address, e.g. 127.0.0.1:9100 (no authentication: keep it on loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Shortest reconnect delay accepted.
@@ -189,6 +197,7 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 grace: secs(args.grace),
                 reload_interval: Duration::from_millis(500),
                 exit_on_failure: args.exit_on_failure.then(|| secs(args.failure_timeout)),
+                metrics_listen: args.metrics_listen,
             };
             service::run(options, shutdown).await
         }

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod service;
 pub mod status;
 pub mod worker;

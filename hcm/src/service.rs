@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,8 @@ pub struct ServiceOptions {
     /// Exit (with an error) when a hybrid connection fails for good, or stays disconnected
     /// longer than this.
     pub exit_on_failure: Option<Duration>,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here (printed as `Metrics: http://…`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 struct Running {
@@ -52,6 +55,21 @@ pub async fn run(
         );
     }
     let board = Arc::new(Board::new(&options.data_dir));
+    let stop_metrics = CancellationToken::new();
+    if let Some(addr) = options.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+        let bound = listener.local_addr()?;
+        board.set_metrics_address(bound);
+        let health = Arc::new(crate::metrics::HcmHealth::new(board.clone()));
+        tokio::spawn(hc_process::observe::serve(
+            listener,
+            health,
+            stop_metrics.clone().cancelled_owned(),
+        ));
+        println!("Metrics: http://{bound}/metrics  (health: /healthz, /readyz)");
+    }
     let tunnels = TaskTracker::new();
     let stop_writer = CancellationToken::new();
     let writer = tokio::spawn({
@@ -71,6 +89,7 @@ pub async fn run(
                     Ok(config) if last_config.as_ref() != Some(&config) => {
                         apply(&config, &mut running, &board, &options, &tunnels);
                         last_config = Some(config);
+                        board.set_loaded();
                     }
                     Ok(_) => {}
                     Err(e) => warn!(error = %format!("{e:#}"), "configuration not reloaded"),
@@ -101,6 +120,7 @@ pub async fn run(
         );
     }
     stop_writer.cancel();
+    stop_metrics.cancel();
     let _ = writer.await;
     board.write(false);
     outcome
@@ -132,6 +152,8 @@ fn apply(
             continue;
         }
         info!(hybrid_connection = %key, "starting");
+        // On the board at once, so /readyz counts it before its worker runs.
+        board.update(&key, |s| s.channels_wanted = entry.listeners);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(worker::run(
             entry.clone(),

@@ -48,7 +48,7 @@ impl State {
 
 /// Status of one hybrid connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct HcStatus {
     /// Current state.
     pub state: State,
@@ -74,6 +74,14 @@ pub struct HcStatus {
     pub last_error: Option<String>,
     /// Control channel (re)connections made.
     pub connects: u64,
+    /// Control channels lost after being open (each is followed by a reconnect).
+    pub channel_losses: u64,
+    /// Failed attempts to open a control channel.
+    pub connect_failures: u64,
+    /// `renewToken` commands sent.
+    pub token_renewals: u64,
+    /// Connections to the endpoint that failed (refused, unreachable, timed out).
+    pub endpoint_dial_failures: u64,
     /// Tunnels open now.
     pub tunnels_active: u64,
     /// Tunnels opened in total.
@@ -98,6 +106,9 @@ pub struct StatusFile {
     pub updated_at: u64,
     /// Per hybrid connection (`namespace/name`).
     pub connections: BTreeMap<String, HcStatus>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`hcm run --metrics-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 impl StatusFile {
@@ -121,6 +132,8 @@ fn process_alive(pid: u32) -> bool {
 #[derive(Debug)]
 pub struct Board {
     connections: Mutex<BTreeMap<String, HcStatus>>,
+    metrics_address: Mutex<Option<String>>,
+    loaded: std::sync::atomic::AtomicBool,
     changed: Notify,
     path: PathBuf,
 }
@@ -130,6 +143,8 @@ impl Board {
     pub fn new(dir: &Path) -> Self {
         Board {
             connections: Mutex::default(),
+            metrics_address: Mutex::default(),
+            loaded: Default::default(),
             changed: Notify::new(),
             path: dir.join(STATUS_FILE),
         }
@@ -150,6 +165,34 @@ impl Board {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.changed.notify_one();
+    }
+
+    /// A copy of every status.
+    pub fn all(&self) -> BTreeMap<String, HcStatus> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configuration has been read and its workers started.
+    pub fn set_loaded(&self) {
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Board::set_loaded`] was called.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records where the metrics are served (written to the status file).
+    pub fn set_metrics_address(&self, addr: std::net::SocketAddr) {
+        *self
+            .metrics_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
         self.changed.notify_one();
     }
 
@@ -174,6 +217,11 @@ impl Board {
             running,
             updated_at: hc_client::now_unix(),
             connections,
+            metrics_address: self
+                .metrics_address
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         if let Ok(json) = serde_json::to_vec_pretty(&file)
             && let Err(e) = crate::write_atomically(&self.path, &json)

@@ -59,6 +59,8 @@ pub struct WorkerOptions {
     pub clock: hc_client::Clock,
     /// Opens connections to the relay instead of TCP and TLS (tests pass in-memory pipes).
     pub connector: Option<hc_client::relay::Connector>,
+    /// How often the relay's listener count is asked for again.
+    pub listener_count_refresh: Duration,
 }
 
 /// Default cap on concurrent tunnels per HCM process.
@@ -89,6 +91,7 @@ impl Default for WorkerOptions {
             tunnel_slots: Arc::new(Semaphore::new(DEFAULT_MAX_TUNNELS)),
             clock: hc_client::Clock::System,
             connector: None,
+            listener_count_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -181,6 +184,20 @@ async fn serve(ctx: Arc<Ctx>, entry: &Entry, cancel: CancellationToken) -> Worke
         Err(end) => return end,
     };
     probe(&ctx, &endpoint).await;
+    // The relay's listener count (other HCMs come and go too) is asked again periodically,
+    // so `hcm list` and the metrics stay current.
+    let refresher = tokio::spawn({
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        async move {
+            let every = ctx.options.listener_count_refresh;
+            loop {
+                tokio::select! {
+                    _ = sleep(every) => refresh_listener_count(ctx.clone()).await,
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    });
     // Every channel is watched at once: the first that gives up for good stops the others
     // and reports why, whichever it is.
     let mut channels = JoinSet::new();
@@ -201,6 +218,7 @@ async fn serve(ctx: Arc<Ctx>, entry: &Entry, cancel: CancellationToken) -> Worke
             end = WorkerEnd::Failed(state, msg);
         }
     }
+    refresher.abort();
     end
 }
 
@@ -299,6 +317,9 @@ async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<TcpStream, String> {
     };
     let now = hc_client::now_unix();
     ctx.board.update(&ctx.key, |s| {
+        if result.is_err() {
+            s.endpoint_dial_failures += 1;
+        }
         s.endpoint_reachable = Some(result.is_ok());
         s.endpoint_checked_at = Some(now);
         s.endpoint_error = result.as_ref().err().cloned();
@@ -336,6 +357,8 @@ async fn channel_loop(
                 if cancel.is_cancelled() {
                     return WorkerEnd::Stopped;
                 }
+                ctx.board.update(&ctx.key, |s| s.channel_losses += 1);
+                tokio::spawn(refresh_listener_count(ctx.clone()));
                 info!(hybrid_connection = %ctx.key, channel = index, reason = %why, "control channel lost; reconnecting");
             }
             Err(e) if e.is_permanent() => {
@@ -348,6 +371,7 @@ async fn channel_loop(
                     debug!(hybrid_connection = %ctx.key, channel = index, error = %e, "cannot open control channel");
                 }
                 ctx.board.update(&ctx.key, |s| {
+                    s.connect_failures += 1;
                     if s.channels_open == 0 {
                         s.state = if e.is_quota_exceeded() {
                             State::QuotaExceeded
@@ -456,6 +480,7 @@ async fn renew(ctx: &Ctx, channel: &mut ControlChannel) -> Result<(), String> {
         Ok(None) => {}
         Err(e) => return Err(e.to_string()),
     }
+    ctx.board.update(&ctx.key, |s| s.token_renewals += 1);
     debug!(hybrid_connection = %ctx.key, "token renewed");
     Ok(())
 }

@@ -80,6 +80,7 @@ impl Chain {
             grace: Duration::from_secs(2),
             reload_interval: Duration::from_millis(100),
             exit_on_failure: None,
+            metrics_listen: None,
         };
         let stop = hcm_stop.clone();
         let hcm = tokio::spawn(async move {

@@ -312,6 +312,31 @@ fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
             .is_ok()
 }
 
+/// What `/readyz` checks of the data plane's certificate: that it chains to the CA, covers
+/// the first host name and is within its validity period now.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsCheck {
+    server_pem: String,
+    ca_pem: String,
+    hosts: Vec<String>,
+}
+
+impl TlsCheck {
+    /// The check for `material`'s certificate.
+    pub(crate) fn new(material: &TlsMaterial) -> Self {
+        TlsCheck {
+            server_pem: material.server_pem.clone(),
+            ca_pem: material.ca_pem.clone(),
+            hosts: material.hosts.clone(),
+        }
+    }
+
+    /// Whether the certificate verifies now.
+    pub(crate) fn valid(&self) -> bool {
+        signed_by(&self.server_pem, &self.ca_pem, &self.hosts)
+    }
+}
+
 /// Whether `cert_pem` was issued by the CA in `ca_pem` for the first of `hosts`.
 fn signed_by(cert_pem: &str, ca_pem: &str, hosts: &[String]) -> bool {
     let Some(name) = hosts

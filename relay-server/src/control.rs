@@ -50,6 +50,8 @@ pub(crate) struct ControlChannel {
     pub tracking_id: String,
     /// Token expiry at open, Unix seconds.
     pub expires_at: u64,
+    /// What the status page shows (the expiry moves on renewal).
+    pub info: Arc<crate::registry::ListenerInfo>,
     /// Keeps the listener registered while the task runs.
     pub guard: ListenerGuard,
     /// The namespace quota slot.
@@ -75,6 +77,7 @@ struct Shared<'a> {
     hc: &'a HcKey,
     tracking_id: &'a str,
     listener_id: u64,
+    info: &'a crate::registry::ListenerInfo,
     life: Mutex<ListenerLife>,
     /// The expiry moved: the outbound future recomputes its deadline.
     changed: Notify,
@@ -94,6 +97,7 @@ impl ControlChannel {
             hc,
             tracking_id,
             expires_at,
+            info,
             guard,
             permit,
             mut rx,
@@ -110,6 +114,7 @@ impl ControlChannel {
             hc: &hc,
             tracking_id: &tracking_id,
             listener_id: guard.id(),
+            info: &info,
             life: Mutex::new(ListenerLife::new(
                 expires_at,
                 state.options.token_grace,
@@ -125,6 +130,7 @@ impl ControlChannel {
             exit = shared.outbound(&mut writer, &mut rx, &mid_write) => exit,
         };
         drop(guard);
+        state.telemetry.listener_left();
         let why = finish(exit, &mut writer, mid_write.load(Ordering::Acquire)).await;
         fail_undelivered(&state, &hc, &mut rx);
         fail_unanswered(&state, &hc, shared.listener_id, awaiting_body);
@@ -327,6 +333,9 @@ impl Shared<'_> {
             Ok(auth) => {
                 debug!(tracking_id = %self.tracking_id, expires_at = auth.expires_at, "token renewed");
                 self.life().renewed(auth.expires_at);
+                self.info
+                    .expires_at
+                    .store(auth.expires_at, Ordering::Relaxed);
                 self.changed.notify_one();
                 None
             }

@@ -29,8 +29,10 @@ mod routes;
 mod runtime_info;
 mod server;
 mod state;
+mod status;
 mod store;
 mod target;
+mod telemetry;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -68,9 +70,13 @@ impl Relay {
         token_key: state::TokenKey,
         options: RelayOptions,
     ) -> Self {
+        let registry: Arc<registry::Registry> = Arc::default();
+        let telemetry = telemetry::Telemetry::new();
+        telemetry.watch_registry(registry.clone());
+        let started = options.clock.unix_now();
         let state = RelayState {
             store,
-            registry: Arc::default(),
+            registry,
             options,
             tls,
             cancel: CancellationToken::new(),
@@ -78,6 +84,9 @@ impl Relay {
             management_tls,
             token_key,
             data_port: Default::default(),
+            telemetry,
+            tls_check: Default::default(),
+            started,
         };
         Relay {
             state: Arc::new(state),
@@ -130,13 +139,17 @@ impl Relay {
         let server_config = material.server_config()?;
         let tls = (!plain).then(|| server_config.clone());
         let token_key = arm::load_or_create_token_key(data_dir)?;
-        Ok(Relay::new(
+        let relay = Relay::new(
             Store::persistent(data_dir, model)?,
             tls,
             Some(server_config),
             token_key,
             options,
-        ))
+        );
+        if !plain {
+            let _ = relay.state.tls_check.set(certs::TlsCheck::new(&material));
+        }
+        Ok(relay)
     }
 
     /// Serves on an already bound listener until `shutdown` completes, then closes every
@@ -337,6 +350,9 @@ impl Emulator {
             state::TokenKey(rand::random()),
             options,
         );
+        if let Some(material) = &material {
+            let _ = relay.state.tls_check.set(certs::TlsCheck::new(material));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = relay.clone();

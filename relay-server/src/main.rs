@@ -96,9 +96,19 @@ struct Args {
     /// 127.0.0.1 in /etc/hosts).
     #[arg(long)]
     azure_host_names: bool,
+    /// Serve /healthz, /readyz, /metrics and the status page (/$status) to any address
+    /// without credentials (for containers, where the host's requests come from a bridge
+    /// address). Without it, loopback clients need none and others a token with Manage
+    /// rights or a management bearer token issued by this relay.
+    #[arg(long)]
+    status_open: bool,
     /// Log filter, e.g. `info` or `relay_server=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` or `json` (one JSON object per line: per-tunnel records carry the
+    /// TrackingId, namespace, hybrid connection, bytes, duration and outcome).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = clap::value_parser!(hc_process::observe::LogFormat))]
+    log_format: hc_process::observe::LogFormat,
 }
 
 #[tokio::main]
@@ -107,7 +117,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
+    hc_process::init_logging(&args.log, args.log_format).map_err(anyhow::Error::msg)?;
 
     hc_process::raise_fd_limit();
     let data_dir = args
@@ -181,6 +191,7 @@ fn options(args: &Args) -> RelayOptions {
             entity_path_in_keys: !args.arm_keys_without_entity_path,
             azure_host_names: args.azure_host_names,
         },
+        status_open: args.status_open,
         ..RelayOptions::default()
     }
 }
@@ -236,6 +247,10 @@ fn print_banner(
             ca.display()
         );
     }
+    println!(
+        "Status page: {http}://localhost:{port}/$status  (health: /healthz, /readyz; Prometheus: /metrics)",
+        port = addr.port()
+    );
     if let Some(arm) = management {
         println!(
             "Management (Azure Resource Manager): https://localhost:{}/  (subscription {}; az: see the README)",

@@ -69,6 +69,7 @@ pub(crate) async fn bridge<S, L>(
     listener: L,
     options: PumpOptions,
     cancel: CancellationToken,
+    counters: [&AtomicU64; 2],
 ) -> TunnelReport
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -77,7 +78,8 @@ where
     let config = Config::new(Role::Server).read_buffer(options.buffer_size);
     let (mut sr, mut sw) = hc_ws::split(sender, config);
     let (mut lr, mut lw) = hc_ws::split(listener, config);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let [up, down] = counters;
+    let (start_up, start_down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
     let (to_listener_mid, to_sender_mid) = (AtomicBool::new(false), AtomicBool::new(false));
     let handles = [sw.control_handle(), lw.control_handle()];
     // Pinned where they are made: passed by value and pinned inside `both`, each future would
@@ -87,7 +89,7 @@ where
             Direction {
                 src: &mut sr,
                 dst: &mut lw,
-                bytes: &up,
+                bytes: up,
                 mid_frame: &to_listener_mid
             }
             .run()
@@ -96,7 +98,7 @@ where
             Direction {
                 src: &mut lr,
                 dst: &mut sw,
-                bytes: &down,
+                bytes: down,
                 mid_frame: &to_sender_mid
             }
             .run()
@@ -122,8 +124,8 @@ where
         Err((End::Closed, _)) => None,
     };
     TunnelReport {
-        sender_to_listener: up.into_inner(),
-        listener_to_sender: down.into_inner(),
+        sender_to_listener: up.load(Ordering::Relaxed) - start_up,
+        listener_to_sender: down.load(Ordering::Relaxed) - start_down,
         aborted,
     }
 }
@@ -244,17 +246,28 @@ mod tests {
         let (s_client, s_relay) = tokio::io::duplex(300);
         let (l_client, l_relay) = tokio::io::duplex(300);
         let cancel = CancellationToken::new();
+        let stop = cancel.clone();
         let options = PumpOptions {
             buffer_size: 1024,
             shutdown_grace: grace,
         };
-        let pump = tokio::spawn(bridge(s_relay, l_relay, options, cancel.clone()));
+        let pump = tokio::spawn(async move {
+            let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+            bridge(
+                s_relay,
+                l_relay,
+                options,
+                cancel,
+                [&counters[0], &counters[1]],
+            )
+            .await
+        });
         let config = Config::new(Role::Client).max_message(1 << 20);
         (
             hc_ws::split(s_client, config),
             hc_ws::split(l_client, config),
             pump,
-            cancel,
+            stop,
         )
     }
 

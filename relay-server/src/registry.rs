@@ -59,10 +59,25 @@ pub(crate) struct ListenerHandle {
     pub id: u64,
     /// `wss://host[:port]` as the listener reached the relay; rendezvous addresses use it.
     pub base_url: String,
+    /// What the status page shows of it.
+    pub info: Arc<ListenerInfo>,
     /// Commands for its control-channel task. Bounded: a listener that stops reading fills
     /// it, is passed over by [`Registry::pick_listener`], and is dropped by its own task when
     /// a write stalls.
     pub tx: mpsc::Sender<ControlOut>,
+}
+
+/// A connected listener as the status page shows it.
+#[derive(Debug)]
+pub(crate) struct ListenerInfo {
+    /// The TrackingId of its control channel.
+    pub tracking_id: String,
+    /// Its address as the relay saw it.
+    pub peer: std::net::SocketAddr,
+    /// Unix seconds when it connected.
+    pub since: u64,
+    /// When its token expires (moved by `renewToken`), Unix seconds.
+    pub expires_at: AtomicU64,
 }
 
 /// How a rendezvous ended, sent from the listener's request to the waiting sender.
@@ -74,6 +89,8 @@ pub(crate) enum RendezvousReply {
         upgrade: OnUpgrade,
         /// Sub-protocol the listener chose.
         protocol: Option<String>,
+        /// The listener's rendezvous connection, as the relay saw it.
+        peer: std::net::SocketAddr,
     },
     /// The listener refused with this status and description.
     Rejected {
@@ -195,6 +212,30 @@ impl Registry {
             [] => Some(list[rng.random_range(0..list.len())].clone()),
             some => Some(some[rng.random_range(0..some.len())].clone()),
         }
+    }
+
+    /// Listeners connected per hybrid connection (those with none are left out).
+    pub(crate) fn listener_counts(&self) -> Vec<(HcKey, usize)> {
+        let mut out = Vec::new();
+        for ns in self.namespaces.iter() {
+            for (hc, list) in lock(&ns.listeners).iter() {
+                out.push(((ns.key().clone(), hc.clone()), list.len()));
+            }
+        }
+        out
+    }
+
+    /// Every connected listener with its hybrid connection.
+    pub(crate) fn listeners(&self) -> Vec<(HcKey, Arc<ListenerInfo>)> {
+        let mut out = Vec::new();
+        for ns in self.namespaces.iter() {
+            for (hc, list) in lock(&ns.listeners).iter() {
+                for h in list {
+                    out.push(((ns.key().clone(), hc.clone()), h.info.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Connected listeners of a hybrid connection.
@@ -414,6 +455,12 @@ mod tests {
             ListenerHandle {
                 id,
                 base_url: "wss://h".into(),
+                info: Arc::new(ListenerInfo {
+                    tracking_id: String::new(),
+                    peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                    since: 0,
+                    expires_at: AtomicU64::new(0),
+                }),
                 tx,
             },
             rx,

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use axum::extract::Request;
 use axum::response::Response;
@@ -26,7 +27,7 @@ use crate::control::ControlChannel;
 use crate::error::{ErrorFormat, RelayError, Tracking, text_response};
 use crate::head_case::HeaderNames;
 use crate::pump::{self, PumpOptions};
-use crate::registry::{ControlOut, ListenerHandle, RendezvousReply};
+use crate::registry::{ControlOut, HcKey, ListenerHandle, ListenerInfo, RendezvousReply};
 use crate::state::RelayState;
 use crate::target::{Target, TokenSource, find_token};
 use crate::upgrade as ws;
@@ -77,31 +78,54 @@ pub(crate) async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response
         }),
     };
     let tracking = r.tracking.clone();
-    let result = match action {
-        Ok(Action::Listen) => listen(&state, &mut r).await,
-        Ok(Action::Connect) => connect(&state, &mut r).await,
-        Ok(Action::Accept) => accept(&state, &mut r),
-        Ok(Action::Request) => request(&state, &mut r),
-        Err(e) => Err(e),
+    let mut key = None;
+    let (kind, result) = match action {
+        Ok(Action::Listen) => ("listen", listen(&state, &mut r, &mut key).await),
+        Ok(Action::Connect) => ("connect", connect(&state, &mut r, &mut key).await),
+        Ok(Action::Accept) => ("accept", accept(&state, &mut r)),
+        Ok(Action::Request) => ("accept", request(&state, &mut r)),
+        Err(e) => ("connect", Err(e)),
     };
     result.unwrap_or_else(|e| {
         debug!(tracking_id = %tracking.id, status = e.status(), error = %e, "websocket request refused");
+        state.telemetry.refused(
+            kind,
+            key.as_ref(),
+            &e,
+            &r.host,
+            &r.path,
+            r.peer,
+            &tracking.id,
+            tracking.now,
+        );
         e.render(&tracking, ErrorFormat::Text)
     })
 }
 
-async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+async fn listen(
+    state: &Arc<RelayState>,
+    r: &mut WsRequest,
+    key: &mut Option<HcKey>,
+) -> Result<Response, RelayError> {
     let upgrade = ws::check_upgrade(r.req.headers())?;
     let target = r.target(state)?;
+    *key = Some(target.key.clone());
     let token = find_token(r.req.headers(), &r.query).map(|t| t.0);
     let auth = target.authorize(token.as_deref(), Right::Listen, r.tracking.now)?;
     let permit = state
         .registry
         .acquire_connection(&target.key.0, state.options.max_connections_per_namespace)?;
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    let info = Arc::new(ListenerInfo {
+        tracking_id: r.tracking.id.clone(),
+        peer: r.peer,
+        since: r.tracking.now,
+        expires_at: AtomicU64::new(auth.expires_at),
+    });
     let handle = ListenerHandle {
         id: state.registry.next_listener_id(),
         base_url: format!("{}://{}", if r.tls { "wss" } else { "ws" }, r.host),
+        info: info.clone(),
         tx,
     };
     let guard =
@@ -114,10 +138,12 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
         hc: target.key.clone(),
         tracking_id: r.tracking.id.clone(),
         expires_at: auth.expires_at,
+        info,
         guard,
         permit,
         rx,
     };
+    state.telemetry.listener_accepted(&target.key);
     info!(tracking_id = %r.tracking.id, namespace = %target.namespace, hybrid_connection = %target.hc_name, peer = %r.peer, "listener connected");
     let span = debug_span!("control", tracking_id = %r.tracking.id);
     state.tracker.spawn(
@@ -135,9 +161,14 @@ async fn listen(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, 
     ))
 }
 
-async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayError> {
+async fn connect(
+    state: &Arc<RelayState>,
+    r: &mut WsRequest,
+    key: &mut Option<HcKey>,
+) -> Result<Response, RelayError> {
     let upgrade = ws::check_upgrade(r.req.headers())?;
     let target = r.target(state)?;
+    *key = Some(target.key.clone());
     let token = find_token(r.req.headers(), &r.query);
     if target.requires_client_authorization {
         target.authorize(
@@ -177,6 +208,13 @@ async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response,
         },
     });
     let sender_upgrade = r.take_upgrade()?;
+    let waiting = std::time::Instant::now();
+    // Counts the connect as aborted if the sender leaves while it waits (this future is
+    // dropped then); disarmed once the listener has answered.
+    let mut gone = SenderGone {
+        state: state.clone(),
+        key: Some(target.key.clone()),
+    };
     let reply = wait_for_listener(
         state,
         listener,
@@ -186,22 +224,50 @@ async fn connect(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response,
         },
         reply_rx,
     )
-    .await?;
-    match reply {
+    .await;
+    gone.key = None;
+    let waited = waiting.elapsed().as_secs_f64();
+    match reply? {
         RendezvousReply::Rejected {
             status,
             description,
-        } => Err(RelayError::Rejected {
-            status,
-            description,
-        }),
+        } => {
+            state.telemetry.rendezvous_answered(&target.key, waited);
+            Err(RelayError::Rejected {
+                status,
+                description,
+            })
+        }
         RendezvousReply::Accepted {
             upgrade: listener_upgrade,
             protocol,
+            peer,
         } => {
             let chosen = protocol.filter(|p| upgrade.protocols.contains(p));
-            spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, id);
+            let stats = state.telemetry.tunnel_opened(
+                &target.key,
+                &id,
+                r.peer,
+                peer,
+                waited,
+                r.tracking.now,
+            );
+            spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, stats);
             Ok(ws::switching_protocols(&upgrade.key, chosen.as_deref()))
+        }
+    }
+}
+
+/// Records a connect whose sender went away while waiting for the listener.
+struct SenderGone {
+    state: Arc<RelayState>,
+    key: Option<HcKey>,
+}
+
+impl Drop for SenderGone {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.state.telemetry.sender_left_waiting(&key);
         }
     }
 }
@@ -236,20 +302,22 @@ fn spawn_tunnel(
     sender: OnUpgrade,
     listener: OnUpgrade,
     permit: crate::registry::ConnectionPermit,
-    id: String,
+    live: crate::telemetry::TunnelGuard,
 ) {
     let options = PumpOptions {
         buffer_size: state.options.tunnel_buffer_size,
         shutdown_grace: state.options.shutdown_grace,
     };
     let cancel = state.cancel.clone();
-    let span = debug_span!("tunnel", tracking_id = %id);
-    state.tracker.spawn(
+    let state = state.clone();
+    let span = debug_span!("tunnel", tracking_id = %live.stats.tracking_id);
+    state.clone().tracker.spawn(
         async move {
             let started = std::time::Instant::now();
             let (s, l) = tokio::join!(sender, listener);
             let (Ok(s), Ok(l)) = (s, l) else {
                 debug!("tunnel upgrade failed on one side");
+                state.telemetry.tunnel_closed(&live.stats.hc, true);
                 return;
             };
             let report = pump::bridge(
@@ -257,16 +325,31 @@ fn spawn_tunnel(
                 hyper_util::rt::TokioIo::new(l),
                 options,
                 cancel,
+                [
+                    &live.stats.sender_to_listener,
+                    &live.stats.listener_to_sender,
+                ],
             )
             .await;
             drop(permit);
-            debug!(
+            let stats = &live.stats;
+            state
+                .telemetry
+                .tunnel_closed(&stats.hc, report.aborted.is_some());
+            info!(
+                tracking_id = %stats.tracking_id,
+                namespace = %stats.hc.0,
+                hybrid_connection = %stats.hc.1,
+                sender = %stats.sender,
+                listener = %stats.listener,
                 sender_to_listener = report.sender_to_listener,
                 listener_to_sender = report.listener_to_sender,
                 duration_ms = started.elapsed().as_millis() as u64,
-                aborted = report.aborted.as_deref().unwrap_or(""),
+                outcome = if report.aborted.is_some() { "aborted" } else { "closed" },
+                reason = report.aborted.as_deref().unwrap_or(""),
                 "tunnel closed"
             );
+            drop(live);
         }
         .instrument(span),
     );
@@ -307,6 +390,7 @@ fn accept(state: &Arc<RelayState>, r: &mut WsRequest) -> Result<Response, RelayE
         .send(RendezvousReply::Accepted {
             upgrade: on_upgrade,
             protocol: protocol.clone(),
+            peer: r.peer,
         })
         .map_err(|_| RelayError::SenderGone)?;
     Ok(ws::switching_protocols(&upgrade.key, protocol.as_deref()))

@@ -4,6 +4,8 @@
 //! - `/$hc/{path}` -> WebSocket actions ([`crate::rendezvous`]);
 //! - `GET /{hc}?api-version=2016-07` or with `X-PROCESS-AT` -> runtime info (§10,
 //!   [`crate::runtime_info`]);
+//! - `/$status…`, `/healthz`, `/readyz`, `/metrics` -> health, metrics and the status page
+//!   ([`crate::status`]; the short paths yield to a hybrid connection of that name);
 //! - `GET /` -> a one-line description of the emulator;
 //! - any other `/{hc}/...` -> HTTP request mode ([`crate::http`]).
 
@@ -52,6 +54,9 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let now = state.options.clock.unix_now();
+    if let Some(r) = crate::status::route(&state, &req, conn.peer, &host, &path, &query) {
+        return r.answer(&state).await;
+    }
     if let Some(hc_path) = address::hc_path(&path) {
         let tracking = Tracking::for_request(&query, &host, hc_path, now);
         let r = WsRequest {

@@ -48,6 +48,11 @@ pub struct RelayOptions {
     pub clock: hc_ws::Clock,
     /// The management plane (ARM endpoint).
     pub arm: ArmOptions,
+    /// Serve `/healthz`, `/readyz`, `/metrics` and the status page to any address without
+    /// credentials (containers, where the host's requests come from a bridge address).
+    /// Otherwise loopback clients need none, and others a Manage SAS token or an issued
+    /// management bearer token.
+    pub status_open: bool,
 }
 
 /// How the ARM endpoint behaves (ARM.md §4.7, §8).
@@ -96,6 +101,7 @@ impl Default for RelayOptions {
             small_body_wait: Duration::from_secs(2),
             clock: hc_ws::Clock::System,
             arm: ArmOptions::default(),
+            status_open: false,
         }
     }
 }
@@ -123,6 +129,12 @@ pub(crate) struct RelayState {
     /// The data plane's port, once it serves on a socket (0 before): connection strings the
     /// ARM endpoint hands out name it.
     pub data_port: std::sync::atomic::AtomicU16,
+    /// Counters, live tunnels and refusals (metrics and the status page).
+    pub telemetry: crate::telemetry::Telemetry,
+    /// The certificates `/readyz` verifies, when the data plane serves TLS.
+    pub tls_check: std::sync::OnceLock<crate::certs::TlsCheck>,
+    /// Unix seconds when the relay was made.
+    pub started: u64,
 }
 
 /// An HMAC key for issued tokens; `Debug` shows nothing of it.

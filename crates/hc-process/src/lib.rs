@@ -2,6 +2,8 @@
 //! stop signal, the open-file limit, logging to stderr, the default data directory, and
 //! atomic file writes. No protocol or client code lives here, so the relay may use it too.
 
+pub mod observe;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -67,22 +69,35 @@ pub fn exit_status<E: std::fmt::Display>(result: Result<(), E>) -> std::process:
     }
 }
 
-/// Logs to stderr with `filter` (e.g. `info` or `relay_server=debug`); colours only on a
-/// terminal. The error names the bad filter.
-pub fn init_logging(filter: &str) -> Result<(), String> {
+/// Logs to stderr with `filter` (e.g. `info` or `relay_server=debug`) in `format`; colours
+/// only on a terminal and only in text. The error names the bad filter.
+pub fn init_logging(filter: &str, format: observe::LogFormat) -> Result<(), String> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let targets: tracing_subscriber::filter::Targets = filter
         .parse()
         .map_err(|e| format!("invalid log filter '{filter}': {e}"))?;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(targets)
-        .init();
+    let registry = tracing_subscriber::registry().with(targets);
+    match format {
+        observe::LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+        observe::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
     Ok(())
 }
 
@@ -221,7 +236,7 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
-            init_logging("relay_server=loud").is_err(),
+            init_logging("relay_server=loud", observe::LogFormat::Text).is_err(),
             "an unknown level is refused"
         );
         assert!(default_data_dir("x").ends_with("x"));

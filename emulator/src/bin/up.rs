@@ -51,6 +51,9 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     log: String,
+    /// Log lines as `text` or `json` (one JSON object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = clap::value_parser!(hc_process::observe::LogFormat))]
+    log_format: hc_process::observe::LogFormat,
 }
 
 #[tokio::main]
@@ -59,7 +62,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    hc_process::init_logging(&args.log).map_err(anyhow::Error::msg)?;
+    hc_process::init_logging(&args.log, args.log_format).map_err(anyhow::Error::msg)?;
     hc_process::raise_fd_limit();
     let endpoint = Endpoint::parse(&args.endpoint)
         .with_context(|| format!("--endpoint '{}'", args.endpoint))?;
@@ -165,6 +168,7 @@ fn start_hcm(
         grace: Duration::from_secs(5),
         reload_interval: Duration::from_millis(500),
         exit_on_failure: None,
+        metrics_listen: None,
     };
     Ok(tokio::spawn(hcm::service::run(options, async move {
         cancel.cancelled().await

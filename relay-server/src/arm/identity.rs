@@ -153,7 +153,7 @@ fn mac(key: &TokenKey, input: &str) -> Hmac<Sha256> {
 }
 
 /// Checks a token this relay issued: shape, signature, expiry.
-fn verify(key: &TokenKey, token: &str, now: u64) -> Result<(), &'static str> {
+pub(super) fn verify(key: &TokenKey, token: &str, now: u64) -> Result<(), &'static str> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -32,6 +32,12 @@ use crate::store::StoreError;
 
 pub(crate) use identity::load_or_create_token_key;
 
+/// Whether `token` is a bearer token this relay issued and still valid (the status page
+/// accepts those from any address).
+pub(crate) fn verify_bearer(state: &RelayState, token: &str) -> Result<(), &'static str> {
+    identity::verify(token_key(state), token, now(state))
+}
+
 /// Largest request body the endpoint reads (ARM bodies are small JSON documents).
 const MAX_BODY: usize = 1024 * 1024;
 

@@ -13,6 +13,7 @@
 //! response from the control channel or the rendezvous socket ([`Delivery`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -146,11 +147,26 @@ pub(crate) async fn handle(
         query: &query,
         id: &id,
         names: &names,
+        key: Default::default(),
+        path: AtomicU8::new(PATH_RELAY),
     };
-    match call.serve(&mut body).await {
-        Ok(r) => r,
+    let result = call.serve(&mut body).await;
+    let key = call.key.get();
+    let path = ["relay", "control_channel", "rendezvous"]
+        [usize::from(call.path.load(Ordering::Relaxed)).min(2)];
+    match result {
+        Ok(r) => {
+            state
+                .telemetry
+                .http_answered(key, r.status().as_u16(), path);
+            r
+        }
         Err(e) => {
             debug!(tracking_id = %id, status = e.status(), error = %e, "http request refused");
+            state.telemetry.http_answered(key, e.status(), path);
+            state
+                .telemetry
+                .refused("http", key, &e, &host, &hc_path, conn.peer, &id, now);
             if let Some(body) = body {
                 drain_unread(&parts, body).await;
             }
@@ -158,6 +174,12 @@ pub(crate) async fn handle(
         }
     }
 }
+
+/// How an HTTP-mode answer reached the client: the relay's own, or the listener's by way of
+/// its control channel or a rendezvous.
+const PATH_RELAY: u8 = 0;
+const PATH_CONTROL: u8 = 1;
+const PATH_RENDEZVOUS: u8 = 2;
 
 /// At most this much of an unread request body is read and dropped before an early refusal
 /// is sent, so a client that writes its whole body before reading sees the refusal rather
@@ -200,6 +222,10 @@ struct Call<'a> {
     query: &'a str,
     id: &'a str,
     names: &'a HeaderNames,
+    /// The hybrid connection, once resolved (metric labels).
+    key: std::sync::OnceLock<crate::registry::HcKey>,
+    /// Which way the answer came ([`PATH_RELAY`] until the listener answers).
+    path: AtomicU8,
 }
 
 impl Call<'_> {
@@ -219,6 +245,17 @@ impl Call<'_> {
             ));
         }
         let target = Target::resolve(&state.store.read(), self.host, self.hc_path)?;
+        let _ = self.key.set(target.key.clone());
+        let _in_flight = state
+            .telemetry
+            .http_started(crate::telemetry::HttpInFlight {
+                tracking_id: id.to_owned(),
+                namespace: target.key.0.clone(),
+                hybrid_connection: target.key.1.clone(),
+                method: parts.method.to_string(),
+                client: conn.peer.to_string(),
+                since: state.options.clock.unix_now(),
+            });
         let token = find_token(&parts.headers, self.query);
         let mut strip_authorization = false;
         if target.requires_client_authorization {
@@ -263,6 +300,7 @@ impl Call<'_> {
                         .await?
                     {
                         Ok((channel, response)) => {
+                            self.path.store(PATH_RENDEZVOUS, Ordering::Relaxed);
                             return finish_on_channel(
                                 state, channel, response, conn, &ns_host, deadline,
                             );
@@ -356,6 +394,7 @@ impl Call<'_> {
         };
         match delivery {
             Delivery::Control(response, body) => {
+                self.path.store(PATH_CONTROL, Ordering::Relaxed);
                 build_response(response, body.map(Body::from), &ns_host)
             }
             Delivery::Failed(why) => Err(RelayError::Rejected {
@@ -363,6 +402,7 @@ impl Call<'_> {
                 description: why,
             }),
             Delivery::Rendezvous(io) => {
+                self.path.store(PATH_RENDEZVOUS, Ordering::Relaxed);
                 let mut channel = RequestChannel::new(
                     io,
                     target.key.clone(),

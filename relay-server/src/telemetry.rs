@@ -1,0 +1,563 @@
+//! What the relay counts and what it can show: Prometheus metrics (counters updated where
+//! things happen, live figures read at each scrape), the live tunnels and HTTP requests with
+//! their byte counts, and the last refusals, for `/metrics` and the status page
+//! ([`crate::status`]).
+//!
+//! Cost on the data path: a tunnel's byte counts are two relaxed atomics the pump already
+//! kept; a tunnel is entered in and removed from one map when it opens and ends. Labels are
+//! the names of existing namespaces and hybrid connections (lower-case), never text taken
+//! from a refused request, so a client cannot grow the label set.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hc_process::observe::prometheus::core::{Collector, Desc};
+use hc_process::observe::prometheus::proto::MetricFamily;
+use hc_process::observe::prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use hc_protocol::AuthError;
+use serde::Serialize;
+
+use crate::error::RelayError;
+use crate::registry::HcKey;
+
+/// Refusals kept for the status page.
+pub(crate) const REFUSALS_KEPT: usize = 100;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Labels of a hybrid connection: its namespace and path, or empty strings when the request
+/// named none that exists.
+pub(crate) fn labels(key: Option<&HcKey>) -> [&str; 2] {
+    key.map_or(["", ""], |k| [k.0.as_str(), k.1.as_str()])
+}
+
+/// One live tunnel.
+#[derive(Debug)]
+pub(crate) struct TunnelStats {
+    /// The sender's TrackingId.
+    pub tracking_id: String,
+    /// Namespace and hybrid connection.
+    pub hc: HcKey,
+    /// The sender's address as the relay saw it.
+    pub sender: SocketAddr,
+    /// The listener's rendezvous address as the relay saw it.
+    pub listener: SocketAddr,
+    /// Unix seconds when it opened.
+    pub since: u64,
+    /// Payload bytes from the sender to the listener.
+    pub sender_to_listener: AtomicU64,
+    /// Payload bytes from the listener to the sender.
+    pub listener_to_sender: AtomicU64,
+}
+
+/// One HTTP-mode request waiting for its answer.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HttpInFlight {
+    /// The request's TrackingId.
+    pub tracking_id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Hybrid connection.
+    pub hybrid_connection: String,
+    /// Method.
+    pub method: String,
+    /// The client's address.
+    pub client: String,
+    /// Unix seconds when it arrived.
+    pub since: u64,
+}
+
+/// A refused listener, sender or HTTP request.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Refusal {
+    /// Unix seconds.
+    pub at: u64,
+    /// `listen`, `connect`, `accept` or `http`.
+    pub kind: &'static str,
+    /// Namespace, empty when the host named none.
+    pub namespace: String,
+    /// The path asked for (cut to 200 characters).
+    pub path: String,
+    /// The client's address.
+    pub client: String,
+    /// HTTP status sent.
+    pub status: u16,
+    /// The reason, as sent.
+    pub reason: String,
+    /// The TrackingId the client was given.
+    pub tracking_id: String,
+}
+
+/// The relay's counters and live tables.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    /// Everything `/metrics` shows.
+    pub registry: Registry,
+    listen_attempts: IntCounterVec,
+    connects: IntCounterVec,
+    tunnels_closed: IntCounterVec,
+    rendezvous: HistogramVec,
+    http_requests: IntCounterVec,
+    auth_failures: IntCounterVec,
+    quota_refusals: IntCounterVec,
+    live: Arc<Live>,
+}
+
+/// Live tables, shared with the scrape-time collector.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    next: AtomicU64,
+    tunnels: Mutex<HashMap<u64, Arc<TunnelStats>>>,
+    /// Bytes of ended tunnels per hybrid connection: [sender→listener, listener→sender].
+    closed_bytes: Mutex<HashMap<HcKey, [u64; 2]>>,
+    http: Mutex<HashMap<u64, HttpInFlight>>,
+    refusals: Mutex<VecDeque<Refusal>>,
+    /// Moves on every change the status page shows.
+    version: AtomicU64,
+    /// Listeners per hybrid connection, read from the registry at each scrape.
+    listeners: Mutex<Option<Arc<crate::registry::Registry>>>,
+}
+
+impl Live {
+    fn touch(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A number that changes whenever a listener, tunnel, request or refusal comes or goes.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// The live tunnels.
+    pub(crate) fn tunnels(&self) -> Vec<Arc<TunnelStats>> {
+        lock(&self.tunnels).values().cloned().collect()
+    }
+
+    /// HTTP requests in flight.
+    pub(crate) fn http(&self) -> Vec<HttpInFlight> {
+        lock(&self.http).values().cloned().collect()
+    }
+
+    /// The last refusals, newest first.
+    pub(crate) fn refusals(&self) -> Vec<Refusal> {
+        lock(&self.refusals).iter().rev().cloned().collect()
+    }
+}
+
+/// Removes its tunnel from the live table when dropped, adding its bytes to the totals.
+#[derive(Debug)]
+pub(crate) struct TunnelGuard {
+    live: Arc<Live>,
+    id: u64,
+    /// The tunnel's counters (the pump adds to them).
+    pub stats: Arc<TunnelStats>,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        lock(&self.live.tunnels).remove(&self.id);
+        let up = self.stats.sender_to_listener.load(Ordering::Relaxed);
+        let down = self.stats.listener_to_sender.load(Ordering::Relaxed);
+        let mut closed = lock(&self.live.closed_bytes);
+        let entry = closed.entry(self.stats.hc.clone()).or_default();
+        entry[0] += up;
+        entry[1] += down;
+        drop(closed);
+        self.live.touch();
+    }
+}
+
+/// Removes its HTTP request from the in-flight table when dropped.
+#[derive(Debug)]
+pub(crate) struct HttpGuard {
+    live: Arc<Live>,
+    id: u64,
+}
+
+impl Drop for HttpGuard {
+    fn drop(&mut self) {
+        lock(&self.live.http).remove(&self.id);
+        self.live.touch();
+    }
+}
+
+/// The outcome label of a refused listen or connect, with its quota or auth detail.
+pub(crate) fn outcome(e: &RelayError) -> &'static str {
+    match e {
+        RelayError::Auth(AuthError::MissingRight(_)) => "forbidden",
+        RelayError::Auth(_) => "unauthorized",
+        RelayError::TooManyListeners(_) | RelayError::TooManyConnections(_) => "quota",
+        RelayError::Busy => "busy",
+        RelayError::UnknownHost(_) | RelayError::EndpointNotFound => "not_found",
+        RelayError::NoListeners | RelayError::NoListenersHttp(_) => "no_listener",
+        RelayError::ListenerTimeout | RelayError::HttpTimeout => "timeout",
+        RelayError::Rejected { .. } => "rejected",
+        RelayError::SenderGone => "aborted",
+        RelayError::RendezvousExpired => "expired",
+        RelayError::ShuttingDown => "shutting_down",
+        RelayError::BadRequest(_) | RelayError::RequestBodyTimeout => "bad_request",
+    }
+}
+
+fn auth_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::MissingToken => "missing_token",
+        AuthError::Malformed(_) => "malformed_token",
+        AuthError::InvalidSignature => "invalid_signature",
+        AuthError::Expired(_) => "expired_token",
+        AuthError::InvalidAudience => "invalid_audience",
+        AuthError::MissingRight(_) => "missing_right",
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const HC: [&str; 2] = ["namespace", "hybrid_connection"];
+
+impl Telemetry {
+    /// Fresh counters, registered with the process figures and the live collector.
+    pub(crate) fn new() -> Self {
+        let registry = hc_process::observe::registry_with_process();
+        let counter = |name: &str, help: &str, extra: &[&str]| {
+            let mut names = HC.to_vec();
+            names.extend_from_slice(extra);
+            let c = IntCounterVec::new(Opts::new(name, help), &names).expect("valid metric");
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let listen_attempts = counter(
+            "relay_listen_attempts_total",
+            "Listener connection attempts, by outcome (accepted, unauthorized, forbidden, quota, not_found, bad_request, ...).",
+            &["outcome"],
+        );
+        let connects = counter(
+            "relay_tunnels_total",
+            "Sender connection attempts, by outcome (accepted, rejected by the listener, no_listener, timeout, aborted by the sender, unauthorized, quota, ...) and the HTTP status sent (101 when accepted).",
+            &["outcome", "status"],
+        );
+        let tunnels_closed = counter(
+            "relay_tunnels_closed_total",
+            "Tunnels that ended, by how (closed: both sides closed; aborted: one side vanished or broke the framing, or shutdown).",
+            &["outcome"],
+        );
+        let http_requests = counter(
+            "relay_http_requests_total",
+            "HTTP-mode requests, by status sent and the path the answer took (control_channel, rendezvous, or relay when the relay answered itself).",
+            &["status", "path"],
+        );
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "relay_authentication_failures_total",
+                "Refused tokens, by reason.",
+            ),
+            &["namespace", "reason"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(auth.clone()));
+        let quota = IntCounterVec::new(
+            Opts::new(
+                "relay_quota_refusals_total",
+                "Refusals for a quota: listeners_per_hybrid_connection, connections_per_namespace or pending_rendezvous.",
+            ),
+            &["namespace", "quota"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(quota.clone()));
+        let rendezvous = HistogramVec::new(
+            HistogramOpts::new(
+                "relay_rendezvous_duration_seconds",
+                "Time from a sender's connect to the listener's answer (accept or reject).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &HC,
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(rendezvous.clone()));
+        let live = Arc::new(Live::default());
+        let _ = registry.register(Box::new(LiveCollector::new(live.clone())));
+        Telemetry {
+            registry,
+            listen_attempts,
+            connects,
+            tunnels_closed,
+            rendezvous,
+            http_requests,
+            auth_failures: auth,
+            quota_refusals: quota,
+            live,
+        }
+    }
+
+    /// The live tables.
+    pub(crate) fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Lets scrapes count the registry's listeners.
+    pub(crate) fn watch_registry(&self, registry: Arc<crate::registry::Registry>) {
+        *lock(&self.live.listeners) = Some(registry);
+    }
+
+    /// A listener connected.
+    pub(crate) fn listener_accepted(&self, hc: &HcKey) {
+        self.listen_attempts
+            .with_label_values(&[hc.0.as_str(), hc.1.as_str(), "accepted"])
+            .inc();
+        self.live.touch();
+    }
+
+    /// A listener left (the status page redraws).
+    pub(crate) fn listener_left(&self) {
+        self.live.touch();
+    }
+
+    /// A listen, connect or HTTP request was refused with `e`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn refused(
+        &self,
+        kind: &'static str,
+        key: Option<&HcKey>,
+        e: &RelayError,
+        host: &str,
+        path: &str,
+        client: SocketAddr,
+        tracking_id: &str,
+        now: u64,
+    ) {
+        let [ns, hc] = labels(key);
+        match kind {
+            "listen" => self
+                .listen_attempts
+                .with_label_values(&[ns, hc, outcome(e)])
+                .inc(),
+            "connect" => self
+                .connects
+                .with_label_values(&[ns, hc, outcome(e), &e.status().to_string()])
+                .inc(),
+            _ => {}
+        }
+        match e {
+            RelayError::Auth(a) => self
+                .auth_failures
+                .with_label_values(&[ns, auth_reason(a)])
+                .inc(),
+            RelayError::TooManyListeners(_) => self
+                .quota_refusals
+                .with_label_values(&[ns, "listeners_per_hybrid_connection"])
+                .inc(),
+            RelayError::TooManyConnections(_) => self
+                .quota_refusals
+                .with_label_values(&[ns, "connections_per_namespace"])
+                .inc(),
+            RelayError::Busy => self
+                .quota_refusals
+                .with_label_values(&[ns, "pending_rendezvous"])
+                .inc(),
+            _ => {}
+        }
+        let reason = match e {
+            RelayError::Rejected { description, .. } => description.clone(),
+            other => other.to_string(),
+        };
+        let namespace = key.map_or_else(
+            || crate::model::host_without_port(host).to_owned(),
+            |k| k.0.clone(),
+        );
+        let mut refusals = lock(&self.live.refusals);
+        if refusals.len() >= REFUSALS_KEPT {
+            refusals.pop_front();
+        }
+        refusals.push_back(Refusal {
+            at: now,
+            kind,
+            namespace: namespace.chars().take(200).collect(),
+            path: path.chars().take(200).collect(),
+            client: client.to_string(),
+            status: e.status(),
+            reason: reason.chars().take(500).collect(),
+            tracking_id: tracking_id.to_owned(),
+        });
+        drop(refusals);
+        self.live.touch();
+    }
+
+    /// A sender's connect was accepted after `waited` seconds; the tunnel is live until the
+    /// guard drops.
+    pub(crate) fn tunnel_opened(
+        &self,
+        hc: &HcKey,
+        tracking_id: &str,
+        sender: SocketAddr,
+        listener: SocketAddr,
+        waited: f64,
+        now: u64,
+    ) -> TunnelGuard {
+        let [ns, name] = [hc.0.as_str(), hc.1.as_str()];
+        self.connects
+            .with_label_values(&[ns, name, "accepted", "101"])
+            .inc();
+        self.rendezvous
+            .with_label_values(&[ns, name])
+            .observe(waited);
+        let id = self.live.next.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::new(TunnelStats {
+            tracking_id: tracking_id.to_owned(),
+            hc: hc.clone(),
+            sender,
+            listener,
+            since: now,
+            sender_to_listener: AtomicU64::new(0),
+            listener_to_sender: AtomicU64::new(0),
+        });
+        lock(&self.live.tunnels).insert(id, stats.clone());
+        self.live.touch();
+        TunnelGuard {
+            live: self.live.clone(),
+            id,
+            stats,
+        }
+    }
+
+    /// A sender left while waiting for its listener.
+    pub(crate) fn sender_left_waiting(&self, hc: &HcKey) {
+        self.connects
+            .with_label_values(&[hc.0.as_str(), hc.1.as_str(), "aborted", "none"])
+            .inc();
+    }
+
+    /// The listener answered a connect with a rejection after `waited` seconds.
+    pub(crate) fn rendezvous_answered(&self, hc: &HcKey, waited: f64) {
+        self.rendezvous
+            .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
+            .observe(waited);
+    }
+
+    /// A tunnel ended.
+    pub(crate) fn tunnel_closed(&self, hc: &HcKey, aborted: bool) {
+        self.tunnels_closed
+            .with_label_values(&[
+                hc.0.as_str(),
+                hc.1.as_str(),
+                if aborted { "aborted" } else { "closed" },
+            ])
+            .inc();
+    }
+
+    /// An HTTP-mode request is in flight until the guard drops.
+    pub(crate) fn http_started(&self, request: HttpInFlight) -> HttpGuard {
+        let id = self.live.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live.http).insert(id, request);
+        self.live.touch();
+        HttpGuard {
+            live: self.live.clone(),
+            id,
+        }
+    }
+
+    /// An HTTP-mode request was answered with `status` by way of `path`.
+    pub(crate) fn http_answered(&self, key: Option<&HcKey>, status: u16, path: &str) {
+        let [ns, hc] = labels(key);
+        self.http_requests
+            .with_label_values(&[ns, hc, &status.to_string(), path])
+            .inc();
+    }
+}
+
+/// Scrape-time figures: listeners connected, tunnels open and bytes each way (ended tunnels
+/// plus what live ones carried so far).
+#[derive(Debug)]
+struct LiveCollector {
+    live: Arc<Live>,
+    descs: Vec<Desc>,
+}
+
+fn listeners_vec() -> IntGaugeVec {
+    IntGaugeVec::new(
+        Opts::new(
+            "relay_listeners",
+            "Listeners connected (open control channels).",
+        ),
+        &HC,
+    )
+    .expect("valid metric")
+}
+
+fn tunnels_vec() -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new("relay_tunnels_open", "Tunnels open."), &HC).expect("valid metric")
+}
+
+fn bytes_vec() -> IntCounterVec {
+    IntCounterVec::new(
+        Opts::new(
+            "relay_tunnel_bytes_total",
+            "WebSocket payload bytes carried by tunnels, by direction (sender_to_listener, listener_to_sender).",
+        ),
+        &["namespace", "hybrid_connection", "direction"],
+    )
+    .expect("valid metric")
+}
+
+impl LiveCollector {
+    fn new(live: Arc<Live>) -> Self {
+        let descs = [
+            listeners_vec().desc(),
+            tunnels_vec().desc(),
+            bytes_vec().desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        LiveCollector { live, descs }
+    }
+}
+
+impl Collector for LiveCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (listeners, open, bytes) = (listeners_vec(), tunnels_vec(), bytes_vec());
+        if let Some(registry) = lock(&self.live.listeners).clone() {
+            for (hc, n) in registry.listener_counts() {
+                listeners
+                    .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
+                    .set(n as i64);
+            }
+        }
+        let mut totals = lock(&self.live.closed_bytes).clone();
+        for t in self.live.tunnels() {
+            open.with_label_values(&[t.hc.0.as_str(), t.hc.1.as_str()])
+                .inc();
+            let e = totals.entry(t.hc.clone()).or_default();
+            e[0] += t.sender_to_listener.load(Ordering::Relaxed);
+            e[1] += t.listener_to_sender.load(Ordering::Relaxed);
+        }
+        for (hc, [up, down]) in totals {
+            bytes
+                .with_label_values(&[hc.0.as_str(), hc.1.as_str(), "sender_to_listener"])
+                .inc_by(up);
+            bytes
+                .with_label_values(&[hc.0.as_str(), hc.1.as_str(), "listener_to_sender"])
+                .inc_by(down);
+        }
+        let mut out = listeners.collect();
+        out.extend(open.collect());
+        out.extend(bytes.collect());
+        out
+    }
+}
