@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod arm;
+pub mod browser;
 pub mod external;
 pub mod mem;
 pub mod node;

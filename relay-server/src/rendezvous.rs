@@ -88,6 +88,7 @@ pub(crate) async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response
     };
     result.unwrap_or_else(|e| {
         debug!(tracking_id = %tracking.id, status = e.status(), error = %e, "websocket request refused");
+        let key = crate::telemetry::key_or_namespace(key, &state.store.read(), &r.host);
         state.telemetry.refused(
             kind,
             key.as_ref(),

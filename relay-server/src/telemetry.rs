@@ -37,6 +37,20 @@ pub(crate) fn labels(key: Option<&HcKey>) -> [&str; 2] {
     key.map_or(["", ""], |k| [k.0.as_str(), k.1.as_str()])
 }
 
+/// `key`, or when the hybrid connection was not found, the namespace `host` names with an
+/// empty hybrid connection (labels stay names that exist).
+pub(crate) fn key_or_namespace(
+    key: Option<HcKey>,
+    model: &crate::Model,
+    host: &str,
+) -> Option<HcKey> {
+    key.or_else(|| {
+        model
+            .namespace_for_host(host)
+            .map(|ns| (ns.name.to_ascii_lowercase(), String::new()))
+    })
+}
+
 /// One live tunnel.
 #[derive(Debug)]
 pub(crate) struct TunnelStats {

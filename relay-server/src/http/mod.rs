@@ -151,7 +151,9 @@ pub(crate) async fn handle(
         path: AtomicU8::new(PATH_RELAY),
     };
     let result = call.serve(&mut body).await;
-    let key = call.key.get();
+    let key =
+        crate::telemetry::key_or_namespace(call.key.get().cloned(), &state.store.read(), &host);
+    let key = key.as_ref();
     let path = ["relay", "control_channel", "rendezvous"]
         [usize::from(call.path.load(Ordering::Relaxed)).min(2)];
     match result {
