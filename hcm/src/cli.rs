@@ -401,8 +401,15 @@ fn show(dir: &Path, name: &str, as_json: bool) -> anyhow::Result<()> {
         r["endpointError"] = json!(s.endpoint_error);
         r["connectedSince"] = json!(s.connected_since);
         r["connects"] = json!(s.connects);
+        r["channelLosses"] = json!(s.channel_losses);
+        r["connectFailures"] = json!(s.connect_failures);
+        r["tokenRenewals"] = json!(s.token_renewals);
+        r["endpointDialFailures"] = json!(s.endpoint_dial_failures);
         r["bytesToEndpoint"] = json!(s.bytes_to_endpoint);
         r["bytesFromEndpoint"] = json!(s.bytes_from_endpoint);
+    }
+    if let Some(addr) = live.as_ref().and_then(|l| l.metrics_address.clone()) {
+        r["metricsAddress"] = json!(addr);
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -426,6 +433,12 @@ fn show(dir: &Path, name: &str, as_json: bool) -> anyhow::Result<()> {
         ("Tunnels active", "tunnelsActive"),
         ("Tunnels total", "tunnelsTotal"),
         ("Tunnels failed", "tunnelsFailed"),
+        ("Control channel connects", "connects"),
+        ("Control channels lost", "channelLosses"),
+        ("Failed channel attempts", "connectFailures"),
+        ("Token renewals", "tokenRenewals"),
+        ("Endpoint dial failures", "endpointDialFailures"),
+        ("Metrics", "metricsAddress"),
         ("Bytes to endpoint", "bytesToEndpoint"),
         ("Bytes from endpoint", "bytesFromEndpoint"),
         ("Last error", "lastError"),

@@ -422,6 +422,11 @@ async fn the_hcm_renews_and_never_reconnects() {
         (1, 1),
         "{status:?}"
     );
+    // Renewed at 80% of each 20 s token: about 37 times in 600 s; never lost.
+    assert!((35..=38).contains(&status.token_renewals), "{status:?}");
+    assert_eq!(status.channel_losses, 0);
+    // The relay's listener count is asked again periodically, not only at connect.
+    assert_eq!(status.relay_listener_count, Some(1));
     assert_eq!(relay.relay.listener_count("default", "sample"), 1);
     worker.stop().await;
 }
@@ -460,6 +465,7 @@ async fn the_hcm_notices_a_silent_relay_and_reconnects() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let up = worker.status();
     assert!(up.connects >= 2 && up.channels_open == 1, "{up:?}");
+    assert!(up.channel_losses >= 1, "{up:?}");
     worker.stop().await;
 }
 

@@ -367,7 +367,7 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
             ls.sort_by_key(|l| l["since"].as_u64());
             let mut ts: Vec<Value> = tunnels
                 .iter()
-                .filter(|t| t.hc == hkey)
+                .filter(|t| *t.hc == hkey)
                 .map(|t| {
                     json!({
                         "trackingId": t.tracking_id,

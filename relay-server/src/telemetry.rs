@@ -51,13 +51,14 @@ pub(crate) fn key_or_namespace(
     })
 }
 
-/// One live tunnel.
+/// One live tunnel. Kept small (it lives as long as the tunnel): the names are shared with
+/// every other tunnel of the hybrid connection.
 #[derive(Debug)]
 pub(crate) struct TunnelStats {
     /// The sender's TrackingId.
-    pub tracking_id: String,
+    pub tracking_id: Box<str>,
     /// Namespace and hybrid connection.
-    pub hc: HcKey,
+    pub hc: Arc<HcKey>,
     /// The sender's address as the relay saw it.
     pub sender: SocketAddr,
     /// The listener's rendezvous address as the relay saw it.
@@ -134,6 +135,8 @@ pub(crate) struct Live {
     refusals: Mutex<VecDeque<Refusal>>,
     /// Moves on every change the status page shows.
     version: AtomicU64,
+    /// One shared copy of each hybrid connection's names, for the live tunnels.
+    names: Mutex<HashMap<HcKey, Arc<HcKey>>>,
     /// Listeners per hybrid connection, read from the registry at each scrape.
     listeners: Mutex<Option<Arc<crate::registry::Registry>>>,
 }
@@ -179,7 +182,7 @@ impl Drop for TunnelGuard {
         let up = self.stats.sender_to_listener.load(Ordering::Relaxed);
         let down = self.stats.listener_to_sender.load(Ordering::Relaxed);
         let mut closed = lock(&self.live.closed_bytes);
-        let entry = closed.entry(self.stats.hc.clone()).or_default();
+        let entry = closed.entry(HcKey::clone(&self.stats.hc)).or_default();
         entry[0] += up;
         entry[1] += down;
         drop(closed);
@@ -427,9 +430,20 @@ impl Telemetry {
             .with_label_values(&[ns, name])
             .observe(waited);
         let id = self.live.next.fetch_add(1, Ordering::Relaxed);
+        let hc = {
+            let mut names = lock(&self.live.names);
+            match names.get(hc) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = Arc::new(hc.clone());
+                    names.insert(hc.clone(), shared.clone());
+                    shared
+                }
+            }
+        };
         let stats = Arc::new(TunnelStats {
-            tracking_id: tracking_id.to_owned(),
-            hc: hc.clone(),
+            tracking_id: tracking_id.into(),
+            hc,
             sender,
             listener,
             since: now,
@@ -557,7 +571,7 @@ impl Collector for LiveCollector {
         for t in self.live.tunnels() {
             open.with_label_values(&[t.hc.0.as_str(), t.hc.1.as_str()])
                 .inc();
-            let e = totals.entry(t.hc.clone()).or_default();
+            let e = totals.entry(HcKey::clone(&t.hc)).or_default();
             e[0] += t.sender_to_listener.load(Ordering::Relaxed);
             e[1] += t.listener_to_sender.load(Ordering::Relaxed);
         }
