@@ -275,7 +275,7 @@ async fn run(
         );
         tokio::spawn(hc_process::observe::serve(
             listener,
-            Arc::new(crate::metrics::ShimHealth),
+            Arc::new(crate::metrics::metrics()),
             cancel.clone().cancelled_owned(),
         ));
     }

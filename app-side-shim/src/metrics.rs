@@ -138,16 +138,3 @@ impl Health for ShimMetrics {
         &self.registry
     }
 }
-
-/// `Health` for [`hc_process::observe::serve`], which wants an owned handle.
-#[derive(Debug, Clone, Copy)]
-pub struct ShimHealth;
-
-impl Health for ShimHealth {
-    fn ready(&self) -> Result<(), Vec<String>> {
-        metrics().ready()
-    }
-    fn registry(&self) -> &Registry {
-        metrics().registry()
-    }
-}

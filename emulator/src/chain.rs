@@ -321,16 +321,13 @@ impl Chain {
 
     /// The Prometheus text of the relay (`relay`), the HCM (`hcm`) or the shim (`shim`).
     pub fn metrics(&self, which: &str) -> anyhow::Result<String> {
-        let ca = self.ca.clone();
         let (addr, ca) = match which {
-            "relay" => (self.relay_addr, self.ca.exists().then_some(ca)),
+            "relay" => (self.relay_addr, (!self.plain).then_some(self.ca.as_path())),
             "hcm" => (self.hcm_metrics, None),
             "shim" => (self.shim_metrics, None),
             other => bail!("no process '{other}' in the chain"),
         };
-        // A plain relay has a CA file too (the ARM endpoint); the data plane is plain then.
-        let ca = ca.filter(|_| !self.plain);
-        let (status, body) = http_get(addr, "/metrics", ca.as_deref())?;
+        let (status, body) = http_get(addr, "/metrics", ca)?;
         if status != 200 {
             bail!("{which} /metrics: {status} {body}");
         }

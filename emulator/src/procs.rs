@@ -252,12 +252,28 @@ pub fn http_get(
     path: &str,
     ca: Option<&Path>,
 ) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
+    let (status, body) = http_request(addr, "GET", path, None, ca)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One blocking HTTP/1.1 request (`Host: localhost`, `Connection: close`; a JSON `body`
+/// when given), over TLS trusting the CA in `ca` when given: the status and the body, framed
+/// by `Content-Length`, chunks, or the end of the connection. 150 s at most per read.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    ca: Option<&Path>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let tcp =
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut raw = Vec::new();
+    let body = json.unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     match ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -275,55 +291,70 @@ pub fn http_get(
                 std::sync::Arc::new(config),
                 rustls::pki_types::ServerName::try_from("localhost")?,
             )?;
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            tls.write_all(request.as_bytes())?;
-            // A peer that closes without close_notify still sent the whole answer.
-            match tls.read_to_end(&mut raw) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-                Err(e) => return Err(e.into()),
-            }
+            exchange(rustls::StreamOwned::new(conn, tcp), &request)
         }
-        None => {
-            let mut tcp = tcp;
-            tcp.write_all(request.as_bytes())?;
-            tcp.read_to_end(&mut raw)?;
-        }
+        None => exchange(tcp, &request),
     }
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no HTTP answer from {addr}{path}: {text:?}"))?;
+    .with_context(|| format!("{method} {path} at {addr}"))
+}
+
+/// Writes `request`, reads the answer.
+fn exchange(
+    mut io: impl std::io::Read + std::io::Write,
+    request: &str,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use std::io::{BufRead as _, Read as _};
+    io.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(io);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the connection closed before the head ended: {head:?}");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line from {addr}: {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
+        .with_context(|| format!("bad status line: {head:?}"))?;
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_ascii_lowercase())
+        })
     };
-    Ok((status, body))
-}
-
-/// The payload of a chunked body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
+    let mut body = Vec::new();
+    if let Some(length) = field("content-length") {
+        body.resize(length.parse().context("Content-Length")?, 0);
+        reader.read_exact(&mut body)?;
+    } else if field("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).context("chunk size")?;
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+    } else {
+        // A TLS peer that closes without close_notify still sent the whole answer.
+        match reader.read_to_end(&mut body) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    out
+    Ok((status, body))
 }
 
 /// The address in a banner line such as `Metrics: http://127.0.0.1:9100/metrics  (…)`.

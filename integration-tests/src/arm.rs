@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
 use serde_json::Value;
 
 /// An HTTPS client of the ARM endpoint.
@@ -53,28 +51,29 @@ impl Arm {
         let stream = crate::connect_stream(self.addr, Some(self.tls.clone()), "localhost".into())
             .await
             .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("localhost:{}", self.addr.port()));
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = sender
-            .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("authorization", b))
+            .into_iter()
+            .collect();
+        all.extend_from_slice(headers);
+        let (head, bytes) = hc_client::handshake::http_request(
+            stream,
+            method.parse().unwrap(),
+            path,
+            &format!("localhost:{}", self.addr.port()),
+            &all,
+            body,
+        )
+        .await
+        .unwrap();
+        let status = head.status;
+        let headers = head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect::<http::HeaderMap>();
         let body = if bytes.is_empty() {
             Value::Null
         } else {

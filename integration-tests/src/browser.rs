@@ -2,7 +2,6 @@
 //! HTTP), for tests that look at a page as a user's browser renders it. Debian's `chromium`
 //! and `chromium-driver` packages provide both programs.
 
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -134,42 +133,15 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 
 /// One WebDriver command: its `value`, or the error WebDriver reported.
 fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut tcp = std::net::TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    // Read the head, then exactly Content-Length bytes (chromedriver may keep the
-    // connection open whatever the request said).
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        if tcp.read(&mut byte)? == 0 {
-            bail!(
-                "chromedriver closed the connection: {:?}",
-                String::from_utf8_lossy(&raw)
-            );
-        }
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .with_context(|| format!("no Content-Length from chromedriver: {head:?}"))?;
-    let mut body = vec![0u8; length];
-    tcp.read_exact(&mut body)?;
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let v: Value = serde_json::from_str(&body)
-        .with_context(|| format!("chromedriver answered {head:?} {body:?}"))?;
+    let json = body.map(Value::to_string);
+    let (status, body) =
+        hc_emulator::procs::http_request(addr, method, path, json.as_deref(), None)?;
+    let v: Value = serde_json::from_slice(&body).with_context(|| {
+        format!(
+            "chromedriver answered {status} {:?}",
+            String::from_utf8_lossy(&body)
+        )
+    })?;
     if let Some(error) = v["value"]["error"].as_str() {
         bail!(
             "WebDriver {method} {path}: {error}: {}",

@@ -23,15 +23,13 @@ use hc_protocol::{SasKey, SasToken};
 use relay_server::{ConfigFile, Emulator, RelayOptions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// A socket: plain TCP or TLS over TCP.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use hc_client::Io;
 
 /// A tokio-tungstenite client socket.
 pub type Ws = WebSocketStream<Box<dyn Io>>;

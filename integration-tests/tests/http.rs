@@ -133,7 +133,7 @@ async fn curl(ca: &Path, dir: &Path, args: Vec<String>) -> Answer {
     }
 }
 
-/// One request over a new TLS connection to the relay, with hyper.
+/// One request over a new TLS connection to the relay (`hc_client`'s request helper).
 async fn fetch(
     s: &Setup,
     method: &str,
@@ -142,43 +142,21 @@ async fn fetch(
     body: Vec<u8>,
 ) -> Answer {
     let stream = s.relay.stream("localhost").await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", format!("localhost:{}", s.relay.port()));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let reason = match response.extensions().get::<hyper::ext::ReasonPhrase>() {
-        Some(r) => String::from_utf8_lossy(r.as_bytes()).into_owned(),
-        None => status.canonical_reason().unwrap_or_default().to_owned(),
-    };
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status: status.as_u16(),
-        reason,
+    let (head, body) = hc_client::handshake::http_request(
+        stream,
+        method.parse().unwrap(),
+        path,
+        &format!("localhost:{}", s.relay.port()),
         headers,
-        body: body.to_vec(),
+        body,
+    )
+    .await
+    .unwrap();
+    Answer {
+        status: head.status,
+        reason: head.reason,
+        headers: head.headers,
+        body,
     }
 }
 

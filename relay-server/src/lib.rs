@@ -71,8 +71,7 @@ impl Relay {
         options: RelayOptions,
     ) -> Self {
         let registry: Arc<registry::Registry> = Arc::default();
-        let telemetry = telemetry::Telemetry::new();
-        telemetry.watch_registry(registry.clone());
+        let telemetry = telemetry::Telemetry::new(registry.clone());
         let started = options.clock.unix_now();
         let state = RelayState {
             store,

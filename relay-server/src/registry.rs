@@ -138,7 +138,9 @@ pub(crate) struct NamespaceLive {
     connections: Mutex<usize>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, taking the data of a poisoned lock as it is (no lock here is held across a
+/// panic point that could leave it half changed).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -30,6 +30,7 @@ use crate::pump::{self, PumpOptions};
 use crate::registry::{ControlOut, HcKey, ListenerHandle, ListenerInfo, RendezvousReply};
 use crate::state::RelayState;
 use crate::target::{Target, TokenSource, find_token};
+use crate::telemetry::Stage;
 use crate::upgrade as ws;
 
 /// How many commands may wait for a listener's control channel.
@@ -80,15 +81,15 @@ pub(crate) async fn handle(state: Arc<RelayState>, mut r: WsRequest) -> Response
     let tracking = r.tracking.clone();
     let mut key = None;
     let (kind, result) = match action {
-        Ok(Action::Listen) => ("listen", listen(&state, &mut r, &mut key).await),
-        Ok(Action::Connect) => ("connect", connect(&state, &mut r, &mut key).await),
-        Ok(Action::Accept) => ("accept", accept(&state, &mut r)),
-        Ok(Action::Request) => ("accept", request(&state, &mut r)),
-        Err(e) => ("connect", Err(e)),
+        Ok(Action::Listen) => (Stage::Listen, listen(&state, &mut r, &mut key).await),
+        Ok(Action::Connect) => (Stage::Connect, connect(&state, &mut r, &mut key).await),
+        Ok(Action::Accept) => (Stage::Accept, accept(&state, &mut r)),
+        Ok(Action::Request) => (Stage::Accept, request(&state, &mut r)),
+        Err(e) => (Stage::Connect, Err(e)),
     };
     result.unwrap_or_else(|e| {
         debug!(tracking_id = %tracking.id, status = e.status(), error = %e, "websocket request refused");
-        let key = crate::telemetry::key_or_namespace(key, &state.store.read(), &r.host);
+        let key = crate::telemetry::key_or_namespace(key, &state.store, &r.host);
         state.telemetry.refused(
             kind,
             key.as_ref(),

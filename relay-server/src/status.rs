@@ -52,27 +52,34 @@ impl Scope {
     }
 }
 
-/// Why the relay is not ready, if it is not.
-fn readiness(state: &RelayState) -> Result<(), Vec<String>> {
-    let mut why = Vec::new();
-    if state.cancel.is_cancelled() {
-        why.push("the relay is shutting down".to_owned());
+/// The relay is ready once it serves on a socket, has a namespace and its certificate
+/// verifies now.
+impl Health for RelayState {
+    fn ready(&self) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if self.cancel.is_cancelled() {
+            why.push("the relay is shutting down".to_owned());
+        }
+        if self.data_port.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            why.push("the relay is not listening yet".to_owned());
+        }
+        if self.store.read().namespaces.is_empty() {
+            why.push("no namespace is configured".to_owned());
+        }
+        if let Some(check) = self.tls_check.get()
+            && !check.valid()
+        {
+            why.push(
+                "the TLS certificate does not verify against the CA now (expired or not yet valid)"
+                    .to_owned(),
+            );
+        }
+        if why.is_empty() { Ok(()) } else { Err(why) }
     }
-    if state.data_port.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        why.push("the relay is not listening yet".to_owned());
+
+    fn registry(&self) -> &prometheus::Registry {
+        &self.telemetry.registry
     }
-    if state.store.read().namespaces.is_empty() {
-        why.push("no namespace is configured".to_owned());
-    }
-    if let Some(check) = state.tls_check.get()
-        && !check.valid()
-    {
-        why.push(
-            "the TLS certificate does not verify against the CA now (expired or not yet valid)"
-                .to_owned(),
-        );
-    }
-    if why.is_empty() { Ok(()) } else { Err(why) }
 }
 
 /// The answer for a status path, or `None` when `path` is not one (or a hybrid connection
@@ -112,18 +119,11 @@ pub(crate) fn route(
         Err((status, why)) => return Some(Routed::Now(refuse(status, &why))),
     };
     Some(Routed::Now(match sub {
-        "/healthz" => to_axum(observe::answer(
-            &RelayHealthRef(state.clone()),
-            req.method(),
-            sub,
-        )?),
-        "/readyz" => {
-            let health = RelayHealthRef(state.clone());
-            match observe::ready_wait(Some(query)) {
-                Some(wait) if health.ready().is_err() => return Some(Routed::ReadyAfter(wait)),
-                _ => to_axum(observe::answer(&health, req.method(), sub)?),
-            }
-        }
+        "/healthz" => to_axum(observe::answer(state.as_ref(), req.method(), sub)?),
+        "/readyz" => match observe::ready_wait(Some(query)) {
+            Some(wait) if state.ready().is_err() => return Some(Routed::ReadyAfter(wait)),
+            _ => to_axum(observe::answer(state.as_ref(), req.method(), sub)?),
+        },
         "/metrics" => {
             let mut r = Response::new(Body::from(metrics(state, &scope)));
             r.headers_mut().insert(
@@ -170,28 +170,15 @@ impl Routed {
         match self {
             Routed::Now(r) => r,
             Routed::ReadyAfter(wait) => {
-                let health = RelayHealthRef(state.clone());
                 tokio::select! {
-                    _ = observe::until_ready(&health, wait) => {}
+                    _ = observe::until_ready(state.as_ref(), wait) => {}
                     _ = state.cancel.cancelled() => {}
                 }
-                observe::answer(&health, &Method::GET, "/readyz")
+                observe::answer(state.as_ref(), &Method::GET, "/readyz")
                     .map(to_axum)
                     .unwrap_or_default()
             }
         }
-    }
-}
-
-/// `Health` for the relay: ready once it serves on a socket with valid TLS material.
-struct RelayHealthRef(Arc<RelayState>);
-
-impl Health for RelayHealthRef {
-    fn ready(&self) -> Result<(), Vec<String>> {
-        readiness(&self.0)
-    }
-    fn registry(&self) -> &prometheus::Registry {
-        &self.0.telemetry.registry
     }
 }
 
@@ -408,7 +395,7 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
     let refusals: Vec<_> = live
         .refusals()
         .into_iter()
-        .filter(|r| *scope == Scope::All || scope.covers(&r.namespace))
+        .filter(|r| scope.covers(&r.namespace))
         .collect();
     json!({
         "relay": {
@@ -417,7 +404,7 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
             "now": now,
             "tls": state.tls.is_some(),
             "port": state.data_port.load(std::sync::atomic::Ordering::Relaxed),
-            "ready": readiness(state).err().unwrap_or_default(),
+            "ready": state.ready().err().unwrap_or_default(),
         },
         "namespaces": namespaces,
         "refusals": refusals,
@@ -453,7 +440,7 @@ fn events(state: Arc<RelayState>, scope: Scope) -> Response {
             }
             c.first = false;
             let version = c.state.telemetry.live().version();
-            let busy = !c.state.telemetry.live().tunnels().is_empty();
+            let busy = c.state.telemetry.live().has_tunnels();
             let unchanged = c.sent.as_ref().is_some_and(|(v, _)| *v == version);
             if unchanged && !busy && c.idle < EVENT_IDLE {
                 continue;

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use hc_process::observe::prometheus::core::{Collector, Desc};
 use hc_process::observe::prometheus::proto::MetricFamily;
@@ -22,14 +22,10 @@ use hc_protocol::AuthError;
 use serde::Serialize;
 
 use crate::error::RelayError;
-use crate::registry::HcKey;
+use crate::registry::{HcKey, lock};
 
 /// Refusals kept for the status page.
 pub(crate) const REFUSALS_KEPT: usize = 100;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Labels of a hybrid connection: its namespace and path, or empty strings when the request
 /// named none that exists.
@@ -41,14 +37,39 @@ pub(crate) fn labels(key: Option<&HcKey>) -> [&str; 2] {
 /// empty hybrid connection (labels stay names that exist).
 pub(crate) fn key_or_namespace(
     key: Option<HcKey>,
-    model: &crate::Model,
+    store: &crate::store::Store,
     host: &str,
 ) -> Option<HcKey> {
     key.or_else(|| {
-        model
+        store
+            .read()
             .namespace_for_host(host)
             .map(|ns| (ns.name.to_ascii_lowercase(), String::new()))
     })
+}
+
+/// Where a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// A listener's control channel (`sb-hc-action=listen`).
+    Listen,
+    /// A sender's connect.
+    Connect,
+    /// A listener joining a rendezvous (`accept`, or an HTTP request's `request`).
+    Accept,
+    /// HTTP request mode.
+    Http,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Listen => "listen",
+            Stage::Connect => "connect",
+            Stage::Accept => "accept",
+            Stage::Http => "http",
+        }
+    }
 }
 
 /// One live tunnel. Kept small (it lives as long as the tunnel): the names are shared with
@@ -137,8 +158,6 @@ pub(crate) struct Live {
     version: AtomicU64,
     /// One shared copy of each hybrid connection's names, for the live tunnels.
     names: Mutex<HashMap<HcKey, Arc<HcKey>>>,
-    /// Listeners per hybrid connection, read from the registry at each scrape.
-    listeners: Mutex<Option<Arc<crate::registry::Registry>>>,
 }
 
 impl Live {
@@ -154,6 +173,11 @@ impl Live {
     /// The live tunnels.
     pub(crate) fn tunnels(&self) -> Vec<Arc<TunnelStats>> {
         lock(&self.tunnels).values().cloned().collect()
+    }
+
+    /// Whether any tunnel is live.
+    pub(crate) fn has_tunnels(&self) -> bool {
+        !lock(&self.tunnels).is_empty()
     }
 
     /// HTTP requests in flight.
@@ -233,17 +257,12 @@ fn auth_reason(e: &AuthError) -> &'static str {
     }
 }
 
-impl Default for Telemetry {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 const HC: [&str; 2] = ["namespace", "hybrid_connection"];
 
 impl Telemetry {
-    /// Fresh counters, registered with the process figures and the live collector.
-    pub(crate) fn new() -> Self {
+    /// Fresh counters, registered with the process figures and the live collector, which
+    /// reads listener counts from `listeners` at each scrape.
+    pub(crate) fn new(listeners: Arc<crate::registry::Registry>) -> Self {
         let registry = hc_process::observe::registry_with_process();
         let counter = |name: &str, help: &str, extra: &[&str]| {
             let mut names = HC.to_vec();
@@ -304,7 +323,7 @@ impl Telemetry {
         .expect("valid metric");
         let _ = registry.register(Box::new(rendezvous.clone()));
         let live = Arc::new(Live::default());
-        let _ = registry.register(Box::new(LiveCollector::new(live.clone())));
+        let _ = registry.register(Box::new(LiveCollector::new(live.clone(), listeners)));
         Telemetry {
             registry,
             listen_attempts,
@@ -321,11 +340,6 @@ impl Telemetry {
     /// The live tables.
     pub(crate) fn live(&self) -> &Arc<Live> {
         &self.live
-    }
-
-    /// Lets scrapes count the registry's listeners.
-    pub(crate) fn watch_registry(&self, registry: Arc<crate::registry::Registry>) {
-        *lock(&self.live.listeners) = Some(registry);
     }
 
     /// A listener connected.
@@ -345,7 +359,7 @@ impl Telemetry {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn refused(
         &self,
-        kind: &'static str,
+        stage: Stage,
         key: Option<&HcKey>,
         e: &RelayError,
         host: &str,
@@ -355,16 +369,16 @@ impl Telemetry {
         now: u64,
     ) {
         let [ns, hc] = labels(key);
-        match kind {
-            "listen" => self
+        match stage {
+            Stage::Listen => self
                 .listen_attempts
                 .with_label_values(&[ns, hc, outcome(e)])
                 .inc(),
-            "connect" => self
+            Stage::Connect => self
                 .connects
                 .with_label_values(&[ns, hc, outcome(e), &e.status().to_string()])
                 .inc(),
-            _ => {}
+            Stage::Accept | Stage::Http => {}
         }
         match e {
             RelayError::Auth(a) => self
@@ -399,7 +413,7 @@ impl Telemetry {
         }
         refusals.push_back(Refusal {
             at: now,
-            kind,
+            kind: stage.as_str(),
             namespace: namespace.chars().take(200).collect(),
             path: path.chars().take(200).collect(),
             client: client.to_string(),
@@ -509,6 +523,7 @@ impl Telemetry {
 #[derive(Debug)]
 struct LiveCollector {
     live: Arc<Live>,
+    listeners: Arc<crate::registry::Registry>,
     descs: Vec<Desc>,
 }
 
@@ -539,7 +554,7 @@ fn bytes_vec() -> IntCounterVec {
 }
 
 impl LiveCollector {
-    fn new(live: Arc<Live>) -> Self {
+    fn new(live: Arc<Live>, listeners: Arc<crate::registry::Registry>) -> Self {
         let descs = [
             listeners_vec().desc(),
             tunnels_vec().desc(),
@@ -549,7 +564,11 @@ impl LiveCollector {
         .flatten()
         .cloned()
         .collect();
-        LiveCollector { live, descs }
+        LiveCollector {
+            live,
+            listeners,
+            descs,
+        }
     }
 }
 
@@ -560,12 +579,10 @@ impl Collector for LiveCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let (listeners, open, bytes) = (listeners_vec(), tunnels_vec(), bytes_vec());
-        if let Some(registry) = lock(&self.live.listeners).clone() {
-            for (hc, n) in registry.listener_counts() {
-                listeners
-                    .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
-                    .set(n as i64);
-            }
+        for (hc, n) in self.listeners.listener_counts() {
+            listeners
+                .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
+                .set(n as i64);
         }
         let mut totals = lock(&self.live.closed_bytes).clone();
         for t in self.live.tunnels() {

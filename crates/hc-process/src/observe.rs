@@ -29,6 +29,17 @@ pub trait Health: Send + Sync + 'static {
     fn registry(&self) -> &Registry;
 }
 
+/// A `'static` reference is as good a `Health` as what it points at (a process-wide one can
+/// be handed to [`serve`] as it is).
+impl<H: Health + ?Sized> Health for &'static H {
+    fn ready(&self) -> Result<(), Vec<String>> {
+        (**self).ready()
+    }
+    fn registry(&self) -> &Registry {
+        (**self).registry()
+    }
+}
+
 /// The registry's metrics in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = Vec::new();

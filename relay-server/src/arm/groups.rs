@@ -55,9 +55,7 @@ fn known_subscriptions(state: &RelayState, model: &Model) -> Vec<String> {
 
 /// `GET /subscriptions`.
 pub(super) fn subscriptions(state: &RelayState, r: &ArmRequest) -> ArmResult {
-    if r.method != Method::GET {
-        return Err(method_not_allowed(r));
-    }
+    r.only(Method::GET)?;
     let model = state.store.read();
     let values = known_subscriptions(state, &model)
         .iter()
@@ -68,9 +66,7 @@ pub(super) fn subscriptions(state: &RelayState, r: &ArmRequest) -> ArmResult {
 
 /// `GET /subscriptions/{sub}`: any id.
 pub(super) fn subscription(state: &RelayState, r: &ArmRequest, sub: &str) -> ArmResult {
-    if r.method != Method::GET {
-        return Err(method_not_allowed(r));
-    }
+    r.only(Method::GET)?;
     ok(&subscription_json(state, sub))
 }
 
@@ -150,9 +146,7 @@ pub(super) fn ensure_group(model: &mut Model, sub: &str, name: &str, location: &
 
 /// `GET /subscriptions/{sub}/resourceGroups`.
 pub(super) fn list_groups(state: &RelayState, r: &ArmRequest, sub: &str) -> ArmResult {
-    if r.method != Method::GET {
-        return Err(method_not_allowed(r));
-    }
+    r.only(Method::GET)?;
     let model = state.store.read();
     list(groups_of(&model, sub).iter().map(group_json).collect())
 }

@@ -70,6 +70,15 @@ impl std::fmt::Debug for ArmRequest {
 }
 
 impl ArmRequest {
+    /// `Ok` when the request uses `method`, else 405 naming the path.
+    pub(crate) fn only(&self, method: Method) -> Result<(), ArmError> {
+        if self.method == method {
+            Ok(())
+        } else {
+            Err(method_not_allowed(self))
+        }
+    }
+
     fn query(&self, name: &str) -> Option<String> {
         hc_protocol::address::query_value(&self.query, name)
     }

@@ -260,15 +260,11 @@ pub(super) fn subscription_level(
 ) -> ArmResult {
     match rest {
         [c] if kw(c, "checkNameAvailability") => {
-            if r.method != Method::POST {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::POST)?;
             check_name_availability(state, r)
         }
         [n] if kw(n, "namespaces") => {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             let model = state.store.read();
             list(
                 model
@@ -317,16 +313,13 @@ pub(super) fn group_level(
     scope: &Scope,
     rest: &[&str],
 ) -> ArmResult {
-    let (n, rest) = match rest {
-        [n, rest @ ..] if kw(n, "namespaces") => (n, rest),
+    let rest = match rest {
+        [n, rest @ ..] if kw(n, "namespaces") => rest,
         _ => return Err(unknown(r)),
     };
-    let _ = n;
     match rest {
         [] => {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             let model = state.store.read();
             list(
                 model
@@ -342,9 +335,7 @@ pub(super) fn group_level(
             rules(state, r, scope, Owner::Namespace(ns), more)
         }
         [ns, h] if kw(h, "hybridConnections") => {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             let model = state.store.read();
             let ns = namespace_in(&model, scope, ns).map_err(|e| in_scope(scope, e))?;
             list(
@@ -641,9 +632,7 @@ fn rules(
     let view = |model: &Model| owner_view(model, scope, owner).map_err(|e| in_scope(scope, e));
     match rest {
         [] => {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             let (ns, id, kind, rules) = view(&state.store.read())?;
             list(
                 rules
@@ -678,9 +667,7 @@ fn rules(
             _ => Err(method_not_allowed(r)),
         },
         [rule, action] if kw(action, "listKeys") => {
-            if r.method != Method::POST {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::POST)?;
             let (ns, _, _, rules) = view(&state.store.read())?;
             let found = find_rule(&rules, owner, rule).map_err(|e| in_scope(scope, e))?;
             ok(&keys_json(
@@ -691,9 +678,7 @@ fn rules(
             ))
         }
         [rule, action] if kw(action, "regenerateKeys") => {
-            if r.method != Method::POST {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::POST)?;
             regenerate(state, r, scope, owner, rule)
         }
         _ => Err(unknown(r)),
@@ -830,9 +815,7 @@ fn regenerate(
 
 /// `GET /providers/Microsoft.Relay/operations` (names from the spec's example).
 pub(super) fn operations(r: &ArmRequest) -> ArmResult {
-    if r.method != Method::GET {
-        return Err(method_not_allowed(r));
-    }
+    r.only(Method::GET)?;
     let op = |name: &str, resource: &str, operation: &str| {
         json!({
             "name": format!("Microsoft.Relay/{name}"),

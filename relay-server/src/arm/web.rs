@@ -121,9 +121,7 @@ pub(super) fn group_level(
         }
         [f, plan] if kw(f, "serverfarms") => plan_resource(state, r, scope, plan),
         [f, plan, h] if kw(f, "serverfarms") && kw(h, "hybridConnectionRelays") => {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             let model = state.store.read();
             find_plan(&model, scope, plan)?;
             list(
@@ -138,9 +136,7 @@ pub(super) fn group_level(
                 && kw(l, "hybridConnectionPlanLimits")
                 && kw(limit, "limit") =>
         {
-            if r.method != Method::GET {
-                return Err(method_not_allowed(r));
-            }
+            r.only(Method::GET)?;
             plan_limit(state, scope, plan)
         }
         [f, plan, n, ns, rl, relay, more @ ..]
@@ -245,9 +241,7 @@ fn site_relays(
     app: &str,
     slot: Option<&str>,
 ) -> ArmResult {
-    if r.method != Method::GET {
-        return Err(method_not_allowed(r));
-    }
+    r.only(Method::GET)?;
     let model = state.store.read();
     list(
         model

@@ -151,8 +151,7 @@ pub(crate) async fn handle(
         path: AtomicU8::new(PATH_RELAY),
     };
     let result = call.serve(&mut body).await;
-    let key =
-        crate::telemetry::key_or_namespace(call.key.get().cloned(), &state.store.read(), &host);
+    let key = crate::telemetry::key_or_namespace(call.key.get().cloned(), &state.store, &host);
     let key = key.as_ref();
     let path = ["relay", "control_channel", "rendezvous"]
         [usize::from(call.path.load(Ordering::Relaxed)).min(2)];
@@ -166,9 +165,16 @@ pub(crate) async fn handle(
         Err(e) => {
             debug!(tracking_id = %id, status = e.status(), error = %e, "http request refused");
             state.telemetry.http_answered(key, e.status(), path);
-            state
-                .telemetry
-                .refused("http", key, &e, &host, &hc_path, conn.peer, &id, now);
+            state.telemetry.refused(
+                crate::telemetry::Stage::Http,
+                key,
+                &e,
+                &host,
+                &hc_path,
+                conn.peer,
+                &id,
+                now,
+            );
             if let Some(body) = body {
                 drain_unread(&parts, body).await;
             }
