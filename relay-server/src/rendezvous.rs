@@ -254,7 +254,7 @@ async fn connect(
                 waited,
                 r.tracking.now,
             );
-            spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, stats);
+            spawn_tunnel(state, sender_upgrade, listener_upgrade, permit, stats, &id);
             Ok(ws::switching_protocols(&upgrade.key, chosen.as_deref()))
         }
     }
@@ -305,21 +305,21 @@ fn spawn_tunnel(
     listener: OnUpgrade,
     permit: crate::registry::ConnectionPermit,
     live: crate::telemetry::TunnelGuard,
+    tracking_id: &str,
 ) {
     let options = PumpOptions {
         buffer_size: state.options.tunnel_buffer_size,
         shutdown_grace: state.options.shutdown_grace,
     };
     let cancel = state.cancel.clone();
-    let state = state.clone();
-    let span = debug_span!("tunnel", tracking_id = %live.stats.tracking_id);
-    state.clone().tracker.spawn(
+    let span = debug_span!("tunnel", tracking_id = %tracking_id);
+    state.tracker.spawn(
         async move {
             let started = std::time::Instant::now();
             let (s, l) = tokio::join!(sender, listener);
             let (Ok(s), Ok(l)) = (s, l) else {
                 debug!("tunnel upgrade failed on one side");
-                state.telemetry.tunnel_closed(&live.stats.hc, true);
+                live.finish(true);
                 return;
             };
             let report = pump::bridge(
@@ -327,31 +327,26 @@ fn spawn_tunnel(
                 hyper_util::rt::TokioIo::new(l),
                 options,
                 cancel,
-                [
-                    &live.stats.sender_to_listener,
-                    &live.stats.listener_to_sender,
-                ],
+                live.counters(),
             )
             .await;
             drop(permit);
-            let stats = &live.stats;
-            state
-                .telemetry
-                .tunnel_closed(&stats.hc, report.aborted.is_some());
-            info!(
-                tracking_id = %stats.tracking_id,
-                namespace = %stats.hc.0,
-                hybrid_connection = %stats.hc.1,
-                sender = %stats.sender,
-                listener = %stats.listener,
-                sender_to_listener = report.sender_to_listener,
-                listener_to_sender = report.listener_to_sender,
-                duration_ms = started.elapsed().as_millis() as u64,
-                outcome = if report.aborted.is_some() { "aborted" } else { "closed" },
-                reason = report.aborted.as_deref().unwrap_or(""),
-                "tunnel closed"
-            );
-            drop(live);
+            if let Some(t) = live.view() {
+                info!(
+                    tracking_id = %t.tracking_id,
+                    namespace = %t.hc.0,
+                    hybrid_connection = %t.hc.1,
+                    sender = %t.sender,
+                    listener = %t.listener,
+                    sender_to_listener = report.sender_to_listener,
+                    listener_to_sender = report.listener_to_sender,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    outcome = if report.aborted.is_some() { "aborted" } else { "closed" },
+                    reason = report.aborted.as_deref().unwrap_or(""),
+                    "tunnel closed"
+                );
+            }
+            live.finish(report.aborted.is_some());
         }
         .instrument(span),
     );

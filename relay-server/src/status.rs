@@ -362,8 +362,8 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
                         "listener": t.listener.to_string(),
                         "since": t.since,
                         "ageSeconds": now.saturating_sub(t.since),
-                        "senderToListener": t.sender_to_listener.load(std::sync::atomic::Ordering::Relaxed),
-                        "listenerToSender": t.listener_to_sender.load(std::sync::atomic::Ordering::Relaxed),
+                        "senderToListener": t.sender_to_listener,
+                        "listenerToSender": t.listener_to_sender,
                     })
                 })
                 .collect();

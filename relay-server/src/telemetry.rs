@@ -72,12 +72,11 @@ impl Stage {
     }
 }
 
-/// One live tunnel. Kept small (it lives as long as the tunnel): the names are shared with
-/// every other tunnel of the hybrid connection.
-#[derive(Debug)]
-pub(crate) struct TunnelStats {
+/// A live tunnel as the status page and the metrics read it.
+#[derive(Debug, Clone)]
+pub(crate) struct TunnelView {
     /// The sender's TrackingId.
-    pub tracking_id: Box<str>,
+    pub tracking_id: String,
     /// Namespace and hybrid connection.
     pub hc: Arc<HcKey>,
     /// The sender's address as the relay saw it.
@@ -86,10 +85,71 @@ pub(crate) struct TunnelStats {
     pub listener: SocketAddr,
     /// Unix seconds when it opened.
     pub since: u64,
-    /// Payload bytes from the sender to the listener.
-    pub sender_to_listener: AtomicU64,
-    /// Payload bytes from the listener to the sender.
-    pub listener_to_sender: AtomicU64,
+    /// Payload bytes from the sender to the listener so far.
+    pub sender_to_listener: u64,
+    /// Payload bytes from the listener to the sender so far.
+    pub listener_to_sender: u64,
+}
+
+/// A socket address in 18 bytes (IPv4 as IPv4-mapped IPv6): live tunnels keep two.
+#[derive(Debug, Clone, Copy)]
+struct CompactAddr([u8; 16], [u8; 2]);
+
+impl From<SocketAddr> for CompactAddr {
+    fn from(a: SocketAddr) -> Self {
+        let ip = match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        CompactAddr(ip.octets(), a.port().to_be_bytes())
+    }
+}
+
+impl CompactAddr {
+    fn get(self) -> SocketAddr {
+        let ip = std::net::Ipv6Addr::from(self.0).to_canonical();
+        SocketAddr::new(ip, u16::from_be_bytes(self.1))
+    }
+}
+
+/// What a tunnel slot holds besides its byte counters (written when the tunnel opens).
+#[derive(Debug)]
+struct TunnelInfo {
+    tracking_id: Box<str>,
+    hc: Arc<HcKey>,
+    sender: CompactAddr,
+    listener: CompactAddr,
+    since: u64,
+}
+
+/// Tunnel slots per arena page.
+const PAGE_SLOTS: usize = 128;
+
+/// A page of tunnel slots. Pages never move or shrink, so a tunnel's counters stay where the
+/// pump adds to them, and a slot costs no allocation of its own (an idle tunnel's memory is
+/// what the relay is measured by).
+#[derive(Debug)]
+struct Page {
+    /// [sender→listener, listener→sender] per slot.
+    bytes: Box<[[AtomicU64; 2]]>,
+    info: Mutex<Vec<Option<TunnelInfo>>>,
+}
+
+impl Page {
+    fn new() -> Self {
+        Page {
+            bytes: (0..PAGE_SLOTS).map(|_| Default::default()).collect(),
+            info: Mutex::new((0..PAGE_SLOTS).map(|_| None).collect()),
+        }
+    }
+}
+
+/// The live tunnels: pages of slots and the free ones.
+#[derive(Debug, Default)]
+struct Arena {
+    pages: Vec<Arc<Page>>,
+    free: Vec<(u32, u32)>,
+    live: usize,
 }
 
 /// One HTTP-mode request waiting for its answer.
@@ -137,7 +197,6 @@ pub(crate) struct Telemetry {
     pub registry: Registry,
     listen_attempts: IntCounterVec,
     connects: IntCounterVec,
-    tunnels_closed: IntCounterVec,
     rendezvous: HistogramVec,
     http_requests: IntCounterVec,
     auth_failures: IntCounterVec,
@@ -146,10 +205,12 @@ pub(crate) struct Telemetry {
 }
 
 /// Live tables, shared with the scrape-time collector.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Live {
     next: AtomicU64,
-    tunnels: Mutex<HashMap<u64, Arc<TunnelStats>>>,
+    tunnels: Mutex<Arena>,
+    /// Tunnels that ended, by outcome (counted by their guards).
+    tunnels_closed: IntCounterVec,
     /// Bytes of ended tunnels per hybrid connection: [sender→listener, listener→sender].
     closed_bytes: Mutex<HashMap<HcKey, [u64; 2]>>,
     http: Mutex<HashMap<u64, HttpInFlight>>,
@@ -171,13 +232,32 @@ impl Live {
     }
 
     /// The live tunnels.
-    pub(crate) fn tunnels(&self) -> Vec<Arc<TunnelStats>> {
-        lock(&self.tunnels).values().cloned().collect()
+    pub(crate) fn tunnels(&self) -> Vec<TunnelView> {
+        let pages = lock(&self.tunnels).pages.clone();
+        let mut out = Vec::new();
+        for page in pages {
+            let info = lock(&page.info);
+            for (slot, i) in info.iter().enumerate() {
+                if let Some(i) = i {
+                    let [up, down] = &page.bytes[slot];
+                    out.push(TunnelView {
+                        tracking_id: i.tracking_id.to_string(),
+                        hc: i.hc.clone(),
+                        sender: i.sender.get(),
+                        listener: i.listener.get(),
+                        since: i.since,
+                        sender_to_listener: up.load(Ordering::Relaxed),
+                        listener_to_sender: down.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Whether any tunnel is live.
     pub(crate) fn has_tunnels(&self) -> bool {
-        !lock(&self.tunnels).is_empty()
+        lock(&self.tunnels).live > 0
     }
 
     /// HTTP requests in flight.
@@ -191,25 +271,77 @@ impl Live {
     }
 }
 
-/// Removes its tunnel from the live table when dropped, adding its bytes to the totals.
+/// A live tunnel's slot: the pump adds to its counters; dropped, it frees the slot and adds
+/// the tunnel's bytes to its hybrid connection's totals.
 #[derive(Debug)]
 pub(crate) struct TunnelGuard {
     live: Arc<Live>,
-    id: u64,
-    /// The tunnel's counters (the pump adds to them).
-    pub stats: Arc<TunnelStats>,
+    page: Arc<Page>,
+    at: (u32, u32),
+}
+
+impl TunnelGuard {
+    /// The counters the pump adds to: [sender→listener, listener→sender].
+    pub(crate) fn counters(&self) -> [&AtomicU64; 2] {
+        let [up, down] = &self.page.bytes[self.at.1 as usize];
+        [up, down]
+    }
+
+    /// The tunnel as the log describes it.
+    pub(crate) fn view(&self) -> Option<TunnelView> {
+        let slot = self.at.1 as usize;
+        let info = lock(&self.page.info);
+        let i = info[slot].as_ref()?;
+        let [up, down] = self.counters();
+        Some(TunnelView {
+            tracking_id: i.tracking_id.to_string(),
+            hc: i.hc.clone(),
+            sender: i.sender.get(),
+            listener: i.listener.get(),
+            since: i.since,
+            sender_to_listener: up.load(Ordering::Relaxed),
+            listener_to_sender: down.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The tunnel ended (`aborted`: one side vanished or broke the framing, or shutdown).
+    pub(crate) fn finish(self, aborted: bool) {
+        let Some(hc) = lock(&self.page.info)[self.at.1 as usize]
+            .as_ref()
+            .map(|i| i.hc.clone())
+        else {
+            return;
+        };
+        self.live
+            .tunnels_closed
+            .with_label_values(&[
+                hc.0.as_str(),
+                hc.1.as_str(),
+                if aborted { "aborted" } else { "closed" },
+            ])
+            .inc();
+    }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        lock(&self.live.tunnels).remove(&self.id);
-        let up = self.stats.sender_to_listener.load(Ordering::Relaxed);
-        let down = self.stats.listener_to_sender.load(Ordering::Relaxed);
-        let mut closed = lock(&self.live.closed_bytes);
-        let entry = closed.entry(HcKey::clone(&self.stats.hc)).or_default();
-        entry[0] += up;
-        entry[1] += down;
-        drop(closed);
+        let slot = self.at.1 as usize;
+        {
+            // Closed totals first, then the page: the collector takes them in this order, so
+            // a scrape counts the bytes either as live or as closed, never both or neither.
+            let mut closed = lock(&self.live.closed_bytes);
+            let mut info = lock(&self.page.info);
+            if let Some(i) = info[slot].take() {
+                let entry = closed.entry(HcKey::clone(&i.hc)).or_default();
+                for (total, counter) in entry.iter_mut().zip(&self.page.bytes[slot]) {
+                    *total += counter.swap(0, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut arena = lock(&self.live.tunnels);
+        arena.free.push(self.at);
+        arena.live -= 1;
+        drop(arena);
         self.live.touch();
     }
 }
@@ -322,13 +454,21 @@ impl Telemetry {
         )
         .expect("valid metric");
         let _ = registry.register(Box::new(rendezvous.clone()));
-        let live = Arc::new(Live::default());
+        let live = Arc::new(Live {
+            next: AtomicU64::new(0),
+            tunnels: Mutex::default(),
+            tunnels_closed,
+            closed_bytes: Mutex::default(),
+            http: Mutex::default(),
+            refusals: Mutex::default(),
+            version: AtomicU64::new(0),
+            names: Mutex::default(),
+        });
         let _ = registry.register(Box::new(LiveCollector::new(live.clone(), listeners)));
         Telemetry {
             registry,
             listen_attempts,
             connects,
-            tunnels_closed,
             rendezvous,
             http_requests,
             auth_failures: auth,
@@ -443,7 +583,6 @@ impl Telemetry {
         self.rendezvous
             .with_label_values(&[ns, name])
             .observe(waited);
-        let id = self.live.next.fetch_add(1, Ordering::Relaxed);
         let hc = {
             let mut names = lock(&self.live.names);
             match names.get(hc) {
@@ -455,21 +594,34 @@ impl Telemetry {
                 }
             }
         };
-        let stats = Arc::new(TunnelStats {
+        let (page, at) = {
+            let mut arena = lock(&self.live.tunnels);
+            arena.live += 1;
+            let at = match arena.free.pop() {
+                Some(at) => at,
+                None => {
+                    let page = arena.pages.len() as u32;
+                    arena.pages.push(Arc::new(Page::new()));
+                    arena
+                        .free
+                        .extend((1..PAGE_SLOTS as u32).rev().map(|slot| (page, slot)));
+                    (page, 0)
+                }
+            };
+            (arena.pages[at.0 as usize].clone(), at)
+        };
+        lock(&page.info)[at.1 as usize] = Some(TunnelInfo {
             tracking_id: tracking_id.into(),
             hc,
-            sender,
-            listener,
+            sender: sender.into(),
+            listener: listener.into(),
             since: now,
-            sender_to_listener: AtomicU64::new(0),
-            listener_to_sender: AtomicU64::new(0),
         });
-        lock(&self.live.tunnels).insert(id, stats.clone());
         self.live.touch();
         TunnelGuard {
             live: self.live.clone(),
-            id,
-            stats,
+            page,
+            at,
         }
     }
 
@@ -485,17 +637,6 @@ impl Telemetry {
         self.rendezvous
             .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
             .observe(waited);
-    }
-
-    /// A tunnel ended.
-    pub(crate) fn tunnel_closed(&self, hc: &HcKey, aborted: bool) {
-        self.tunnels_closed
-            .with_label_values(&[
-                hc.0.as_str(),
-                hc.1.as_str(),
-                if aborted { "aborted" } else { "closed" },
-            ])
-            .inc();
     }
 
     /// An HTTP-mode request is in flight until the guard drops.
@@ -584,14 +725,18 @@ impl Collector for LiveCollector {
                 .with_label_values(&[hc.0.as_str(), hc.1.as_str()])
                 .set(n as i64);
         }
-        let mut totals = lock(&self.live.closed_bytes).clone();
+        // The closed totals stay locked while the live tunnels are read (the order guards
+        // take them in), so an ending tunnel's bytes are counted exactly once.
+        let closed = lock(&self.live.closed_bytes);
+        let mut totals = closed.clone();
         for t in self.live.tunnels() {
             open.with_label_values(&[t.hc.0.as_str(), t.hc.1.as_str()])
                 .inc();
             let e = totals.entry(HcKey::clone(&t.hc)).or_default();
-            e[0] += t.sender_to_listener.load(Ordering::Relaxed);
-            e[1] += t.listener_to_sender.load(Ordering::Relaxed);
+            e[0] += t.sender_to_listener;
+            e[1] += t.listener_to_sender;
         }
+        drop(closed);
         for (hc, [up, down]) in totals {
             bytes
                 .with_label_values(&[hc.0.as_str(), hc.1.as_str(), "sender_to_listener"])
@@ -604,5 +749,73 @@ impl Collector for LiveCollector {
         out.extend(open.collect());
         out.extend(bytes.collect());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_total(t: &Telemetry, direction: &str) -> f64 {
+        t.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "relay_tunnel_bytes_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == direction))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    #[test]
+    fn tunnel_slots_are_reused_and_bytes_counted_once() {
+        let t = Telemetry::new(Arc::default());
+        let hc: HcKey = ("ns".into(), "hc".into());
+        let addr = |port| SocketAddr::from(([10, 0, 0, 1], port));
+        let mut guards: Vec<TunnelGuard> = (0..300)
+            .map(|i| t.tunnel_opened(&hc, &format!("id-{i}"), addr(i), addr(1000 + i), 0.001, 7))
+            .collect();
+        for g in &guards {
+            let [up, down] = g.counters();
+            up.fetch_add(10, Ordering::Relaxed);
+            down.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(bytes_total(&t, "sender_to_listener"), 3000.0);
+        let ended: Vec<TunnelGuard> = guards.drain(..150).collect();
+        for g in ended {
+            g.finish(false);
+        }
+        assert_eq!(
+            bytes_total(&t, "sender_to_listener"),
+            3000.0,
+            "ended or live, once"
+        );
+        assert_eq!(bytes_total(&t, "listener_to_sender"), 300.0);
+        assert_eq!(t.live().tunnels().len(), 150);
+        // Freed slots come back with zeroed counters.
+        let again = t.tunnel_opened(&hc, "again", addr(1), addr(2), 0.0, 8);
+        assert_eq!(again.counters()[0].load(Ordering::Relaxed), 0);
+        let view = again.view().unwrap();
+        assert_eq!(
+            (view.tracking_id.as_str(), view.sender, view.since),
+            ("again", addr(1), 8)
+        );
+        assert_eq!(
+            lock(&t.live().tunnels).pages.len(),
+            3,
+            "300 tunnels, 128 a page"
+        );
+        drop(again);
+        drop(guards);
+        assert!(!t.live().has_tunnels());
+        assert_eq!(bytes_total(&t, "sender_to_listener"), 3000.0);
+    }
+
+    #[test]
+    fn compact_addresses_keep_v4_and_v6() {
+        for a in ["10.1.2.3:443", "[::1]:9443", "[2001:db8::7]:1"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(CompactAddr::from(a).get(), a);
+        }
     }
 }
