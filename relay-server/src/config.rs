@@ -21,6 +21,10 @@ pub struct ConfigFile {
     /// Namespaces to create or update.
     #[serde(default)]
     pub namespaces: Vec<NamespaceConfig>,
+    /// Faults active from the start (durations count from then), as `POST /$faults` takes
+    /// them.
+    #[serde(default)]
+    pub faults: Vec<crate::fault::FaultSpec>,
 }
 
 /// One namespace in the file.

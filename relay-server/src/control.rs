@@ -25,10 +25,11 @@ use hc_protocol::limits::MAX_CONTROL_MESSAGE_BYTES;
 use hc_protocol::{AuthError, Right};
 use hc_ws::{Config, Message, ReadError, Reader, Role, Writer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, info};
 
+use crate::fault::ListenerFault;
 use crate::lifecycle::{ListenerLife, PingDue};
 use crate::registry::{
     ConnectionPermit, ControlOut, Delivery, HcKey, ListenerGuard, PendingHttp, RendezvousReply,
@@ -125,9 +126,14 @@ impl ControlChannel {
         };
         let mid_write = AtomicBool::new(false);
         let mut awaiting_body = None;
+        // A listener that joins while a lasting dropListeners fault covers it meets it now.
+        if let Some(order) = state.faults.listener_joined(&hc) {
+            info.order(order);
+        }
+        let (mut faults_in, mut faults_out) = (state.faults.subscribe(), state.faults.subscribe());
         let exit = tokio::select! {
-            exit = shared.inbound(&mut reader, &mut awaiting_body) => exit,
-            exit = shared.outbound(&mut writer, &mut rx, &mid_write) => exit,
+            exit = shared.inbound(&mut reader, &mut awaiting_body, &mut faults_in) => exit,
+            exit = shared.outbound(&mut writer, &mut rx, &mid_write, &mut faults_out) => exit,
         };
         drop(guard);
         state.telemetry.listener_left();
@@ -166,13 +172,17 @@ async fn finish<W: AsyncWrite + Unpin>(
 }
 
 impl Shared<'_> {
-    /// Reads the listener's messages until one ends the channel.
+    /// Reads the listener's messages until one ends the channel (nothing while stalled).
     async fn inbound<R: AsyncRead + Unpin>(
         &self,
         reader: &mut Reader<R>,
         awaiting: &mut Option<(ResponseCommand, PendingHttp)>,
+        faults: &mut watch::Receiver<u64>,
     ) -> Exit {
         loop {
+            if let Some(exit) = self.stall_gate(faults, false).await {
+                return exit;
+            }
             let message = reader.next_message().await;
             if let Ok(Some(m)) = &message {
                 self.life().heard();
@@ -205,16 +215,36 @@ impl Shared<'_> {
         }
     }
 
-    /// Sends commands, queued control frames and pings; watches expiry and shutdown.
+    /// Sends commands, queued control frames and pings; watches expiry, shutdown and what
+    /// injected faults order (a drop, an expiry, a stall).
     async fn outbound<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut Writer<W>,
         rx: &mut mpsc::Receiver<ControlOut>,
         mid_write: &AtomicBool,
+        faults: &mut watch::Receiver<u64>,
     ) -> Exit {
         let clock = self.state.options.clock;
         let cancel = self.state.cancel.clone();
         loop {
+            match self.info.take_order() {
+                Some(ListenerFault::Drop(Some((code, reason)))) => {
+                    return Exit::Close(code, format!("{reason} TrackingId:{}", self.tracking_id));
+                }
+                Some(ListenerFault::Drop(None)) => {
+                    return Exit::Drop("dropped by an injected fault".into());
+                }
+                Some(ListenerFault::Expire) => {
+                    let now = clock.unix_now();
+                    debug!(tracking_id = %self.tracking_id, "token expired by an injected fault");
+                    self.life().renewed(now);
+                    self.info.expires_at.store(now, Ordering::Relaxed);
+                }
+                None => {}
+            }
+            if let Some(exit) = self.stall_gate(faults, true).await {
+                return exit;
+            }
             let (expiry, next_ping) = {
                 let life = self.life();
                 (
@@ -246,10 +276,46 @@ impl Shared<'_> {
                 }
                 _ = sleep_until(expiry) => return Exit::Close(close_code::POLICY_VIOLATION, self.expired_reason()),
                 _ = self.changed.notified() => Ok(()),
+                changed = faults.changed() => {
+                    if changed.is_err() {
+                        // The relay is going away; shutdown ends the channel.
+                        cancel.cancelled().await;
+                    }
+                    Ok(())
+                }
                 _ = cancel.cancelled() => return Exit::Close(close_code::GOING_AWAY, "The relay is shutting down.".into()),
             };
             if let Err(e) = step {
                 return Exit::Drop(format!("write failed: {e}"));
+            }
+        }
+    }
+
+    /// Waits while a stallControl fault covers this channel (`count`: the outbound side,
+    /// which counts the stall once); `Some` when the relay shuts down meanwhile.
+    async fn stall_gate(&self, faults: &mut watch::Receiver<u64>, count: bool) -> Option<Exit> {
+        if !self.state.faults.stalled(self.hc, count) {
+            return None;
+        }
+        if count {
+            info!(tracking_id = %self.tracking_id, "control channel stalled by an injected fault");
+        }
+        loop {
+            tokio::select! {
+                changed = faults.changed() => {
+                    if changed.is_err() {
+                        self.state.cancel.cancelled().await;
+                    }
+                }
+                _ = self.state.cancel.cancelled() => {
+                    return Some(Exit::Close(close_code::GOING_AWAY, "The relay is shutting down.".into()));
+                }
+            }
+            if !self.state.faults.stalled(self.hc, false) {
+                if count {
+                    info!(tracking_id = %self.tracking_id, "control channel resumed");
+                }
+                return None;
             }
         }
     }
@@ -320,9 +386,20 @@ impl Shared<'_> {
             .take_http_if(self.hc, id, |p| p.listener == me)
     }
 
-    /// `renewToken`: a valid Listen token moves the expiry; anything else closes with 1008.
+    /// `renewToken`: a valid Listen token moves the expiry; anything else closes with 1008,
+    /// and so does every renewal while an expireTokens fault covers the channel.
     fn renew(&self, token: &str) -> Option<Exit> {
         let now = self.state.options.clock.unix_now();
+        if self.state.faults.renewal_refused(self.hc) {
+            return Some(Exit::Close(
+                close_code::POLICY_VIOLATION,
+                format!(
+                    "{} (injected fault) TrackingId:{}",
+                    AuthError::Expired(now),
+                    self.tracking_id
+                ),
+            ));
+        }
         let result = Target::lookup(&self.state.store.read(), self.hc)
             .map_err(|e| e.to_string())
             .and_then(|t| {

@@ -72,6 +72,14 @@ pub(crate) enum RelayError {
     /// The relay is stopping.
     #[error("The relay is shutting down.")]
     ShuttingDown,
+    /// An injected fault refused the request with this status and text.
+    #[error("{text}")]
+    Injected {
+        /// The status chosen.
+        status: u16,
+        /// The reason phrase chosen.
+        text: String,
+    },
 }
 
 impl RelayError {
@@ -92,6 +100,7 @@ impl RelayError {
             RelayError::Rejected { status, .. } => *status,
             RelayError::SenderGone => 410,
             RelayError::Busy | RelayError::ShuttingDown => 503,
+            RelayError::Injected { status, .. } => *status,
         }
     }
 

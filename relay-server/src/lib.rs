@@ -18,6 +18,8 @@ mod certs;
 mod config;
 mod control;
 mod error;
+pub mod fault;
+mod faults_api;
 mod head_case;
 mod http;
 mod lifecycle;
@@ -46,6 +48,7 @@ use tokio_util::task::TaskTracker;
 
 pub use certs::CA_FILE;
 pub use config::ConfigFile;
+pub use fault::{FaultError, FaultInfo, FaultKind, FaultSpec};
 pub use model::{Model, ModelError};
 pub use state::{ArmOptions, RelayOptions, now_unix};
 pub use store::StoreError;
@@ -72,6 +75,7 @@ impl Relay {
     ) -> Self {
         let registry: Arc<registry::Registry> = Arc::default();
         let telemetry = telemetry::Telemetry::new(registry.clone());
+        let faults = Arc::new(fault::Faults::new(&telemetry.registry));
         let started = options.clock.unix_now();
         let state = RelayState {
             store,
@@ -86,6 +90,7 @@ impl Relay {
             telemetry,
             tls_check: Default::default(),
             started,
+            faults,
         };
         Relay {
             state: Arc::new(state),
@@ -98,13 +103,15 @@ impl Relay {
     /// [`Relay::serve`]. Nothing is written to disk.
     pub fn in_memory(config: &ConfigFile, options: RelayOptions) -> anyhow::Result<Relay> {
         let model = model_from(config, options.clock.unix_now())?;
-        Ok(Relay::new(
+        let relay = Relay::new(
             Store::in_memory(model),
             None,
             None,
             state::TokenKey(rand::random()),
             options,
-        ))
+        );
+        relay.add_config_faults(config)?;
+        Ok(relay)
     }
 
     /// A relay over a data directory, as `relay-server` runs: `state.json` (created when
@@ -148,7 +155,46 @@ impl Relay {
         if !plain {
             let _ = relay.state.tls_check.set(certs::TlsCheck::new(&material));
         }
+        if let Some(config) = config {
+            relay.add_config_faults(config)?;
+        }
         Ok(relay)
+    }
+
+    /// The faults a config file lists, active from now.
+    fn add_config_faults(&self, config: &ConfigFile) -> anyhow::Result<()> {
+        for (i, spec) in config.faults.iter().enumerate() {
+            self.add_fault(spec.clone()).map_err(|e| {
+                anyhow::anyhow!("config file: fault {} ({}): {e}", i + 1, spec.kind.as_str())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Injects a fault (see [`fault`]): checked, applied at once to what is live and matches,
+    /// and active for its duration or count, or until cleared.
+    pub fn add_fault(&self, spec: FaultSpec) -> Result<FaultInfo, FaultError> {
+        fault::add(&self.state, spec)
+    }
+
+    /// The active faults, oldest first.
+    pub fn faults(&self) -> Vec<FaultInfo> {
+        self.state.faults.list().0
+    }
+
+    /// A fault by id (`f1`), active or among the last ended ones.
+    pub fn fault(&self, id: &str) -> Option<FaultInfo> {
+        self.state.faults.get(id)
+    }
+
+    /// Ends a fault now; `None` when no active fault has that id.
+    pub fn clear_fault(&self, id: &str) -> Option<FaultInfo> {
+        self.state.faults.clear(|f| f.id == id).into_iter().next()
+    }
+
+    /// Ends every fault now; returns how many were active.
+    pub fn clear_faults(&self) -> usize {
+        self.state.faults.clear(|_| true).len()
     }
 
     /// Serves on an already bound listener until `shutdown` completes, then closes every
@@ -352,6 +398,7 @@ impl Emulator {
         if let Some(material) = &material {
             let _ = relay.state.tls_check.set(certs::TlsCheck::new(material));
         }
+        relay.add_config_faults(config)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = relay.clone();

@@ -20,13 +20,36 @@ Examples:
   relay-server --plain                          ws:// and http:// on 127.0.0.1:9080
   relay-server --config relay.json --listen 0.0.0.0:9443
                                                 namespaces and hybrid connections from a file (see the README)
+  relay-server fault add refuse-connects --status 503 --hc sample --duration-seconds 10
+                                                make the running relay refuse connects for 10 s
 
 Exit status: 0 after SIGINT or SIGTERM; 1 it could not start (the error says why: the
 config file, the data directory, the address); 2 a bad command line.";
 
 /// A local, offline Azure Relay Hybrid Connections emulator.
 #[derive(Debug, Parser)]
-#[command(name = "relay-server", version, after_help = HELP_EXAMPLES)]
+#[command(
+    name = "relay-server",
+    version,
+    after_help = HELP_EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inject, list and clear faults in a running relay (README: "Testing your app's
+    /// resilience").
+    Fault(fault_cli::FaultArgs),
+}
+
+/// Serving options.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Address to listen on [default: 127.0.0.1:9443, or 127.0.0.1:9080 with --plain].
     #[arg(long, env = "HC_RELAY_LISTEN")]
@@ -111,9 +134,15 @@ struct Args {
     log_format: hc_process::observe::LogFormat,
 }
 
+mod fault_cli;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    hc_process::exit_status(run(Args::parse()).await)
+    let cli = Cli::parse();
+    hc_process::exit_status(match cli.command {
+        Some(Command::Fault(args)) => fault_cli::run(args).await,
+        None => run(cli.serve).await,
+    })
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -159,6 +188,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(TcpListener::local_addr)
         .transpose()?;
     let stop = hc_process::shutdown_signal();
+    let url_file = data_dir.join(fault_cli::URL_FILE);
+    let url = fault_cli::relay_url(bound, !args.plain);
+    hc_process::write_atomically(&url_file, format!("{url}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", url_file.display()))?;
     print_banner(&relay, bound, management_addr, &args, &data_dir)?;
     if let Some(arm) = management {
         let relay = relay.clone();
@@ -249,6 +282,10 @@ fn print_banner(
     }
     println!(
         "Status page: {http}://localhost:{port}/$status  (health: /healthz, /readyz; Prometheus: /metrics)",
+        port = addr.port()
+    );
+    println!(
+        "Fault injection: {http}://localhost:{port}/$faults  (relay-server fault add|list|clear)",
         port = addr.port()
     );
     if let Some(arm) = management {

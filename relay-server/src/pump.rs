@@ -13,15 +13,23 @@
 //! breaks the framing rules (bad header, no mask, a continuation out of sequence) gets Close
 //! 1002 and the other side is dropped.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use hc_protocol::frame::{CloseFrame, close_code};
+use hc_protocol::frame::{CloseFrame, FrameHeader, OpCode, close_code};
 use hc_ws::{Config, ControlHandle, ForwardError, Item, ReadError, Reader, Role, Writer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Sleep;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
+
+use crate::fault::{Cut, TunnelFaults};
+
+/// Pieces a shaped direction may hold (each at most one read buffer): the delay line's bound.
+const SHAPE_QUEUE: usize = 32;
+/// The reason of the Close a cut tunnel's sides get.
+const CUT_REASON: &str = "The relay cut the tunnel (injected fault).";
 
 /// How one direction ended.
 #[derive(Debug)]
@@ -32,6 +40,8 @@ enum End {
     Violation(String),
     /// The source vanished, or the destination failed, or shutdown ran out of time.
     Aborted(String),
+    /// An injected fault cut the tunnel.
+    Cut(Cut),
 }
 
 /// How a tunnel ended, with the payload bytes moved each way.
@@ -54,6 +64,78 @@ pub(crate) struct PumpOptions {
     pub shutdown_grace: Duration,
 }
 
+/// How a tunnel learns what injected faults ask of it: a receiver that wakes when faults
+/// change, and what applies now (`true`: the tunnel is just opening).
+pub(crate) struct FaultFeed<'a> {
+    /// Wakes when faults change.
+    pub changed: watch::Receiver<u64>,
+    /// What applies to this tunnel now.
+    pub current: &'a (dyn Fn(bool) -> TunnelFaults + Send + Sync),
+}
+
+/// What faults ask of one tunnel, shared by its two directions.
+#[derive(Debug)]
+struct Plan<'a> {
+    /// Cut once this many payload bytes passed both ways (`u64::MAX`: never).
+    cut_after: AtomicU64,
+    /// How ([`Cut::encode`]).
+    cut_how: AtomicU32,
+    /// Shaping is on.
+    shaped: AtomicBool,
+    /// Microseconds added to each direction.
+    latency_us: AtomicU64,
+    /// Bytes per second, [sender→listener, listener→sender]; 0 for no cap.
+    rate: [AtomicU64; 2],
+    /// The tunnel's byte counters, and what they held when it started.
+    counters: [&'a AtomicU64; 2],
+    start: u64,
+}
+
+impl<'a> Plan<'a> {
+    fn new(counters: [&'a AtomicU64; 2]) -> Self {
+        Plan {
+            cut_after: AtomicU64::new(u64::MAX),
+            cut_how: AtomicU32::new(0),
+            shaped: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            rate: Default::default(),
+            start: counters[0].load(Ordering::Relaxed) + counters[1].load(Ordering::Relaxed),
+            counters,
+        }
+    }
+
+    fn set(&self, t: &TunnelFaults) {
+        let (after, how) = t.cut_after.map_or((u64::MAX, 0), |(n, c)| (n, c.encode()));
+        self.cut_how.store(how, Ordering::Relaxed);
+        self.cut_after.store(after, Ordering::Release);
+        let shape = t.shape.unwrap_or_default();
+        self.latency_us
+            .store(shape.latency.as_micros() as u64, Ordering::Relaxed);
+        for (cell, rate) in self.rate.iter().zip(shape.rate) {
+            cell.store(rate.unwrap_or(0), Ordering::Relaxed);
+        }
+        self.shaped.store(t.shape.is_some(), Ordering::Release);
+    }
+
+    fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// The cut due once the tunnel carried its `afterBytes`.
+    fn over_limit(&self) -> Option<End> {
+        let limit = self.cut_after.load(Ordering::Acquire);
+        if limit == u64::MAX {
+            return None;
+        }
+        let total = self.counters[0].load(Ordering::Relaxed)
+            + self.counters[1].load(Ordering::Relaxed)
+            - self.start;
+        (total >= limit)
+            .then(|| Cut::decode(self.cut_how.load(Ordering::Relaxed)).map(End::Cut))
+            .flatten()
+    }
+}
+
 /// One direction's view: where it reads, where it writes, what it counts.
 struct Direction<'a, R, W> {
     src: &'a mut Reader<R>,
@@ -61,6 +143,27 @@ struct Direction<'a, R, W> {
     bytes: &'a AtomicU64,
     /// Set while a frame is half written to `dst` (a Close written then would corrupt it).
     mid_frame: &'a AtomicBool,
+    /// What faults ask.
+    plan: &'a Plan<'a>,
+    /// 0 from the sender to the listener, 1 back.
+    index: usize,
+}
+
+/// A shaped direction's queued item.
+enum Piece {
+    /// A frame (or a piece of one) and when it arrived.
+    Data {
+        fin: bool,
+        opcode: OpCode,
+        payload: Vec<u8>,
+        arrived: Instant,
+    },
+    /// The source's Close, and when it arrived.
+    Close(CloseFrame, Instant),
+    /// The source ended otherwise.
+    End(End),
+    /// Shaping was turned off: back to forwarding directly.
+    Unshaped,
 }
 
 /// Relays frames between `sender` and `listener` until both have closed or one aborts.
@@ -70,6 +173,7 @@ pub(crate) async fn bridge<S, L>(
     options: PumpOptions,
     cancel: CancellationToken,
     counters: [&AtomicU64; 2],
+    mut faults: FaultFeed<'_>,
 ) -> TunnelReport
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -82,28 +186,45 @@ where
     let (start_up, start_down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
     let (to_listener_mid, to_sender_mid) = (AtomicBool::new(false), AtomicBool::new(false));
     let handles = [sw.control_handle(), lw.control_handle()];
+    let plan = Plan::new(counters);
+    let at_open = (faults.current)(true);
+    plan.set(&at_open);
     // Pinned where they are made: passed by value and pinned inside `both`, each future would
     // be stored twice in the task (once as the argument, once pinned).
-    let outcome = {
-        let a = std::pin::pin!(
-            Direction {
-                src: &mut sr,
-                dst: &mut lw,
-                bytes: up,
-                mid_frame: &to_listener_mid
-            }
-            .run()
-        );
-        let b = std::pin::pin!(
-            Direction {
-                src: &mut lr,
-                dst: &mut sw,
-                bytes: down,
-                mid_frame: &to_sender_mid
-            }
-            .run()
-        );
-        both(a, b, &handles, options.shutdown_grace, &cancel).await
+    let outcome = match at_open.cut_now {
+        Some(cut) => Err((End::Cut(cut), true)),
+        None => {
+            let a = pin!(
+                Direction {
+                    src: &mut sr,
+                    dst: &mut lw,
+                    bytes: up,
+                    mid_frame: &to_listener_mid,
+                    plan: &plan,
+                    index: 0,
+                }
+                .run()
+            );
+            let b = pin!(
+                Direction {
+                    src: &mut lr,
+                    dst: &mut sw,
+                    bytes: down,
+                    mid_frame: &to_sender_mid,
+                    plan: &plan,
+                    index: 1,
+                }
+                .run()
+            );
+            let ends = Ends {
+                handles: &handles,
+                grace: options.shutdown_grace,
+                cancel: &cancel,
+                plan: &plan,
+                at_open,
+            };
+            ends.both(a, b, &mut faults).await
+        }
     };
     let aborted = match outcome {
         Ok(()) => {
@@ -122,6 +243,17 @@ where
         }
         Err((End::Aborted(why), _)) => Some(why),
         Err((End::Closed, _)) => None,
+        Err((End::Cut(cut), _)) => {
+            // A reset just drops both sockets; a close tells both sides first.
+            if let Cut::Close(code) = cut {
+                let close = CloseFrame::new(code, CUT_REASON);
+                refuse(&mut sw, &to_sender_mid, &close).await;
+                refuse(&mut lw, &to_listener_mid, &close).await;
+                sw.shutdown().await;
+                lw.shutdown().await;
+            }
+            Some("cut by an injected fault".into())
+        }
     };
     TunnelReport {
         sender_to_listener: up.load(Ordering::Relaxed) - start_up,
@@ -142,41 +274,65 @@ async fn refuse<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Drives both directions; `Err((end, from_sender))` as soon as one did not end cleanly. On
-/// shutdown both sides are sent Close 1001 (queued for the writers the directions own) and
-/// the tunnel has `grace` to close.
-async fn both(
-    mut a: Pin<&mut impl Future<Output = End>>,
-    mut b: Pin<&mut impl Future<Output = End>>,
-    handles: &[ControlHandle; 2],
+/// What ends a tunnel besides its two directions: shutdown (both sides are sent Close 1001,
+/// queued for the writers the directions own, and the tunnel has `grace` to close) and
+/// injected faults.
+struct Ends<'a> {
+    handles: &'a [ControlHandle; 2],
     grace: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), (End, bool)> {
-    let (mut a_done, mut b_done) = (false, false);
-    // Made only on shutdown, so an idle tunnel carries no timer.
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
-    while !(a_done && b_done) {
-        tokio::select! {
-            end = a.as_mut(), if !a_done => match end { End::Closed => a_done = true, other => return Err((other, true)) },
-            end = b.as_mut(), if !b_done => match end { End::Closed => b_done = true, other => return Err((other, false)) },
-            _ = cancel.cancelled(), if deadline.is_none() => {
-                for h in handles {
-                    h.queue_close(CloseFrame::new(close_code::GOING_AWAY, "The relay is shutting down."));
+    cancel: &'a CancellationToken,
+    plan: &'a Plan<'a>,
+    /// What faults gave the tunnel when it opened.
+    at_open: TunnelFaults,
+}
+
+impl Ends<'_> {
+    /// Drives both directions; `Err((end, from_sender))` as soon as one did not end cleanly.
+    async fn both(
+        &self,
+        mut a: Pin<&mut impl Future<Output = End>>,
+        mut b: Pin<&mut impl Future<Output = End>>,
+        faults: &mut FaultFeed<'_>,
+    ) -> Result<(), (End, bool)> {
+        let (mut a_done, mut b_done) = (false, false);
+        // Made only on shutdown, so an idle tunnel carries no timer.
+        let mut deadline: Option<Pin<Box<Sleep>>> = None;
+        let mut watching = true;
+        while !(a_done && b_done) {
+            tokio::select! {
+                end = a.as_mut(), if !a_done => match end { End::Closed => a_done = true, other => return Err((other, true)) },
+                end = b.as_mut(), if !b_done => match end { End::Closed => b_done = true, other => return Err((other, false)) },
+                changed = faults.changed.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let now = (faults.current)(false).keeping(&self.at_open);
+                    if let Some(cut) = now.cut_now {
+                        return Err((End::Cut(cut), true));
+                    }
+                    self.plan.set(&now);
                 }
-                deadline = Some(Box::pin(tokio::time::sleep(grace)));
-            }
-            _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
-                return Err((End::Aborted("relay shut down before the tunnel closed".into()), true));
+                _ = self.cancel.cancelled(), if deadline.is_none() => {
+                    for h in self.handles {
+                        h.queue_close(CloseFrame::new(close_code::GOING_AWAY, "The relay is shutting down."));
+                    }
+                    deadline = Some(Box::pin(tokio::time::sleep(self.grace)));
+                }
+                _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
+                    return Err((End::Aborted("relay shut down before the tunnel closed".into()), true));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
     /// Forwards until the source closes or fails, serving the destination's control queue
-    /// (its Pongs, and a Close queued on shutdown) between frames.
-    async fn run(self) -> End {
+    /// (its Pongs, and a Close queued on shutdown) between frames. While an injected fault
+    /// shapes the tunnel, frames go through [`Direction::shaped`] instead.
+    async fn run(mut self) -> End {
         loop {
             tokio::select! {
                 biased;
@@ -187,6 +343,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                 }
                 item = self.src.next_item() => match item {
                     Ok(Some(Item::Data(h))) => {
+                        if self.plan.shaped.load(Ordering::Acquire) {
+                            match self.shaped(h).await {
+                                Some(end) => return end,
+                                None => continue,
+                            }
+                        }
                         self.mid_frame.store(true, Ordering::Release);
                         let forwarded = hc_ws::forward_data(self.src, &h, self.dst).await;
                         self.mid_frame.store(false, Ordering::Release);
@@ -194,6 +356,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                             Ok(n) => { self.bytes.fetch_add(n, Ordering::Relaxed); }
                             Err(ForwardError::Read(e)) => return read_failure(e),
                             Err(e @ ForwardError::Write(_)) => return End::Aborted(e.to_string()),
+                        }
+                        if let Some(end) = self.plan.over_limit() {
+                            return end;
                         }
                     }
                     Ok(Some(Item::Ping | Item::Pong)) => {}
@@ -206,6 +371,173 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                     Ok(None) => return End::Aborted("peer closed TCP without a close frame".into()),
                     Err(e) => return read_failure(e),
                 },
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
+    /// Forwards through a delay line while shaping is on, starting with the frame `first`: a
+    /// reader queues pieces of at most one read buffer, each due `latency` after it arrived
+    /// (at most [`SHAPE_QUEUE`] pieces, then the source waits); a writer sends each when it
+    /// is due and once the direction's rate has paid for it. A frame may leave as several
+    /// fragments of the same message (intermediaries may refragment, RFC 6455 §5.4); opcode,
+    /// message boundaries and order are kept. `None` when shaping was turned off and
+    /// everything queued has gone out.
+    async fn shaped(&mut self, first: FrameHeader) -> Option<End> {
+        let plan = self.plan;
+        let index = self.index;
+        let (bytes, mid_frame) = (self.bytes, self.mid_frame);
+        let src = &mut *self.src;
+        let dst = &mut *self.dst;
+        let (tx, mut rx) = mpsc::channel::<Piece>(SHAPE_QUEUE);
+        let read = async move {
+            let mut next = Some(first);
+            loop {
+                let h = match next.take() {
+                    Some(h) => h,
+                    None => {
+                        if !plan.shaped.load(Ordering::Acquire) {
+                            let _ = tx.send(Piece::Unshaped).await;
+                            return;
+                        }
+                        let last = match src.next_item().await {
+                            Ok(Some(Item::Data(h))) => {
+                                next = Some(h);
+                                continue;
+                            }
+                            Ok(Some(Item::Ping | Item::Pong)) => continue,
+                            Ok(Some(Item::Close(c))) => Piece::Close(c, Instant::now()),
+                            Ok(None) => Piece::End(End::Aborted(
+                                "peer closed TCP without a close frame".into(),
+                            )),
+                            Err(e) => Piece::End(read_failure(e)),
+                        };
+                        let _ = tx.send(last).await;
+                        return;
+                    }
+                };
+                let mut done = 0u64;
+                let mut opcode = h.opcode;
+                loop {
+                    let payload = if h.payload_len == 0 {
+                        Vec::new()
+                    } else {
+                        match src.data_chunk(&h, &mut done).await {
+                            Ok(chunk) => chunk.to_vec(),
+                            Err(e) => {
+                                let _ = tx.send(Piece::End(read_failure(e))).await;
+                                return;
+                            }
+                        }
+                    };
+                    let last = done == h.payload_len;
+                    let piece = Piece::Data {
+                        fin: last && h.fin,
+                        opcode,
+                        payload,
+                        arrived: Instant::now(),
+                    };
+                    if tx.send(piece).await.is_err() {
+                        return;
+                    }
+                    opcode = OpCode::Continuation;
+                    if last {
+                        break;
+                    }
+                }
+            }
+        };
+        let write = async move {
+            // When the capped link is free again: each piece occupies it for len / rate from
+            // when it arrived or the link freed up, whichever is later.
+            let mut busy_until = Instant::now();
+            loop {
+                let piece = tokio::select! {
+                    biased;
+                    _ = dst.control_ready() => {
+                        if let Err(e) = dst.flush_control().await {
+                            return Some(End::Aborted(format!("write failed: {e}")));
+                        }
+                        continue;
+                    }
+                    p = rx.recv() => p,
+                };
+                let (at, piece) = match piece {
+                    None => return Some(End::Aborted("the shaping reader stopped".into())),
+                    Some(Piece::Unshaped) => return None,
+                    Some(Piece::End(end)) => return Some(end),
+                    Some(Piece::Close(c, arrived)) => {
+                        (arrived + plan.latency(), Piece::Close(c, arrived))
+                    }
+                    Some(Piece::Data {
+                        fin,
+                        opcode,
+                        payload,
+                        arrived,
+                    }) => {
+                        let mut at = arrived + plan.latency();
+                        let rate = plan.rate[index].load(Ordering::Relaxed);
+                        if rate > 0 {
+                            let cost = Duration::from_secs_f64(payload.len() as f64 / rate as f64);
+                            busy_until = busy_until.max(arrived) + cost;
+                            at = at.max(busy_until);
+                        }
+                        let piece = Piece::Data {
+                            fin,
+                            opcode,
+                            payload,
+                            arrived,
+                        };
+                        (at, piece)
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = dst.control_ready() => {
+                            if let Err(e) = dst.flush_control().await {
+                                return Some(End::Aborted(format!("write failed: {e}")));
+                            }
+                        }
+                        _ = sleep_until(at) => break,
+                    }
+                }
+                match piece {
+                    Piece::Data {
+                        fin,
+                        opcode,
+                        payload,
+                        ..
+                    } => {
+                        mid_frame.store(true, Ordering::Release);
+                        let sent = dst.send_fragment(fin, opcode, &payload).await;
+                        mid_frame.store(false, Ordering::Release);
+                        if let Err(e) = sent {
+                            return Some(End::Aborted(format!("write failed: {e}")));
+                        }
+                        bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                        if let Some(end) = plan.over_limit() {
+                            return Some(end);
+                        }
+                    }
+                    Piece::Close(c, _) => {
+                        return Some(match dst.close(&c).await {
+                            Ok(()) => End::Closed,
+                            Err(e) => End::Aborted(format!("forwarding close failed: {e}")),
+                        });
+                    }
+                    Piece::End(_) | Piece::Unshaped => {}
+                }
+            }
+        };
+        let mut read = pin!(read);
+        let mut write = pin!(write);
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                _ = &mut read, if reading => reading = false,
+                end = &mut write => return end,
             }
         }
     }
@@ -225,7 +557,6 @@ mod tests {
     //! The pump between two client endpoints over small in-memory pipes.
 
     use super::*;
-    use hc_protocol::frame::OpCode;
     use hc_ws::Message;
     use tokio::io::{AsyncWriteExt as _, DuplexStream};
 
@@ -253,12 +584,17 @@ mod tests {
         };
         let pump = tokio::spawn(async move {
             let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+            let (_changes, changed) = watch::channel(0);
             bridge(
                 s_relay,
                 l_relay,
                 options,
                 cancel,
                 [&counters[0], &counters[1]],
+                FaultFeed {
+                    changed,
+                    current: &|_| TunnelFaults::default(),
+                },
             )
             .await
         });

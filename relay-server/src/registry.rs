@@ -78,6 +78,20 @@ pub(crate) struct ListenerInfo {
     pub since: u64,
     /// When its token expires (moved by `renewToken`), Unix seconds.
     pub expires_at: AtomicU64,
+    /// What an injected fault asks of its control channel (taken by the channel's task).
+    pub fault: Mutex<Option<crate::fault::ListenerFault>>,
+}
+
+impl ListenerInfo {
+    /// Leaves `order` for the control channel, which looks when faults change.
+    pub(crate) fn order(&self, order: crate::fault::ListenerFault) {
+        *lock(&self.fault) = Some(order);
+    }
+
+    /// The order left by a fault, if any.
+    pub(crate) fn take_order(&self) -> Option<crate::fault::ListenerFault> {
+        lock(&self.fault).take()
+    }
 }
 
 /// How a rendezvous ended, sent from the listener's request to the waiting sender.
@@ -462,6 +476,7 @@ mod tests {
                     peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
                     since: 0,
                     expires_at: AtomicU64::new(0),
+                    fault: Default::default(),
                 }),
                 tx,
             },

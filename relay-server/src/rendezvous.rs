@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, debug_span, info};
 
 use crate::control::ControlChannel;
 use crate::error::{ErrorFormat, RelayError, Tracking, text_response};
+use crate::fault::TunnelFaults;
 use crate::head_case::HeaderNames;
 use crate::pump::{self, PumpOptions};
 use crate::registry::{ControlOut, HcKey, ListenerHandle, ListenerInfo, RendezvousReply};
@@ -112,6 +113,9 @@ async fn listen(
     let upgrade = ws::check_upgrade(r.req.headers())?;
     let target = r.target(state)?;
     *key = Some(target.key.clone());
+    if let Some((status, text)) = state.faults.refusal(&target.key, true) {
+        return Err(RelayError::Injected { status, text });
+    }
     let token = find_token(r.req.headers(), &r.query).map(|t| t.0);
     let auth = target.authorize(token.as_deref(), Right::Listen, r.tracking.now)?;
     let permit = state
@@ -123,6 +127,7 @@ async fn listen(
         peer: r.peer,
         since: r.tracking.now,
         expires_at: AtomicU64::new(auth.expires_at),
+        fault: Default::default(),
     });
     let handle = ListenerHandle {
         id: state.registry.next_listener_id(),
@@ -171,6 +176,9 @@ async fn connect(
     let upgrade = ws::check_upgrade(r.req.headers())?;
     let target = r.target(state)?;
     *key = Some(target.key.clone());
+    if let Some((status, text)) = state.faults.refusal(&target.key, false) {
+        return Err(RelayError::Injected { status, text });
+    }
     let token = find_token(r.req.headers(), &r.query);
     if target.requires_client_authorization {
         target.authorize(
@@ -219,6 +227,7 @@ async fn connect(
     };
     let reply = wait_for_listener(
         state,
+        &target.key,
         listener,
         ControlOut::Accept {
             id: id.clone(),
@@ -275,23 +284,35 @@ impl Drop for SenderGone {
 }
 
 /// Sends `accept` and waits for the listener's answer within the rendezvous timeout.
+/// Injected delays (before the `accept`, and between the listener's answer and the
+/// sender's) count against that timeout, as a slow relay's would.
 async fn wait_for_listener(
     state: &RelayState,
+    key: &HcKey,
     listener: ListenerHandle,
     out: ControlOut,
     reply: oneshot::Receiver<RendezvousReply>,
 ) -> Result<RendezvousReply, RelayError> {
     let deadline = tokio::time::Instant::now() + state.options.rendezvous_timeout;
+    let accept_delay = state.faults.accept_delay(key);
+    let answer_delay = state.faults.answer_delay(key);
     let wait = async {
+        if let Some(d) = accept_delay {
+            tokio::time::sleep(d).await;
+        }
         listener
             .tx
             .send(out)
             .await
             .map_err(|_| RelayError::NoListeners)?;
-        reply.await.map_err(|_| RelayError::Rejected {
+        let answer = reply.await.map_err(|_| RelayError::Rejected {
             status: 502,
             description: "The listener failed to complete the rendezvous.".into(),
-        })
+        })?;
+        if let Some(d) = answer_delay {
+            tokio::time::sleep(d).await;
+        }
+        Ok(answer)
     };
     tokio::select! {
         r = tokio::time::timeout_at(deadline, wait) => r.unwrap_or(Err(RelayError::ListenerTimeout)),
@@ -312,6 +333,7 @@ fn spawn_tunnel(
         shutdown_grace: state.options.shutdown_grace,
     };
     let cancel = state.cancel.clone();
+    let faults = state.faults.clone();
     let span = debug_span!("tunnel", tracking_id = %tracking_id);
     state.tracker.spawn(
         async move {
@@ -322,12 +344,36 @@ fn spawn_tunnel(
                 live.finish(true);
                 return;
             };
+            // What injected faults ask of this tunnel: a cut ordered for its slot, or what
+            // the lasting faults covering it say (looked up only while any is active).
+            let current = |opening: bool| {
+                let mut now = TunnelFaults {
+                    clears: faults.clears(),
+                    ..TunnelFaults::default()
+                };
+                if faults.any()
+                    && let Some(v) = live.view()
+                {
+                    now = TunnelFaults {
+                        clears: now.clears,
+                        ..faults.tunnel(&v.hc, &v.tracking_id, opening)
+                    };
+                }
+                if let Some(cut) = live.take_cut() {
+                    now.cut_now = Some(cut);
+                }
+                now
+            };
             let report = pump::bridge(
                 hyper_util::rt::TokioIo::new(s),
                 hyper_util::rt::TokioIo::new(l),
                 options,
                 cancel,
                 live.counters(),
+                pump::FaultFeed {
+                    changed: faults.subscribe(),
+                    current: &current,
+                },
             )
             .await;
             drop(permit);

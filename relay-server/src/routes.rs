@@ -4,6 +4,7 @@
 //! - `/$hc/{path}` -> WebSocket actions ([`crate::rendezvous`]);
 //! - `GET /{hc}?api-version=2016-07` or with `X-PROCESS-AT` -> runtime info (§10,
 //!   [`crate::runtime_info`]);
+//! - `/$faults…` -> the fault-injection API ([`crate::faults_api`]);
 //! - `/$status…`, `/healthz`, `/readyz`, `/metrics` -> health, metrics and the status page
 //!   ([`crate::status`]; the short paths yield to a hybrid connection of that name);
 //! - `GET /` -> a one-line description of the emulator;
@@ -54,6 +55,10 @@ async fn dispatch(State(state): State<Arc<RelayState>>, req: Request) -> Respons
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let now = state.options.clock.unix_now();
+    if let Some(sub) = crate::faults_api::sub_path(&path) {
+        let sub = sub.to_owned();
+        return crate::faults_api::handle(&state, req, conn.peer, &host, &sub, &query).await;
+    }
     if let Some(r) = crate::status::route(&state, &req, conn.peer, &host, &path, &query) {
         return r.answer(&state).await;
     }

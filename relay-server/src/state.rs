@@ -135,6 +135,8 @@ pub(crate) struct RelayState {
     pub tls_check: std::sync::OnceLock<crate::certs::TlsCheck>,
     /// Unix seconds when the relay was made.
     pub started: u64,
+    /// Injected faults.
+    pub faults: Arc<crate::fault::Faults>,
 }
 
 /// An HMAC key for issued tokens; `Debug` shows nothing of it.

@@ -36,7 +36,7 @@ const EVENT_IDLE: Duration = Duration::from_secs(15);
 
 /// What a caller may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Scope {
+pub(crate) enum Scope {
     /// Every namespace.
     All,
     /// One namespace (lower-case name).
@@ -44,7 +44,7 @@ enum Scope {
 }
 
 impl Scope {
-    fn covers(&self, namespace: &str) -> bool {
+    pub(crate) fn covers(&self, namespace: &str) -> bool {
         match self {
             Scope::All => true,
             Scope::Namespace(n) => n.eq_ignore_ascii_case(namespace),
@@ -196,7 +196,7 @@ fn text(status: StatusCode, body: &str) -> Response {
     r
 }
 
-fn json_response(v: &Value) -> Response {
+pub(crate) fn json_response(v: &Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -208,7 +208,7 @@ fn json_response(v: &Value) -> Response {
 }
 
 /// Who may look, and at what.
-fn access(
+pub(crate) fn access(
     state: &RelayState,
     req: &Request,
     peer: SocketAddr,
@@ -274,7 +274,7 @@ fn access(
     }
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, why: &str) -> Response {
     let mut r = text(status, &format!("{why}\n"));
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -397,7 +397,15 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
         .into_iter()
         .filter(|r| scope.covers(&r.namespace))
         .collect();
+    let faults: Vec<_> = state
+        .faults
+        .list()
+        .0
+        .into_iter()
+        .filter(|f| f.spec.namespace.as_deref().is_none_or(|n| scope.covers(n)))
+        .collect();
     json!({
+        "faults": faults,
         "relay": {
             "version": env!("CARGO_PKG_VERSION"),
             "started": state.started,
@@ -439,7 +447,8 @@ fn events(state: Arc<RelayState>, scope: Scope) -> Response {
                 c.idle += EVENT_TICK;
             }
             c.first = false;
-            let version = c.state.telemetry.live().version();
+            // Faults change without touching the live tables: both numbers only grow.
+            let version = c.state.telemetry.live().version() + c.state.faults.generation();
             let busy = c.state.telemetry.live().has_tunnels();
             let unchanged = c.sent.as_ref().is_some_and(|(v, _)| *v == version);
             if unchanged && !busy && c.idle < EVENT_IDLE {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hc_process::observe::prometheus::core::{Collector, Desc};
@@ -132,6 +132,8 @@ const PAGE_SLOTS: usize = 128;
 struct Page {
     /// [sender→listener, listener→sender] per slot.
     bytes: Box<[[AtomicU64; 2]]>,
+    /// A cut ordered by an injected fault ([`crate::fault::Cut::encode`], 0 for none).
+    cut: Box<[AtomicU32]>,
     info: Mutex<Vec<Option<TunnelInfo>>>,
 }
 
@@ -139,6 +141,7 @@ impl Page {
     fn new() -> Self {
         Page {
             bytes: (0..PAGE_SLOTS).map(|_| Default::default()).collect(),
+            cut: (0..PAGE_SLOTS).map(|_| Default::default()).collect(),
             info: Mutex::new((0..PAGE_SLOTS).map(|_| None).collect()),
         }
     }
@@ -222,7 +225,7 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.version.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -285,6 +288,11 @@ impl TunnelGuard {
     pub(crate) fn counters(&self) -> [&AtomicU64; 2] {
         let [up, down] = &self.page.bytes[self.at.1 as usize];
         [up, down]
+    }
+
+    /// A cut an injected fault ordered for this tunnel, taken.
+    pub(crate) fn take_cut(&self) -> Option<crate::fault::Cut> {
+        crate::fault::Cut::decode(self.page.cut[self.at.1 as usize].swap(0, Ordering::AcqRel))
     }
 
     /// The tunnel as the log describes it.
@@ -375,6 +383,7 @@ pub(crate) fn outcome(e: &RelayError) -> &'static str {
         RelayError::RendezvousExpired => "expired",
         RelayError::ShuttingDown => "shutting_down",
         RelayError::BadRequest(_) | RelayError::RequestBodyTimeout => "bad_request",
+        RelayError::Injected { .. } => "fault",
     }
 }
 
@@ -610,6 +619,7 @@ impl Telemetry {
             };
             (arena.pages[at.0 as usize].clone(), at)
         };
+        page.cut[at.1 as usize].store(0, Ordering::Release);
         lock(&page.info)[at.1 as usize] = Some(TunnelInfo {
             tracking_id: tracking_id.into(),
             hc,
@@ -623,6 +633,33 @@ impl Telemetry {
             page,
             at,
         }
+    }
+
+    /// Orders `cut` for up to `budget` live tunnels that `select` picks (by hybrid connection
+    /// and TrackingId); returns their hybrid connections.
+    pub(crate) fn mark_cut(
+        &self,
+        cut: crate::fault::Cut,
+        budget: u64,
+        select: impl Fn(&HcKey, &str) -> bool,
+    ) -> Vec<HcKey> {
+        let pages = lock(&self.live.tunnels).pages.clone();
+        let mut marked = Vec::new();
+        for page in pages {
+            let info = lock(&page.info);
+            for (slot, i) in info.iter().enumerate() {
+                if marked.len() as u64 >= budget {
+                    return marked;
+                }
+                if let Some(i) = i
+                    && select(&i.hc, &i.tracking_id)
+                {
+                    page.cut[slot].store(cut.encode(), Ordering::Release);
+                    marked.push(HcKey::clone(&i.hc));
+                }
+            }
+        }
+        marked
     }
 
     /// A sender left while waiting for its listener.

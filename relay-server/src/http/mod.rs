@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::error::{ErrorFormat, RelayError, Tracking};
+use crate::fault::HttpFault;
 use crate::head_case::HeaderNames;
 use crate::registry::{ControlOut, Delivery, PendingHttp};
 use crate::state::RelayState;
@@ -275,6 +276,19 @@ impl Call<'_> {
             strip_authorization = token
                 .as_ref()
                 .is_some_and(|t| t.1 == TokenSource::Authorization);
+        }
+        match state.faults.http(&target.key) {
+            Some(HttpFault::Status(status, text)) => {
+                return Err(RelayError::Injected { status, text });
+            }
+            Some(HttpFault::Timeout) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(state.options.http_response_timeout) => {}
+                    _ = state.cancel.cancelled() => return Err(RelayError::ShuttingDown),
+                }
+                return Err(RelayError::HttpTimeout);
+            }
+            None => {}
         }
         let ns_host = crate::model::host_without_port(self.host);
         let head = request_head(parts, self.names, id, conn, self.query, strip_authorization);
