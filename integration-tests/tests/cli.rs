@@ -29,8 +29,16 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn every_help_has_examples_and_exit_statuses() {
-    for binary in ["relay-server", "hcm", "app-side-shim", "up", "bench"] {
-        let out = run(binary, &["--help"]);
+    let helps: [(&str, &[&str]); 6] = [
+        ("relay-server", &["--help"]),
+        ("relay-server", &["fault", "--help"]),
+        ("hcm", &["--help"]),
+        ("app-side-shim", &["--help"]),
+        ("up", &["--help"]),
+        ("bench", &["--help"]),
+    ];
+    for (binary, args) in helps {
+        let out = run(binary, args);
         let help = stdout(&out);
         assert!(out.status.success(), "{binary}: {}", stderr(&out));
         assert!(

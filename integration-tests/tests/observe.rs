@@ -441,6 +441,36 @@ async fn the_status_page_shows_listeners_and_tunnels_live_in_a_browser() {
     })
     .await
     .unwrap();
+
+    // An injected fault appears in its table, live, and goes when cleared (issue 15).
+    let spec = r#"{"kind":"shapeTunnels","latencyMs":5,"hybridConnection":"chain"}"#;
+    let (status, _) =
+        hc_emulator::procs::http_request(c.relay_addr, "POST", "/$faults", Some(spec), None)
+            .unwrap();
+    assert_eq!(status, 201);
+    let b = browser.clone();
+    tokio::task::spawn_blocking(move || {
+        b.until(
+            "const row = document.querySelector('#faults tr.fault[data-id=\"f1\"]'); return window.__stillTheSamePage === true && !document.getElementById('faults').hidden && !!row && row.dataset.kind === 'shapeTunnels' && row.innerText.includes('latencyMs=5')",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let (status, _) =
+        hc_emulator::procs::http_request(c.relay_addr, "DELETE", "/$faults", None, None).unwrap();
+    assert_eq!(status, 200);
+    let b = browser.clone();
+    tokio::task::spawn_blocking(move || {
+        b.until(
+            "return document.getElementById('faults').hidden && document.querySelectorAll('#faults tr.fault').length === 0",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
     write_and_echo(&mut second, 10).await;
     drop(browser);
     drop(dir);

@@ -35,6 +35,31 @@ use tokio::time::Instant;
 use crate::registry::{HcKey, lock};
 use crate::state::RelayState;
 
+/// The file in a data directory that holds the URL of the relay serving it (written at
+/// start by `relay-server` and `up`): `relay-server fault` finds the relay through it.
+pub const URL_FILE: &str = "relay-url";
+
+/// The URL clients on this machine use for a relay bound to `bound`.
+pub fn relay_url(bound: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let ip = bound.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        format!("{scheme}://localhost:{}", bound.port())
+    } else {
+        format!("{scheme}://{bound}")
+    }
+}
+
+/// Writes [`URL_FILE`] into `data_dir` for a relay bound to `bound`.
+pub fn write_url_file(
+    data_dir: &std::path::Path,
+    bound: std::net::SocketAddr,
+    tls: bool,
+) -> std::io::Result<()> {
+    let url = relay_url(bound, tls);
+    hc_process::write_atomically(&data_dir.join(URL_FILE), format!("{url}\n").as_bytes())
+}
+
 /// Longest duration a fault may be given (a week).
 const MAX_DURATION_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 /// Longest injected delay (an hour).
@@ -757,9 +782,8 @@ impl Faults {
             }
             self.any.store(!inner.active.is_empty(), Ordering::Release);
         }
-        if !cleared.is_empty() {
-            self.bump();
-        }
+        // Always: live tunnels drop what counted faults left them even when nothing was active.
+        self.bump();
         cleared
     }
 
@@ -1139,6 +1163,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&FaultSpec::new(FaultKind::StallControl)).unwrap(),
             r#"{"kind":"stallControl"}"#
+        );
+    }
+
+    #[test]
+    fn urls_for_loopback_and_other_addresses() {
+        assert_eq!(
+            relay_url(([127, 0, 0, 1], 9443).into(), true),
+            "https://localhost:9443"
+        );
+        assert_eq!(
+            relay_url(([0, 0, 0, 0], 9080).into(), false),
+            "http://localhost:9080"
+        );
+        assert_eq!(
+            relay_url(([10, 1, 2, 3], 9443).into(), true),
+            "https://10.1.2.3:9443"
         );
     }
 

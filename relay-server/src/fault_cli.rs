@@ -2,29 +2,30 @@
 //! finds the relay through the URL the relay wrote into its data directory at start (or
 //! `--relay`), trusts the CA there for https, and prints what the relay answered.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use relay_server::FaultSpec;
+use relay_server::fault::URL_FILE;
 use serde_json::Value;
 
-/// The file in the data directory holding the running relay's URL.
-pub(crate) const URL_FILE: &str = "relay-url";
+const FAULT_EXAMPLES: &str = "\
+Examples:
+  relay-server fault add drop-listeners --close-code 1011      close every listener's control channel
+  relay-server fault add refuse-connects --status 503 --hc sample --duration 10
+                                                               503 ServerBusy to senders of 'sample' for 10 s
+  relay-server fault add cut-tunnels --after-bytes 1000000 --count 1
+                                                               cut the next tunnel after 1 MB
+  relay-server fault add shape-tunnels --latency-ms 100 --bytes-per-second 1000000
+  relay-server fault list
+  relay-server fault clear                                     every fault; normal service at once
 
-/// The URL clients on this machine use for a relay bound to `bound`.
-pub(crate) fn relay_url(bound: SocketAddr, tls: bool) -> String {
-    let scheme = if tls { "https" } else { "http" };
-    let ip = bound.ip();
-    if ip.is_loopback() || ip.is_unspecified() {
-        format!("{scheme}://localhost:{}", bound.port())
-    } else {
-        format!("{scheme}://{bound}")
-    }
-}
+Exit status: 0 done; 1 the relay refused (the message names the field at fault) or could not
+be reached; 2 a bad command line.";
 
 /// Options of `relay-server fault`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = FAULT_EXAMPLES)]
 pub(crate) struct FaultArgs {
     /// The relay's URL, e.g. https://localhost:9443 [default: the URL the relay serving
     /// --data-dir wrote at start].
@@ -244,22 +245,6 @@ async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_for_loopback_and_other_addresses() {
-        assert_eq!(
-            relay_url(([127, 0, 0, 1], 9443).into(), true),
-            "https://localhost:9443"
-        );
-        assert_eq!(
-            relay_url(([0, 0, 0, 0], 9080).into(), false),
-            "http://localhost:9080"
-        );
-        assert_eq!(
-            relay_url(([10, 1, 2, 3], 9443).into(), true),
-            "https://10.1.2.3:9443"
-        );
-    }
 
     #[test]
     fn a_fault_reads_as_one_line() {

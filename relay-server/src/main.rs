@@ -188,10 +188,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(TcpListener::local_addr)
         .transpose()?;
     let stop = hc_process::shutdown_signal();
-    let url_file = data_dir.join(fault_cli::URL_FILE);
-    let url = fault_cli::relay_url(bound, !args.plain);
-    hc_process::write_atomically(&url_file, format!("{url}\n").as_bytes())
-        .with_context(|| format!("cannot write {}", url_file.display()))?;
+    relay_server::fault::write_url_file(&data_dir, bound, !args.plain).with_context(|| {
+        format!(
+            "cannot write {}",
+            data_dir.join(relay_server::fault::URL_FILE).display()
+        )
+    })?;
     print_banner(&relay, bound, management_addr, &args, &data_dir)?;
     if let Some(arm) = management {
         let relay = relay.clone();

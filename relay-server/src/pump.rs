@@ -73,9 +73,20 @@ pub(crate) struct FaultFeed<'a> {
     pub current: &'a (dyn Fn(bool) -> TunnelFaults + Send + Sync),
 }
 
-/// What faults ask of one tunnel, shared by its two directions.
+/// What faults ask of one tunnel, shared by its two directions. The cells are made the
+/// first time a fault applies to the tunnel, so a tunnel no fault touches carries only an
+/// empty slot for them.
 #[derive(Debug)]
 struct Plan<'a> {
+    cells: std::sync::OnceLock<Box<PlanCells>>,
+    /// The tunnel's byte counters, and what they held when it started.
+    counters: [&'a AtomicU64; 2],
+    start: u64,
+}
+
+/// A faulted tunnel's plan.
+#[derive(Debug, Default)]
+struct PlanCells {
     /// Cut once this many payload bytes passed both ways (`u64::MAX`: never).
     cut_after: AtomicU64,
     /// How ([`Cut::encode`]).
@@ -86,24 +97,78 @@ struct Plan<'a> {
     latency_us: AtomicU64,
     /// Bytes per second, [sender→listener, listener→sender]; 0 for no cap.
     rate: [AtomicU64; 2],
-    /// The tunnel's byte counters, and what they held when it started.
-    counters: [&'a AtomicU64; 2],
-    start: u64,
+    /// What counted faults gave the tunnel when it opened (kept until faults are cleared).
+    at_open: TunnelFaults,
 }
 
 impl<'a> Plan<'a> {
     fn new(counters: [&'a AtomicU64; 2]) -> Self {
         Plan {
-            cut_after: AtomicU64::new(u64::MAX),
-            cut_how: AtomicU32::new(0),
-            shaped: AtomicBool::new(false),
-            latency_us: AtomicU64::new(0),
-            rate: Default::default(),
+            cells: std::sync::OnceLock::new(),
             start: counters[0].load(Ordering::Relaxed) + counters[1].load(Ordering::Relaxed),
             counters,
         }
     }
 
+    /// What applies as the tunnel opens.
+    fn open(&self, t: &TunnelFaults) {
+        if *t != TunnelFaults::default() {
+            let cells = self.cells.get_or_init(|| {
+                Box::new(PlanCells {
+                    at_open: *t,
+                    ..PlanCells::default()
+                })
+            });
+            cells.set(t);
+        }
+    }
+
+    /// What applies after faults changed (plus what counted faults gave it at open).
+    fn update(&self, t: &TunnelFaults) {
+        match self.cells.get() {
+            Some(cells) => cells.set(&t.keeping(&cells.at_open)),
+            None if t.cut_after.is_some() || t.shape.is_some() => {
+                self.cells.get_or_init(Default::default).set(t);
+            }
+            None => {}
+        }
+    }
+
+    fn shaped(&self) -> bool {
+        self.cells
+            .get()
+            .is_some_and(|c| c.shaped.load(Ordering::Acquire))
+    }
+
+    fn latency(&self) -> Duration {
+        self.cells.get().map_or(Duration::ZERO, |c| {
+            Duration::from_micros(c.latency_us.load(Ordering::Relaxed))
+        })
+    }
+
+    fn rate(&self, index: usize) -> u64 {
+        self.cells
+            .get()
+            .map_or(0, |c| c.rate[index].load(Ordering::Relaxed))
+    }
+
+    /// The cut due once the tunnel carried its `afterBytes`.
+    fn over_limit(&self) -> Option<End> {
+        let cells = self.cells.get()?;
+        let limit = cells.cut_after.load(Ordering::Acquire);
+        if limit == u64::MAX {
+            return None;
+        }
+        let total = self.counters[0].load(Ordering::Relaxed)
+            + self.counters[1].load(Ordering::Relaxed)
+            - self.start;
+        (total >= limit)
+            .then(|| Cut::decode(cells.cut_how.load(Ordering::Relaxed)).map(End::Cut))
+            .flatten()
+    }
+}
+
+impl PlanCells {
     fn set(&self, t: &TunnelFaults) {
         let (after, how) = t.cut_after.map_or((u64::MAX, 0), |(n, c)| (n, c.encode()));
         self.cut_how.store(how, Ordering::Relaxed);
@@ -115,24 +180,6 @@ impl<'a> Plan<'a> {
             cell.store(rate.unwrap_or(0), Ordering::Relaxed);
         }
         self.shaped.store(t.shape.is_some(), Ordering::Release);
-    }
-
-    fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
-    }
-
-    /// The cut due once the tunnel carried its `afterBytes`.
-    fn over_limit(&self) -> Option<End> {
-        let limit = self.cut_after.load(Ordering::Acquire);
-        if limit == u64::MAX {
-            return None;
-        }
-        let total = self.counters[0].load(Ordering::Relaxed)
-            + self.counters[1].load(Ordering::Relaxed)
-            - self.start;
-        (total >= limit)
-            .then(|| Cut::decode(self.cut_how.load(Ordering::Relaxed)).map(End::Cut))
-            .flatten()
     }
 }
 
@@ -187,11 +234,14 @@ where
     let (to_listener_mid, to_sender_mid) = (AtomicBool::new(false), AtomicBool::new(false));
     let handles = [sw.control_handle(), lw.control_handle()];
     let plan = Plan::new(counters);
-    let at_open = (faults.current)(true);
-    plan.set(&at_open);
+    let cut_now = {
+        let at_open = (faults.current)(true);
+        plan.open(&at_open);
+        at_open.cut_now
+    };
     // Pinned where they are made: passed by value and pinned inside `both`, each future would
     // be stored twice in the task (once as the argument, once pinned).
-    let outcome = match at_open.cut_now {
+    let outcome = match cut_now {
         Some(cut) => Err((End::Cut(cut), true)),
         None => {
             let a = pin!(
@@ -221,7 +271,6 @@ where
                 grace: options.shutdown_grace,
                 cancel: &cancel,
                 plan: &plan,
-                at_open,
             };
             ends.both(a, b, &mut faults).await
         }
@@ -282,8 +331,6 @@ struct Ends<'a> {
     grace: Duration,
     cancel: &'a CancellationToken,
     plan: &'a Plan<'a>,
-    /// What faults gave the tunnel when it opened.
-    at_open: TunnelFaults,
 }
 
 impl Ends<'_> {
@@ -307,11 +354,11 @@ impl Ends<'_> {
                         watching = false;
                         continue;
                     }
-                    let now = (faults.current)(false).keeping(&self.at_open);
+                    let now = (faults.current)(false);
                     if let Some(cut) = now.cut_now {
                         return Err((End::Cut(cut), true));
                     }
-                    self.plan.set(&now);
+                    self.plan.update(&now);
                 }
                 _ = self.cancel.cancelled(), if deadline.is_none() => {
                     for h in self.handles {
@@ -343,8 +390,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                 }
                 item = self.src.next_item() => match item {
                     Ok(Some(Item::Data(h))) => {
-                        if self.plan.shaped.load(Ordering::Acquire) {
-                            match self.shaped(h).await {
+                        if self.plan.shaped() {
+                            // Boxed: its delay line would otherwise be part of every
+                            // tunnel's task, shaped or not.
+                            match Box::pin(self.shaped(h)).await {
                                 Some(end) => return end,
                                 None => continue,
                             }
@@ -397,7 +446,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                 let h = match next.take() {
                     Some(h) => h,
                     None => {
-                        if !plan.shaped.load(Ordering::Acquire) {
+                        if !plan.shaped() {
                             let _ = tx.send(Piece::Unshaped).await;
                             return;
                         }
@@ -477,7 +526,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Direction<'_, R, W> {
                         arrived,
                     }) => {
                         let mut at = arrived + plan.latency();
-                        let rate = plan.rate[index].load(Ordering::Relaxed);
+                        let rate = plan.rate(index);
                         if rate > 0 {
                             let cost = Duration::from_secs_f64(payload.len() as f64 / rate as f64);
                             busy_until = busy_until.max(arrived) + cost;
@@ -574,6 +623,19 @@ mod tests {
         tokio::task::JoinHandle<TunnelReport>,
         CancellationToken,
     ) {
+        tunnel_with(grace, TunnelFaults::default())
+    }
+
+    /// Like [`tunnel`], with `faults` applying from the start.
+    fn tunnel_with(
+        grace: Duration,
+        faults: TunnelFaults,
+    ) -> (
+        Client,
+        Client,
+        tokio::task::JoinHandle<TunnelReport>,
+        CancellationToken,
+    ) {
         let (s_client, s_relay) = tokio::io::duplex(300);
         let (l_client, l_relay) = tokio::io::duplex(300);
         let cancel = CancellationToken::new();
@@ -593,7 +655,7 @@ mod tests {
                 [&counters[0], &counters[1]],
                 FaultFeed {
                     changed,
-                    current: &|_| TunnelFaults::default(),
+                    current: &move |_| faults,
                 },
             )
             .await
@@ -694,6 +756,98 @@ mod tests {
         ));
         assert!(lr.next_message().await.unwrap().is_none());
         assert!(pump.await.unwrap().aborted.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shaping_delays_each_direction_and_caps_its_rate_keeping_messages_whole() {
+        let shape = crate::fault::Shape {
+            latency: Duration::from_millis(100),
+            rate: [Some(10_000), None],
+        };
+        let faults = TunnelFaults {
+            shape: Some(shape),
+            ..TunnelFaults::default()
+        };
+        let ((mut sr, mut sw), (mut lr, mut lw), pump, _cancel) =
+            tunnel_with(Duration::from_secs(5), faults);
+        // Latency: a small message arrives 100 ms later, each way.
+        let t0 = tokio::time::Instant::now();
+        sw.send(OpCode::Text, b"ping").await.unwrap();
+        assert_eq!(next_data(&mut lr).await, Message::Text("ping".into()));
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        lw.send(OpCode::Binary, b"pong").await.unwrap();
+        assert_eq!(next_data(&mut sr).await, Message::Binary(b"pong".to_vec()));
+        assert_eq!(t0.elapsed(), Duration::from_millis(200));
+        // Rate: 20,000 bytes at 10,000 bytes per second take 2 s (plus the latency), and the
+        // message arrives whole even though it leaves in pieces.
+        let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let t1 = tokio::time::Instant::now();
+        let (sent, got) = tokio::join!(sw.send(OpCode::Binary, &big), next_data(&mut lr));
+        sent.unwrap();
+        assert_eq!(got, Message::Binary(big));
+        let took = t1.elapsed();
+        assert!(
+            took >= Duration::from_millis(2000) && took <= Duration::from_millis(2110),
+            "{took:?}"
+        );
+        // The Close keeps its place behind the data.
+        sw.close(&CloseFrame::new(1000, "")).await.unwrap();
+        assert!(matches!(
+            next_data(&mut lr).await,
+            Message::Close(CloseFrame {
+                code: Some(1000),
+                ..
+            })
+        ));
+        lw.close(&CloseFrame::new(1000, "")).await.unwrap();
+        let report = pump.await.unwrap();
+        assert_eq!(report.aborted, None);
+        assert_eq!(report.sender_to_listener, 20_004);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_cut_after_the_bytes_asked_with_a_close_to_both_sides() {
+        let faults = TunnelFaults {
+            cut_after: Some((1_000, Cut::Close(4001))),
+            ..TunnelFaults::default()
+        };
+        let ((mut sr, mut sw), (mut lr, _lw), pump, _cancel) =
+            tunnel_with(Duration::from_secs(5), faults);
+        let send = async {
+            for _ in 0..3 {
+                // The last may find the tunnel cut already.
+                let _ = sw.send(OpCode::Binary, &[1u8; 400]).await;
+            }
+        };
+        let read = async {
+            let mut got = 0;
+            loop {
+                match next_data(&mut lr).await {
+                    Message::Binary(b) => got += b.len(),
+                    other => return (got, other),
+                }
+            }
+        };
+        let ((), (got, close)) = tokio::join!(send, read);
+        assert_eq!(got, 1_200, "cut after the frame that crossed 1,000 bytes");
+        assert!(matches!(
+            close,
+            Message::Close(CloseFrame {
+                code: Some(4001),
+                ..
+            })
+        ));
+        assert!(matches!(
+            next_data(&mut sr).await,
+            Message::Close(CloseFrame {
+                code: Some(4001),
+                ..
+            })
+        ));
+        assert_eq!(
+            pump.await.unwrap().aborted.as_deref(),
+            Some("cut by an injected fault")
+        );
     }
 
     #[tokio::test(start_paused = true)]

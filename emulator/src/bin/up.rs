@@ -125,6 +125,9 @@ async fn start_relay(
         .await
         .with_context(|| format!("cannot listen on {}", args.relay_listen))?;
     let addr = listener.local_addr()?;
+    // So `relay-server fault add ...` finds this relay through the shared data directory.
+    relay_server::fault::write_url_file(data, addr, true)
+        .with_context(|| format!("cannot write the relay's URL into {}", data.display()))?;
     let serving = relay.clone();
     tokio::spawn(async move {
         serving
