@@ -592,6 +592,7 @@ async fn shaped_tunnels_have_the_latency_and_rate_asked() {
     let f = add(&c, json!({"kind": "shapeTunnels", "latencyMs": 100}));
     let shaped = rtt(&mut app, 7).await;
     let added = shaped.saturating_sub(base);
+    eprintln!("round trip: base {base:?}, with 100 ms each way {shaped:?}");
     assert!(
         added >= Duration::from_millis(200) && added <= Duration::from_millis(220),
         "base {base:?}, shaped {shaped:?}"
@@ -618,6 +619,7 @@ async fn shaped_tunnels_have_the_latency_and_rate_asked() {
     let t0 = Instant::now();
     assert_eq!(echo(&c, &data).await.unwrap(), data);
     let rate = data.len() as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("capped at 1,000,000 bytes per second: measured {rate:.0}");
     assert!(
         (900_000.0..=1_100_000.0).contains(&rate),
         "{rate:.0} bytes per second"
