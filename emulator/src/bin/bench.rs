@@ -6,9 +6,11 @@
 //! 2. round trip of a 64-byte ping-pong, p50 and p99 (µs);
 //! 3. new tunnels: connect -> first echoed byte, p50/p99 (ms), and tunnels per second with 16
 //!    concurrent openers;
-//! 4. idle tunnels: resident memory of relay, hcm and shim per tunnel.
+//! 4. idle tunnels: resident memory of relay, hcm and shim per tunnel;
+//! 5. a half-close echo of the bulk size: bytes back must equal bytes sent, in order.
 //!
-//! Each with plain WebSockets and with TLS. `--json` prints one JSON object; `--smoke` runs a
+//! Each with plain WebSockets and with TLS, and, as references in the same run, each peer
+//! tunnel that is installed (bore, rathole, wstunnel: `hc_emulator::peers`). `--json` prints one JSON object; `--smoke` runs a
 //! seconds-long version (CI checks that the harness works, never its timings).
 //!
 //! Build first: `cargo build --release --workspace`, then `target/release/bench` (it starts
@@ -59,6 +61,10 @@ struct Args {
     /// Only plain WebSockets (skip TLS), or only TLS.
     #[arg(long, value_parser = ["both", "plain", "tls"], default_value = "both")]
     transport: String,
+    /// Leave out the peer tunnels (bore, rathole, wstunnel) even when they are installed
+    /// (`--smoke` always does).
+    #[arg(long)]
+    no_peers: bool,
 }
 
 /// Sizes of one run.
@@ -196,6 +202,49 @@ async fn open_rate(addr: SocketAddr, total: usize) -> (f64, f64, f64, usize) {
     )
 }
 
+/// Sends `bytes` of a pattern through the echo, half-closes, and reads until the far end
+/// closes: the bytes lost (sent minus received). A byte out of place is an error.
+async fn half_close_echo(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
+    let mut s = connect(addr).await?;
+    s.write_u8(b'E').await?;
+    let (mut r, mut w) = s.into_split();
+    let pattern = |i: u64| (i % 251) as u8;
+    let writer = tokio::spawn(async move {
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(chunk.len() as u64) as usize;
+            for (k, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(at + k as u64);
+            }
+            w.write_all(&chunk[..n]).await?;
+            at += n as u64;
+        }
+        w.shutdown().await?;
+        anyhow::Ok(w)
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            let i = got + k as u64;
+            ensure!(
+                *b == pattern(i),
+                "byte {i} came back as {b}, not {}",
+                pattern(i)
+            );
+        }
+        got += n as u64;
+    }
+    let _w = writer.await??;
+    ensure!(got <= bytes, "{got} bytes came back for {bytes} sent");
+    Ok(bytes - got)
+}
+
 /// Direct or chained figures for one address.
 async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
     let bytes = plan.bulk * 1024 * 1024;
@@ -208,10 +257,14 @@ async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
         .await
         .context("ping-pong")?;
     let (open50, open99, rate, errors) = open_rate(addr, plan.tunnels).await;
+    let lost = half_close_echo(addr, bytes)
+        .await
+        .context("half-close echo")?;
     Ok(json!({
         "upload_mib_s": up, "download_mib_s": down, "parallel8_upload_mib_s": par,
         "rtt_p50_us": rtt50, "rtt_p99_us": rtt99,
         "open_p50_ms": open50, "open_p99_ms": open99, "tunnels_per_s": rate, "open_errors": errors,
+        "half_close_lost_bytes": lost,
     }))
 }
 
@@ -272,7 +325,7 @@ fn ratio(chain: &Value, direct: &Value, key: &str) -> f64 {
 }
 
 fn print_table(direct: &Value, runs: &[(String, Value)]) {
-    let rows: [(&str, &str, &str); 9] = [
+    let rows: [(&str, &str, &str); 10] = [
         ("upload, 1 stream", "upload_mib_s", "MiB/s"),
         ("download, 1 stream", "download_mib_s", "MiB/s"),
         ("upload, 8 streams", "parallel8_upload_mib_s", "MiB/s"),
@@ -282,6 +335,7 @@ fn print_table(direct: &Value, runs: &[(String, Value)]) {
         ("new tunnel p99", "open_p99_ms", "ms"),
         ("new tunnels, 16 openers", "tunnels_per_s", "/s"),
         ("open errors", "open_errors", ""),
+        ("half-close echo, lost", "half_close_lost_bytes", "B"),
     ];
     print!("{:<26}{:>14}", "", "direct TCP");
     for (name, _) in runs {
@@ -307,6 +361,10 @@ fn print_table(direct: &Value, runs: &[(String, Value)]) {
         let added = v["rtt_p50_us"].as_f64().unwrap_or(f64::NAN)
             - direct["rtt_p50_us"].as_f64().unwrap_or(f64::NAN);
         let i = &v["idle"];
+        if i.is_null() {
+            println!("{name}: added ping-pong p50 {added:.0} µs");
+            continue;
+        }
         println!(
             "{name}: added ping-pong p50 {added:.0} µs; {} idle tunnels ({} errors): relay {:.1} KiB, hcm {:.1} KiB, shim {:.1} KiB per tunnel (RSS relay {} KiB, hcm {} KiB, shim {} KiB)",
             i["tunnels"],
@@ -353,6 +411,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = servers::bench_server().await?;
     let direct = measure(server, plan).await.context("direct TCP")?;
     let mut runs = Vec::new();
+    let mut peers = Vec::new();
+    if !args.smoke && !args.no_peers {
+        for name in hc_emulator::peers::NAMES {
+            match hc_emulator::peers::start(name, server).await {
+                Ok(Some(peer)) => {
+                    let v = measure(peer.addr, plan)
+                        .await
+                        .with_context(|| format!("peer {name}"))?;
+                    drop(peer);
+                    peers.push((name.to_owned(), v));
+                }
+                Ok(None) => eprintln!("{name}: not installed, left out"),
+                Err(e) => eprintln!("{name}: left out: {e:#}"),
+            }
+        }
+    }
     for (name, plain) in [("plain ws", true), ("TLS", false)] {
         if args.transport == "both"
             || (plain && args.transport == "plain")
@@ -365,8 +439,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        let mut out = json!({"plan": {"bulk_mib": plan.bulk, "rtt_samples": plan.rtt_samples, "tunnels": plan.tunnels, "idle_tunnels": plan.idle}, "direct": direct});
-        for (name, v) in &runs {
+        let mut out = json!({"plan": {"bulk_mib": plan.bulk, "rtt_samples": plan.rtt_samples, "tunnels": plan.tunnels, "idle_tunnels": plan.idle}, "direct": direct, "peers": {}});
+        let with_ratios = |v: &Value| {
             let mut v = v.clone();
             for key in [
                 "upload_mib_s",
@@ -379,7 +453,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ] {
                 v[format!("{key}_ratio")] = json!(ratio(&v, &direct, key));
             }
-            out[if name == "TLS" { "tls" } else { "plain" }] = v;
+            v
+        };
+        for (name, v) in &runs {
+            out[if name == "TLS" { "tls" } else { "plain" }] = with_ratios(v);
+        }
+        for (name, v) in &peers {
+            out["peers"][name] = with_ratios(v);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -392,6 +472,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "bulk {} MiB per stream, {} round trips, {} tunnels, {} idle tunnels; {profile}",
             plan.bulk, plan.rtt_samples, plan.tunnels, plan.idle
         );
+        runs.extend(peers);
         print_table(&direct, &runs);
     }
     Ok(())
