@@ -12,6 +12,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BufMut as _;
 use hc_protocol::frame::{CloseFrame, OpCode, close_code};
 use hc_ws::{Config, HEADROOM, Item, Reader, Role, Writer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -208,13 +209,18 @@ async fn tcp_to_ws<R: Source, W: AsyncWrite + Unpin>(
             }
         }
         if buf.is_empty() {
-            buf = vec![0; HEADROOM + buffer];
+            // Not zeroed: only the headroom is written, the read fills the rest (a zeroed
+            // buffer cost a memset of the whole buffer per message, issue 16's profile).
+            buf = Vec::with_capacity(HEADROOM + buffer);
+            buf.resize(HEADROOM, 0);
         }
+        buf.truncate(HEADROOM);
         // Reading is cancel-safe: a Pong waiting for the writer interrupts a read that waits.
+        let mut room = (&mut buf).limit(buffer);
         let read = tokio::select! {
             biased;
             _ = ws.control_ready() => None,
-            r = tcp.read(&mut buf[HEADROOM..]) => Some(r),
+            r = tcp.read_buf(&mut room) => Some(r),
         };
         let n = match read {
             None => {
