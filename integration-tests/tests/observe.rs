@@ -604,3 +604,26 @@ async fn the_status_endpoints_are_for_loopback_or_manage_rights() {
     let (status, body) = get_from(&open, remote, "alphans.localhost", "/healthz", "").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
+
+/// Issue 16: TLS sessions resume on every hop to the relay (the shim's connects and the
+/// HCM's rendezvous connections present the tickets of earlier ones), which
+/// `relay_tls_handshakes_total` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_on_every_hop() {
+    let echo = servers::echo_server().await;
+    let c = ChainBuilder::new(echo.to_string()).start().await.unwrap();
+    for size in [10, 20, 30, 40, 50] {
+        echo_through(&c, size).await;
+    }
+    let text = c.metrics("relay").unwrap();
+    let relay = Scrape::parse(&text);
+    let full = relay.get("relay_tls_handshakes_total", &[("kind", "full")]);
+    let resumed = relay.get("relay_tls_handshakes_total", &[("kind", "resumed")]);
+    // 5 tunnels: 5 shim connections and 5 HCM rendezvous connections, all but the shim's
+    // first able to resume (the HCM's control channel brought its tickets).
+    assert!(resumed >= 8.0, "full {full}, resumed {resumed}\n{text}");
+    assert!(
+        full >= 1.0 && full < resumed,
+        "full {full}, resumed {resumed}"
+    );
+}

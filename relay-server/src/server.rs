@@ -114,6 +114,9 @@ async fn serve_connection(
                 .await
             {
                 Ok(Ok(tls_stream)) => {
+                    let resumed = tls_stream.get_ref().1.handshake_kind()
+                        == Some(rustls::HandshakeKind::Resumed);
+                    state.telemetry.tls_handshake(resumed);
                     serve_http(
                         state,
                         router,

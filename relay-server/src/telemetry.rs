@@ -204,6 +204,7 @@ pub(crate) struct Telemetry {
     http_requests: IntCounterVec,
     auth_failures: IntCounterVec,
     quota_refusals: IntCounterVec,
+    tls_handshakes: IntCounterVec,
     live: Arc<Live>,
 }
 
@@ -450,6 +451,15 @@ impl Telemetry {
         )
         .expect("valid metric");
         let _ = registry.register(Box::new(quota.clone()));
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "relay_tls_handshakes_total",
+                "Completed TLS handshakes on the data plane, by kind: full, or resumed (a client's session ticket saved the certificate exchange).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(tls_handshakes.clone()));
         let rendezvous = HistogramVec::new(
             HistogramOpts::new(
                 "relay_rendezvous_duration_seconds",
@@ -482,8 +492,16 @@ impl Telemetry {
             http_requests,
             auth_failures: auth,
             quota_refusals: quota,
+            tls_handshakes,
             live,
         }
+    }
+
+    /// A TLS handshake completed, resumed or not.
+    pub(crate) fn tls_handshake(&self, resumed: bool) {
+        self.tls_handshakes
+            .with_label_values(&[if resumed { "resumed" } else { "full" }])
+            .inc();
     }
 
     /// The live tables.
