@@ -931,3 +931,115 @@ async fn hyco_ws_reconnects_after_drops_and_expiry_and_sees_refusals() {
     send_works().await;
     assert_eq!(relay.emulator.relay.listener_count("default", "sample"), 1);
 }
+
+/// A request to an in-memory relay from a client that is not on loopback; status and body.
+async fn remote(
+    relay: &relay_server::Relay,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, Value) {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    relay.serve_connection(server, SocketAddr::from(([10, 1, 2, 3], 40000)));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    client.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_manage_token_adds_and_sees_the_faults_of_its_namespace_only() {
+    let config = r#"{"namespaces": [
+        {"name": "alphans", "default": true,
+         "authorizationRules": [
+            {"name": "RootManageSharedAccessKey", "rights": ["Manage", "Listen", "Send"], "primaryKey": "alphans-manage-key"},
+            {"name": "listen-only", "rights": ["Listen"], "primaryKey": "alphans-listen-key"}],
+         "hybridConnections": [{"name": "a1"}]},
+        {"name": "betans", "hybridConnections": [{"name": "b1"}]}]}"#;
+    let relay = relay_server::Relay::in_memory(
+        &ConfigFile::parse(config).unwrap(),
+        RelayOptions::default(),
+    )
+    .unwrap();
+    let token = |rule: &str, key: &str| {
+        let key = hc_protocol::SasKey::new(key).unwrap();
+        let t = hc_protocol::SasToken::create(
+            "http://alphans.localhost/",
+            rule,
+            &key,
+            relay_server::now_unix() + 600,
+        );
+        format!("ServiceBusAuthorization: {}\r\n", t.expose())
+    };
+    let manage = token("RootManageSharedAccessKey", "alphans-manage-key");
+    let host = "alphans.localhost";
+    // No token, or one without Manage: refused as on the status page.
+    assert_eq!(remote(&relay, "GET", host, "/$faults", "", "").await.0, 401);
+    let listen = token("listen-only", "alphans-listen-key");
+    assert_eq!(
+        remote(&relay, "GET", host, "/$faults", &listen, "").await.0,
+        403
+    );
+    // A fault on betans, added on the relay's own machine (the Rust API).
+    relay
+        .add_fault(FaultSpec {
+            namespace: Some("betans".into()),
+            ..FaultSpec::new(FaultKind::StallControl)
+        })
+        .unwrap();
+    // With Manage on alphans: a fault without a namespace is scoped to alphans; one naming
+    // betans is refused; the list shows alphans's only, and clearing leaves betans's alone.
+    let (status, f) = remote(
+        &relay,
+        "POST",
+        host,
+        "/$faults",
+        &manage,
+        r#"{"kind":"httpTimeout"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{f}");
+    assert_eq!(f["namespace"], "alphans");
+    let (status, e) = remote(
+        &relay,
+        "POST",
+        host,
+        "/$faults",
+        &manage,
+        r#"{"kind":"httpTimeout","namespace":"betans"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (_, list) = remote(&relay, "GET", host, "/$faults", &manage, "").await;
+    let ids: Vec<&str> = list["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alphans"], "{list}");
+    assert_eq!(
+        remote(&relay, "GET", host, "/$faults/f1", &manage, "")
+            .await
+            .0,
+        404
+    );
+    let (status, cleared) = remote(&relay, "DELETE", host, "/$faults", &manage, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(cleared["cleared"].as_array().unwrap().len(), 1);
+    let left: Vec<String> = relay
+        .faults()
+        .iter()
+        .map(|f| f.spec.namespace.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(left, ["betans"]);
+}

@@ -512,8 +512,11 @@ pub(crate) struct Faults {
     changed: watch::Sender<u64>,
     active_gauge: IntGaugeVec,
     applications: IntCounterVec,
-    /// Moves at every clear.
-    clears: std::sync::atomic::AtomicU64,
+    /// Moves at every clear of all namespaces.
+    clears_all: std::sync::atomic::AtomicU64,
+    /// Moves at every clear limited to one namespace (a Manage token's), by namespace: one
+    /// tenant's clear never lifts what another's faults left on its tunnels.
+    clears_in: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Faults {
@@ -546,7 +549,8 @@ impl Faults {
             changed: watch::Sender::new(0),
             active_gauge,
             applications,
-            clears: Default::default(),
+            clears_all: Default::default(),
+            clears_in: Mutex::default(),
         }
     }
 
@@ -707,7 +711,10 @@ impl Faults {
     /// What applies to a tunnel of `hc` with `tracking_id`; `opening` counts cuts and shapes
     /// of a tunnel that just opened as applications.
     pub(crate) fn tunnel(&self, hc: &HcKey, tracking_id: &str, opening: bool) -> TunnelFaults {
-        let mut out = TunnelFaults::default();
+        let mut out = TunnelFaults {
+            clears: self.clears(&hc.0),
+            ..TunnelFaults::default()
+        };
         if !self.any.load(Ordering::Acquire) {
             return out;
         }
@@ -741,10 +748,11 @@ impl Faults {
         out
     }
 
-    /// How many times faults were cleared: a tunnel keeps what a counted fault gave it
-    /// until this moves.
-    pub(crate) fn clears(&self) -> u64 {
-        self.clears.load(Ordering::Acquire)
+    /// How many times faults covering `namespace` were cleared: a tunnel there keeps what a
+    /// counted fault gave it until this moves.
+    fn clears(&self, namespace: &str) -> u64 {
+        self.clears_all.load(Ordering::Acquire)
+            + lock(&self.clears_in).get(namespace).copied().unwrap_or(0)
     }
 
     /// The faults, active first, then the ended ones (newest last).
@@ -765,8 +773,19 @@ impl Faults {
 
     /// Ends the active faults `select` picks (and lifts what counted faults left on live
     /// tunnels); returns them.
-    pub(crate) fn clear(&self, select: impl Fn(&FaultInfo) -> bool) -> Vec<FaultInfo> {
-        self.clears.fetch_add(1, Ordering::AcqRel);
+    /// `lift` names the namespace whose tunnels drop what counted faults left them (`None`:
+    /// every namespace).
+    pub(crate) fn clear(
+        &self,
+        select: impl Fn(&FaultInfo) -> bool,
+        lift: Option<&str>,
+    ) -> Vec<FaultInfo> {
+        match lift {
+            None => {
+                self.clears_all.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(ns) => *lock(&self.clears_in).entry(ns.to_owned()).or_default() += 1,
+        }
         let mut cleared = Vec::new();
         {
             let mut inner = lock(&self.inner);
@@ -1180,6 +1199,33 @@ mod tests {
             relay_url(([10, 1, 2, 3], 9443).into(), true),
             "https://10.1.2.3:9443"
         );
+    }
+
+    #[test]
+    fn a_clear_in_one_namespace_lifts_only_its_tunnels_kept_effects() {
+        let faults = Faults::new(&Registry::new());
+        let key = |ns: &str| (ns.to_owned(), "hc".to_owned());
+        let shape = Shape {
+            latency: Duration::from_millis(5),
+            rate: [None, None],
+        };
+        // What a counted shaping fault gave a tunnel in each namespace when it opened.
+        let at_open = |ns: &str| TunnelFaults {
+            shape: Some(shape),
+            kept_shape: true,
+            ..faults.tunnel(&key(ns), "t", false)
+        };
+        let (a, b) = (at_open("alpha"), at_open("beta"));
+        // Later, with the counted fault used up, the tunnels keep it...
+        let now = |ns: &str| faults.tunnel(&key(ns), "t", false);
+        assert_eq!(now("alpha").keeping(&a).shape, Some(shape));
+        // ...until a clear covers their namespace: alpha's clear lifts alpha's only.
+        faults.clear(|_| true, Some("alpha"));
+        assert_eq!(now("alpha").keeping(&a).shape, None);
+        assert_eq!(now("beta").keeping(&b).shape, Some(shape));
+        // A clear of every namespace lifts beta's too.
+        faults.clear(|_| true, None);
+        assert_eq!(now("beta").keeping(&b).shape, None);
     }
 
     #[test]

@@ -68,7 +68,11 @@ pub(crate) async fn handle(
         }
         (&Method::POST, true) => add(state, req, &scope).await,
         (&Method::DELETE, true) => {
-            let cleared = state.faults.clear(|f| visible(&scope, f));
+            let lift = match &scope {
+                Scope::All => None,
+                Scope::Namespace(ns) => Some(ns.as_str()),
+            };
+            let cleared = state.faults.clear(|f| visible(&scope, f), lift);
             state.faults.forget_ended(|f| visible(&scope, f));
             status::json_response(&json!({ "cleared": cleared }))
         }
@@ -81,7 +85,10 @@ pub(crate) async fn handle(
             ),
         },
         (&Method::DELETE, false) => {
-            let cleared = state.faults.clear(|f| f.id == id && visible(&scope, f));
+            let lift = state.faults.get(id).and_then(|f| f.spec.namespace);
+            let cleared = state
+                .faults
+                .clear(|f| f.id == id && visible(&scope, f), lift.as_deref());
             match cleared.into_iter().next() {
                 Some(f) => status::json_response(&json!(f)),
                 None => match state.faults.get(id).filter(|f| visible(&scope, f)) {

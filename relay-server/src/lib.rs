@@ -189,12 +189,17 @@ impl Relay {
 
     /// Ends a fault now; `None` when no active fault has that id.
     pub fn clear_fault(&self, id: &str) -> Option<FaultInfo> {
-        self.state.faults.clear(|f| f.id == id).into_iter().next()
+        let lift = self.state.faults.get(id).and_then(|f| f.spec.namespace);
+        self.state
+            .faults
+            .clear(|f| f.id == id, lift.as_deref())
+            .into_iter()
+            .next()
     }
 
     /// Ends every fault now; returns how many were active.
     pub fn clear_faults(&self) -> usize {
-        self.state.faults.clear(|_| true).len()
+        self.state.faults.clear(|_| true, None).len()
     }
 
     /// Serves on an already bound listener until `shutdown` completes, then closes every

@@ -345,19 +345,14 @@ fn spawn_tunnel(
                 return;
             };
             // What injected faults ask of this tunnel: a cut ordered for its slot, or what
-            // the lasting faults covering it say (looked up only while any is active).
+            // the lasting faults covering it say (looked up at open only while any is
+            // active, and at every change of the faults).
             let current = |opening: bool| {
-                let mut now = TunnelFaults {
-                    clears: faults.clears(),
-                    ..TunnelFaults::default()
-                };
-                if faults.any()
+                let mut now = TunnelFaults::default();
+                if (faults.any() || !opening)
                     && let Some(v) = live.view()
                 {
-                    now = TunnelFaults {
-                        clears: now.clears,
-                        ..faults.tunnel(&v.hc, &v.tracking_id, opening)
-                    };
+                    now = faults.tunnel(&v.hc, &v.tracking_id, opening);
                 }
                 if let Some(cut) = live.take_cut() {
                     now.cut_now = Some(cut);
