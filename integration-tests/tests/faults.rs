@@ -989,11 +989,17 @@ async fn a_manage_token_adds_and_sees_the_faults_of_its_namespace_only() {
         remote(&relay, "GET", host, "/$faults", &listen, "").await.0,
         403
     );
-    // A fault on betans, added on the relay's own machine (the Rust API).
+    // A fault on betans and one on every namespace, added on the relay's own machine.
     relay
         .add_fault(FaultSpec {
             namespace: Some("betans".into()),
             ..FaultSpec::new(FaultKind::StallControl)
+        })
+        .unwrap();
+    let everywhere = relay
+        .add_fault(FaultSpec {
+            latency_ms: Some(1),
+            ..FaultSpec::new(FaultKind::ShapeTunnels)
         })
         .unwrap();
     // With Manage on alphans: a fault without a namespace is scoped to alphans; one naming
@@ -1019,27 +1025,28 @@ async fn a_manage_token_adds_and_sees_the_faults_of_its_namespace_only() {
     )
     .await;
     assert_eq!(status, 403, "{e}");
+    // The list shows alphans's fault and the one on every namespace (it touches alphans too).
     let (_, list) = remote(&relay, "GET", host, "/$faults", &manage, "").await;
-    let ids: Vec<&str> = list["faults"]
+    let scopes: Vec<&str> = list["faults"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f["namespace"].as_str().unwrap())
+        .map(|f| f["namespace"].as_str().unwrap_or("*"))
         .collect();
-    assert_eq!(ids, ["alphans"], "{list}");
-    assert_eq!(
-        remote(&relay, "GET", host, "/$faults/f1", &manage, "")
-            .await
-            .0,
-        404
-    );
+    assert_eq!(scopes, ["*", "alphans"], "{list}");
+    let (status, _) = remote(&relay, "GET", host, "/$faults/f1", &manage, "").await;
+    assert_eq!(status, 404, "betans's fault is not the token's to see");
+    // Clearing: alphans's fault only; the one on every namespace is not the token's to clear.
+    let path = format!("/$faults/{}", everywhere.id);
+    let (status, e) = remote(&relay, "DELETE", host, &path, &manage, "").await;
+    assert_eq!(status, 403, "{e}");
     let (status, cleared) = remote(&relay, "DELETE", host, "/$faults", &manage, "").await;
     assert_eq!(status, 200);
-    assert_eq!(cleared["cleared"].as_array().unwrap().len(), 1);
+    assert_eq!(cleared["cleared"].as_array().unwrap().len(), 1, "{cleared}");
     let left: Vec<String> = relay
         .faults()
         .iter()
-        .map(|f| f.spec.namespace.clone().unwrap_or_default())
+        .map(|f| f.spec.namespace.clone().unwrap_or_else(|| "*".into()))
         .collect();
-    assert_eq!(left, ["betans"]);
+    assert_eq!(left, ["betans", "*"]);
 }

@@ -6,7 +6,8 @@
 //!
 //! - `GET /$faults`: `{"faults": [active…], "ended": [the last 50 that ended…]}`
 //! - `POST /$faults` with a fault's JSON ([`crate::fault::FaultSpec`]): 201 and the fault
-//! - `DELETE /$faults`: clears every fault (in the caller's namespace): 200 and them
+//! - `DELETE /$faults`: clears every fault (a Manage token: those of its namespace, never
+//!   one that covers every namespace): 200 and them
 //! - `GET /$faults/{id}`, `DELETE /$faults/{id}`: one fault, 404 when unknown
 //!
 //! Errors are `{"error": {"code": …, "message": …}}` with 400 (the message names the field),
@@ -72,8 +73,8 @@ pub(crate) async fn handle(
                 Scope::All => None,
                 Scope::Namespace(ns) => Some(ns.as_str()),
             };
-            let cleared = state.faults.clear(|f| visible(&scope, f), lift);
-            state.faults.forget_ended(|f| visible(&scope, f));
+            let cleared = state.faults.clear(|f| owned(&scope, f), lift);
+            state.faults.forget_ended(|f| owned(&scope, f));
             status::json_response(&json!({ "cleared": cleared }))
         }
         (&Method::GET, false) => match state.faults.get(id).filter(|f| visible(&scope, f)) {
@@ -85,6 +86,20 @@ pub(crate) async fn handle(
             ),
         },
         (&Method::DELETE, false) => {
+            if let Some(f) = state
+                .faults
+                .get(id)
+                .filter(|f| visible(&scope, f) && !owned(&scope, f))
+            {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!(
+                        "fault '{}' covers every namespace: only a client on the relay's machine or with a management token may clear it",
+                        f.id
+                    ),
+                );
+            }
             let lift = state.faults.get(id).and_then(|f| f.spec.namespace);
             let cleared = state
                 .faults
@@ -126,6 +141,15 @@ pub(crate) async fn handle(
 /// visible to all: they touch theirs too).
 fn visible(scope: &Scope, f: &FaultInfo) -> bool {
     f.spec.namespace.as_deref().is_none_or(|n| scope.covers(n))
+}
+
+/// Whether a caller may clear `f`: a caller limited to one namespace only its own faults,
+/// never one that covers every namespace (clearing it would change other tenants' service).
+fn owned(scope: &Scope, f: &FaultInfo) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Namespace(_) => f.spec.namespace.as_deref().is_some_and(|n| scope.covers(n)),
+    }
 }
 
 async fn add(state: &Arc<RelayState>, req: Request, scope: &Scope) -> Response {
