@@ -118,3 +118,67 @@ async fn gated_copy(
         }
     }
 }
+
+/// Two namespaces for access tests: `alphans` (the default; `RootManageSharedAccessKey` with
+/// key `alphans-manage-key`, `listen-only` with `alphans-listen-key`; hybrid connection `a1`)
+/// and `betans` (hybrid connection `b1`).
+pub const TWO_NAMESPACES: &str = r#"{"namespaces": [
+    {"name": "alphans", "default": true,
+     "authorizationRules": [
+        {"name": "RootManageSharedAccessKey", "rights": ["Manage", "Listen", "Send"], "primaryKey": "alphans-manage-key"},
+        {"name": "listen-only", "rights": ["Listen"], "primaryKey": "alphans-listen-key"}],
+     "hybridConnections": [{"name": "a1"}]},
+    {"name": "betans", "hybridConnections": [{"name": "b1"}]}]}"#;
+
+/// A `ServiceBusAuthorization` header line with a token for `alphans` signed by `rule`'s
+/// `key` (see [`TWO_NAMESPACES`]), valid for ten minutes.
+pub fn alphans_token_header(rule: &str, key: &str) -> String {
+    let key = hc_protocol::SasKey::new(key).expect("a valid key");
+    let t = hc_protocol::SasToken::create(
+        "http://alphans.localhost/",
+        rule,
+        &key,
+        relay_server::now_unix() + 600,
+    );
+    format!("ServiceBusAuthorization: {}\r\n", t.expose())
+}
+
+/// One HTTP/1.1 request to `relay` over an in-memory pipe from the address `peer` (so a test
+/// can be a client that is not on loopback): the status and the body. `headers` are whole
+/// lines, each ending with CRLF.
+pub async fn request_from(
+    relay: &Relay,
+    peer: [u8; 4],
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    relay.serve_connection(server, SocketAddr::from((peer, 40000)));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client
+        .write_all(request.as_bytes())
+        .await
+        .expect("the relay reads the request");
+    let mut raw = Vec::new();
+    client
+        .read_to_end(&mut raw)
+        .await
+        .expect("the relay answers");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}

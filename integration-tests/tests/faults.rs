@@ -932,7 +932,7 @@ async fn hyco_ws_reconnects_after_drops_and_expiry_and_sees_refusals() {
     assert_eq!(relay.emulator.relay.listener_count("default", "sample"), 1);
 }
 
-/// A request to an in-memory relay from a client that is not on loopback; status and body.
+/// A request to an in-memory relay from a client that is not on loopback; status and JSON.
 async fn remote(
     relay: &relay_server::Relay,
     method: &str,
@@ -941,45 +941,28 @@ async fn remote(
     headers: &str,
     body: &str,
 ) -> (u16, Value) {
-    let (mut client, server) = tokio::io::duplex(1 << 20);
-    relay.serve_connection(server, SocketAddr::from(([10, 1, 2, 3], 40000)));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    client.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    client.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = integration_tests::mem::request_from(
+        relay,
+        [10, 1, 2, 3],
+        method,
+        host,
+        path,
+        headers,
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 #[tokio::test]
 async fn a_manage_token_adds_and_sees_the_faults_of_its_namespace_only() {
-    let config = r#"{"namespaces": [
-        {"name": "alphans", "default": true,
-         "authorizationRules": [
-            {"name": "RootManageSharedAccessKey", "rights": ["Manage", "Listen", "Send"], "primaryKey": "alphans-manage-key"},
-            {"name": "listen-only", "rights": ["Listen"], "primaryKey": "alphans-listen-key"}],
-         "hybridConnections": [{"name": "a1"}]},
-        {"name": "betans", "hybridConnections": [{"name": "b1"}]}]}"#;
+    let config = integration_tests::mem::TWO_NAMESPACES;
     let relay = relay_server::Relay::in_memory(
         &ConfigFile::parse(config).unwrap(),
         RelayOptions::default(),
     )
     .unwrap();
-    let token = |rule: &str, key: &str| {
-        let key = hc_protocol::SasKey::new(key).unwrap();
-        let t = hc_protocol::SasToken::create(
-            "http://alphans.localhost/",
-            rule,
-            &key,
-            relay_server::now_unix() + 600,
-        );
-        format!("ServiceBusAuthorization: {}\r\n", t.expose())
-    };
+    let token = integration_tests::mem::alphans_token_header;
     let manage = token("RootManageSharedAccessKey", "alphans-manage-key");
     let host = "alphans.localhost";
     // No token, or one without Manage: refused as on the status page.

@@ -484,45 +484,16 @@ async fn get_from(
     path: &str,
     headers: &str,
 ) -> (u16, String) {
-    let (mut client, server) = tokio::io::duplex(1 << 20);
-    relay.serve_connection(server, std::net::SocketAddr::from((peer, 40000)));
-    client
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    client.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
+    integration_tests::mem::request_from(relay, peer, "GET", host, path, headers, "").await
 }
 
 #[tokio::test]
 async fn the_status_endpoints_are_for_loopback_or_manage_rights() {
-    let config = r#"{"namespaces": [
-        {"name": "alphans", "default": true,
-         "authorizationRules": [
-            {"name": "RootManageSharedAccessKey", "rights": ["Manage", "Listen", "Send"], "primaryKey": "alphans-manage-key"},
-            {"name": "listen-only", "rights": ["Listen"], "primaryKey": "alphans-listen-key"}],
-         "hybridConnections": [{"name": "a1"}]},
-        {"name": "betans", "hybridConnections": [{"name": "b1"}]}]}"#;
+    let config = integration_tests::mem::TWO_NAMESPACES;
     let parsed = relay_server::ConfigFile::parse(config).unwrap();
     let relay =
         relay_server::Relay::in_memory(&parsed, relay_server::RelayOptions::default()).unwrap();
-    let token = |rule: &str, key: &str| {
-        let key = hc_protocol::SasKey::new(key).unwrap();
-        let t = SasToken::create(
-            "http://alphans.localhost/",
-            rule,
-            &key,
-            relay_server::now_unix() + 600,
-        );
-        format!("ServiceBusAuthorization: {}\r\n", t.expose())
-    };
+    let token = integration_tests::mem::alphans_token_header;
     let remote = [10, 1, 2, 3];
     // Loopback: no credentials needed, every namespace shown.
     let (status, body) = get_from(&relay, [127, 0, 0, 1], "localhost", "/$status/api", "").await;

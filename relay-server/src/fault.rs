@@ -588,8 +588,8 @@ impl Faults {
             } else {
                 "duration"
             };
-            let f = inner.active.remove(i);
-            end(inner, &self.active_gauge, f, why);
+            let f = self.take_active(inner, i);
+            inner.record_ended(f.info(Some(why)));
             changed = true;
         }
         self.any.store(!inner.active.is_empty(), Ordering::Release);
@@ -795,9 +795,9 @@ impl Faults {
                     i += 1;
                     continue;
                 }
-                let f = inner.active.remove(i);
-                cleared.push(f.info(Some("cleared")));
-                end(&mut inner, &self.active_gauge, f, "cleared");
+                let info = self.take_active(&mut inner, i).info(Some("cleared"));
+                cleared.push(info.clone());
+                inner.record_ended(info);
             }
             self.any.store(!inner.active.is_empty(), Ordering::Release);
         }
@@ -812,13 +812,25 @@ impl Faults {
     }
 }
 
-/// Moves `f` to the ended list.
-fn end(inner: &mut Inner, gauge: &IntGaugeVec, f: Active, why: &str) {
-    gauge.with_label_values(&[f.spec.kind.as_str()]).dec();
-    if inner.ended.len() == ENDED_KEPT {
-        inner.ended.pop_front();
+impl Faults {
+    /// Takes the active fault at `i` out (the active gauge follows).
+    fn take_active(&self, inner: &mut Inner, i: usize) -> Active {
+        let f = inner.active.remove(i);
+        self.active_gauge
+            .with_label_values(&[f.spec.kind.as_str()])
+            .dec();
+        f
     }
-    inner.ended.push_back(f.info(Some(why)));
+}
+
+impl Inner {
+    /// Keeps `info` among the last [`ENDED_KEPT`] ended faults.
+    fn record_ended(&mut self, info: FaultInfo) {
+        if self.ended.len() == ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(info);
+    }
 }
 
 fn bad<T>(why: String) -> Result<T, FaultError> {
@@ -1109,28 +1121,21 @@ pub(crate) fn add(state: &RelayState, spec: FaultSpec) -> Result<FaultInfo, Faul
     }
     inner.next_id += 1;
     f.id = inner.next_id;
-    let info;
-    if !f.lasting || f.remaining == Some(0) {
-        info = f.info(Some(if f.lasting { "count" } else { "acted" }));
-        faults
-            .active_gauge
-            .with_label_values(&[kind.as_str()])
-            .inc();
-        end(
-            &mut inner,
-            &faults.active_gauge,
-            f,
-            info.ended.as_deref().unwrap_or("acted"),
-        );
+    let info = if !f.lasting || f.remaining == Some(0) {
+        // Done already: it acted once, or its count went on what was live.
+        let info = f.info(Some(if f.lasting { "count" } else { "acted" }));
+        inner.record_ended(info.clone());
+        info
     } else {
-        info = f.info(None);
         faults
             .active_gauge
             .with_label_values(&[kind.as_str()])
             .inc();
+        let info = f.info(None);
         inner.active.push(f);
         faults.any.store(true, Ordering::Release);
-    }
+        info
+    };
     drop(inner);
     faults.bump();
     if let Some(d) = duration

@@ -86,36 +86,27 @@ pub(crate) async fn handle(
             ),
         },
         (&Method::DELETE, false) => {
-            if let Some(f) = state
-                .faults
-                .get(id)
-                .filter(|f| visible(&scope, f) && !owned(&scope, f))
-            {
+            let Some(found) = state.faults.get(id).filter(|f| visible(&scope, f)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "FaultNotFound",
+                    &format!("no fault '{id}'"),
+                );
+            };
+            if !owned(&scope, &found) {
                 return error(
                     StatusCode::FORBIDDEN,
                     "Forbidden",
                     &format!(
-                        "fault '{}' covers every namespace: only a client on the relay's machine or with a management token may clear it",
-                        f.id
+                        "fault '{id}' covers every namespace: only a client on the relay's machine or with a management token may clear it"
                     ),
                 );
             }
-            let lift = state.faults.get(id).and_then(|f| f.spec.namespace);
+            // Cleared even when it already ended: what its count left on tunnels is lifted.
             let cleared = state
                 .faults
-                .clear(|f| f.id == id && visible(&scope, f), lift.as_deref());
-            match cleared.into_iter().next() {
-                Some(f) => status::json_response(&json!(f)),
-                None => match state.faults.get(id).filter(|f| visible(&scope, f)) {
-                    // Already ended: clearing it again changes nothing.
-                    Some(f) => status::json_response(&json!(f)),
-                    None => error(
-                        StatusCode::NOT_FOUND,
-                        "FaultNotFound",
-                        &format!("no fault '{id}'"),
-                    ),
-                },
-            }
+                .clear(|f| f.id == id, found.spec.namespace.as_deref());
+            status::json_response(&json!(cleared.into_iter().next().unwrap_or(found)))
         }
         _ => {
             let mut r = error(
@@ -137,10 +128,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// Whether a caller limited to one namespace may see `f` (faults on every namespace are
-/// visible to all: they touch theirs too).
+/// Whether a caller limited to one namespace may see `f`.
 fn visible(scope: &Scope, f: &FaultInfo) -> bool {
-    f.spec.namespace.as_deref().is_none_or(|n| scope.covers(n))
+    scope.sees_fault(f.spec.namespace.as_deref())
 }
 
 /// Whether a caller may clear `f`: a caller limited to one namespace only its own faults,

@@ -50,6 +50,12 @@ impl Scope {
             Scope::Namespace(n) => n.eq_ignore_ascii_case(namespace),
         }
     }
+
+    /// Whether the caller sees a fault on `namespace` (`None`: one on every namespace, which
+    /// touches the caller's too).
+    pub(crate) fn sees_fault(&self, namespace: Option<&str>) -> bool {
+        namespace.is_none_or(|n| self.covers(n))
+    }
 }
 
 /// The relay is ready once it serves on a socket, has a namespace and its certificate
@@ -402,7 +408,7 @@ fn snapshot(state: &RelayState, scope: &Scope) -> Value {
         .list()
         .0
         .into_iter()
-        .filter(|f| f.spec.namespace.as_deref().is_none_or(|n| scope.covers(n)))
+        .filter(|f| scope.sees_fault(f.spec.namespace.as_deref()))
         .collect();
     json!({
         "faults": faults,
