@@ -273,14 +273,24 @@ async fn aborted_clients_leave_nothing_behind() {
             c.shim.fd_count(),
         )
     };
+    // The baseline is taken once the warm tunnel is gone everywhere: the HCM counts no live
+    // tunnel and the counts stay the same for 10 checks in a row (a single repeat could fall
+    // while the HCM still held the warm tunnel's endpoint socket, CI saw 14 -> 13).
     let mut baseline = settled();
-    for _ in 0..100 {
+    let mut steady = 0;
+    for _ in 0..500 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = settled();
-        if now == baseline {
+        let idle = c.hcm_status().is_some_and(|s| s.tunnels_active == 0);
+        steady = if now == baseline && idle {
+            steady + 1
+        } else {
+            0
+        };
+        baseline = now;
+        if steady == 10 {
             break;
         }
-        baseline = now;
     }
     for _ in 0..20 {
         let s = TcpStream::connect(c.forward).await.unwrap();
