@@ -31,6 +31,13 @@ impl Drop for Peer {
     }
 }
 
+impl Peer {
+    /// Process ids of its server and client.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 /// The peers `bench` knows, by name.
 pub const NAMES: [&str; 3] = ["bore", "rathole", "wstunnel"];
 

@@ -245,10 +245,18 @@ async fn half_close_echo(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
     Ok(bytes - got)
 }
 
-/// Direct or chained figures for one address.
-async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
+/// CPU time used so far by the processes `pids`, ns.
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| hc_emulator::procs::cpu_ns(p)).sum()
+}
+
+/// Direct or chained figures for one address; `pids` are the tunnel's own processes, whose
+/// CPU time is counted per MiB uploaded and per tunnel opened (none for direct TCP).
+async fn measure(addr: SocketAddr, plan: Plan, pids: &[u32]) -> anyhow::Result<Value> {
     let bytes = plan.bulk * 1024 * 1024;
+    let cpu = cpu_ns(pids);
     let up = mib_per_s(bytes, upload(addr, bytes).await.context("upload")?);
+    let cpu_per_mib = (cpu_ns(pids) - cpu) as f64 / 1e3 / plan.bulk as f64;
     let down = mib_per_s(bytes, download(addr, bytes).await.context("download")?);
     let par = parallel(addr, 8, bytes / 8)
         .await
@@ -256,7 +264,14 @@ async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
     let (rtt50, rtt99) = ping_pong(addr, plan.rtt_samples)
         .await
         .context("ping-pong")?;
+    let cpu: Vec<u64> = pids.iter().map(|&p| cpu_ns(&[p])).collect();
     let (open50, open99, rate, errors) = open_rate(addr, plan.tunnels).await;
+    let per_process: Vec<f64> = pids
+        .iter()
+        .zip(&cpu)
+        .map(|(&p, &before)| (cpu_ns(&[p]) - before) as f64 / 1e3 / plan.tunnels as f64)
+        .collect();
+    let cpu_per_tunnel: f64 = per_process.iter().sum();
     let lost = half_close_echo(addr, bytes)
         .await
         .context("half-close echo")?;
@@ -265,6 +280,9 @@ async fn measure(addr: SocketAddr, plan: Plan) -> anyhow::Result<Value> {
         "rtt_p50_us": rtt50, "rtt_p99_us": rtt99,
         "open_p50_ms": open50, "open_p99_ms": open99, "tunnels_per_s": rate, "open_errors": errors,
         "half_close_lost_bytes": lost,
+        "cpu_us_per_mib": if pids.is_empty() { Value::Null } else { json!(cpu_per_mib) },
+        "cpu_us_per_tunnel": if pids.is_empty() { Value::Null } else { json!(cpu_per_tunnel) },
+        "cpu_us_per_tunnel_by_process": per_process,
     }))
 }
 
@@ -315,7 +333,10 @@ async fn chained(server: SocketAddr, plain: bool, plan: Plan) -> anyhow::Result<
         .log("warn")
         .start()
         .await?;
-    let mut figures = measure(chain.forward, plan).await?;
+    // In this order in `cpu_us_per_tunnel_by_process`: relay, shim, hcm.
+    let mut pids = vec![chain.relay.pid(), chain.shim.pid()];
+    pids.extend(chain.hcm.as_ref().map(|h| h.pid()));
+    let mut figures = measure(chain.forward, plan, &pids).await?;
     figures["idle"] = idle_memory(&chain, plan.idle).await;
     Ok(figures)
 }
@@ -325,7 +346,7 @@ fn ratio(chain: &Value, direct: &Value, key: &str) -> f64 {
 }
 
 fn print_table(direct: &Value, runs: &[(String, Value)]) {
-    let rows: [(&str, &str, &str); 10] = [
+    let rows: [(&str, &str, &str); 12] = [
         ("upload, 1 stream", "upload_mib_s", "MiB/s"),
         ("download, 1 stream", "download_mib_s", "MiB/s"),
         ("upload, 8 streams", "parallel8_upload_mib_s", "MiB/s"),
@@ -336,23 +357,27 @@ fn print_table(direct: &Value, runs: &[(String, Value)]) {
         ("new tunnels, 16 openers", "tunnels_per_s", "/s"),
         ("open errors", "open_errors", ""),
         ("half-close echo, lost", "half_close_lost_bytes", "B"),
+        ("tunnel CPU per MiB up", "cpu_us_per_mib", "µs"),
+        ("tunnel CPU per new tunnel", "cpu_us_per_tunnel", "µs"),
     ];
-    print!("{:<26}{:>14}", "", "direct TCP");
+    print!("{:<32}{:>12}", "", "direct TCP");
     for (name, _) in runs {
         print!("{:>16}{:>8}", name, "ratio");
     }
     println!();
     for (label, key, unit) in rows {
+        // CPU rows count the tunnel's processes: direct TCP has none, so no ratio either.
+        let base = direct[key].as_f64();
         print!(
-            "{:<26}{:>14}",
+            "{:<32}{:>12}",
             format!("{label} ({unit})"),
-            format!("{:.1}", direct[key].as_f64().unwrap_or(f64::NAN))
+            base.map_or("-".into(), |b| format!("{b:.1}"))
         );
         for (_, v) in runs {
             print!(
                 "{:>16}{:>8}",
                 format!("{:.1}", v[key].as_f64().unwrap_or(f64::NAN)),
-                format!("{:.2}", ratio(v, direct, key))
+                base.map_or(String::new(), |_| format!("{:.2}", ratio(v, direct, key)))
             );
         }
         println!();
@@ -409,14 +434,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         idle: args.idle_tunnels.unwrap_or(d.idle),
     };
     let server = servers::bench_server().await?;
-    let direct = measure(server, plan).await.context("direct TCP")?;
+    let direct = measure(server, plan, &[]).await.context("direct TCP")?;
     let mut runs = Vec::new();
     let mut peers = Vec::new();
     if !args.smoke && !args.no_peers {
         for name in hc_emulator::peers::NAMES {
             match hc_emulator::peers::start(name, server).await {
                 Ok(Some(peer)) => {
-                    let v = measure(peer.addr, plan)
+                    let v = measure(peer.addr, plan, &peer.pids())
                         .await
                         .with_context(|| format!("peer {name}"))?;
                     drop(peer);
