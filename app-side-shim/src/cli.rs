@@ -19,6 +19,7 @@ use crate::hosts::HostsBlock;
 use crate::proxy::{self, Limits, Router};
 use crate::sender::HybridConnection;
 use crate::{forward, tcpping};
+use hc_client::warm::WarmOptions;
 
 const HELP_EXAMPLES: &str = "\
 Examples:
@@ -113,6 +114,15 @@ pub struct RunArgs {
     /// Connections held at once over every local listener and proxy; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// Connections to the relay kept open ahead of need for each hybrid connection in use,
+    /// so a new tunnel pays only its WebSocket upgrade (0: dial for every tunnel).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub warm_connections: u16,
+    /// Seconds a warm connection waits before it is replaced; keep it below the relay's
+    /// limit on a connection that sends no request (the emulator's --handshake-timeout).
+    /// Connections are kept warm for six times this after the last tunnel.
+    #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.1, 600.0))]
+    pub warm_max_idle: f64,
     /// Seconds a SOCKS5 or HTTP CONNECT client has to say where it wants to go.
     #[arg(long, default_value_t = 10.0, value_parser = hc_process::seconds(0.1, 3600.0))]
     pub handshake_timeout: f64,
@@ -205,15 +215,44 @@ fn find(targets: &[Arc<Target>], what: &str) -> anyhow::Result<Arc<Target>> {
     }
 }
 
+impl RunArgs {
+    /// The warm-connection options of these flags.
+    fn warm(&self) -> WarmOptions {
+        let max_idle =
+            Duration::try_from_secs_f64(self.warm_max_idle).unwrap_or(Duration::from_secs(5));
+        WarmOptions {
+            size: usize::from(self.warm_connections),
+            max_idle,
+            keep_warm_for: max_idle * 6,
+        }
+    }
+}
+
+/// `targets`, each with its own pool of warm connections.
+fn warmed(targets: Vec<Arc<Target>>, warm: WarmOptions) -> Vec<Arc<Target>> {
+    targets
+        .into_iter()
+        .map(|t| {
+            Arc::new(Target {
+                hostname: t.hostname.clone(),
+                port: t.port,
+                hc: t.hc.clone().with_warm_connections(warm),
+            })
+        })
+        .collect()
+}
+
 fn forward_target(
     cli: &Cli,
+    args: &RunArgs,
     targets: &[Arc<Target>],
     listen: SocketAddr,
     spec: &str,
 ) -> anyhow::Result<Arc<Target>> {
     if spec.len() > 9 && spec[..9].eq_ignore_ascii_case("endpoint=") {
         let tls = hc_client::tls::client_config(cli.ca_file.as_deref())?;
-        let hc = HybridConnection::from_connection_string(spec, tls)?;
+        let hc =
+            HybridConnection::from_connection_string(spec, tls)?.with_warm_connections(args.warm());
         return Ok(Arc::new(Target {
             hostname: listen.ip().to_string(),
             port: listen.port(),
@@ -249,7 +288,7 @@ async fn run(
         Some(app) => Some(Arc::new(app_source(cli, args, app)?)),
         None => None,
     };
-    let from_config = targets;
+    let from_config = warmed(targets, args.warm());
     let mut targets = from_config.clone();
     if let Some(source) = &source {
         let from_app = source.fetch().await.with_context(|| {
@@ -263,7 +302,7 @@ async fn run(
             args.app.as_deref().unwrap_or_default(),
             describe_all(&from_app)
         );
-        targets.extend(from_app);
+        targets.extend(warmed(from_app, args.warm()));
     }
     let router = Arc::new(Router::new(targets.clone(), args.allow_direct));
     crate::metrics::metrics().set_routes(targets.len());
@@ -315,7 +354,7 @@ async fn run(
             ));
             continue;
         }
-        let target = forward_target(cli, &targets, listen, target)?;
+        let target = forward_target(cli, args, &targets, listen, target)?;
         let listener = bind(listen).await?;
         println!(
             "Forwarding {} -> {} through {}",
@@ -342,6 +381,7 @@ async fn run(
             router.clone(),
             from_config,
             Duration::try_from_secs_f64(args.app_refresh).unwrap_or(AppSource::DEFAULT_REFRESH),
+            args.warm(),
             cancel.clone(),
         ));
     }
@@ -423,6 +463,7 @@ async fn refresh(
     router: Arc<Router>,
     from_config: Vec<Arc<Target>>,
     every: Duration,
+    warm: WarmOptions,
     cancel: CancellationToken,
 ) {
     let key = |ts: &[Arc<Target>]| {
@@ -444,6 +485,8 @@ async fn refresh(
                 next.extend(from_app.iter().cloned());
                 if key(&next) != key(&router.targets()) {
                     info!(now = %describe_all(&from_app), "the app's hybrid connections changed");
+                    let mut next = from_config.clone();
+                    next.extend(warmed(from_app, warm));
                     router.replace(next);
                 }
             }

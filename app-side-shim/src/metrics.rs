@@ -70,6 +70,12 @@ impl ShimMetrics {
             Box::new(closed.clone()),
             Box::new(bytes.clone()),
             Box::new(routes.clone()),
+            Box::new(hc_process::observe::ReadCounters::new(
+                "shim_warm_connections_total",
+                hc_client::warm::METRIC_HELP,
+                "outcome",
+                || hc_client::warm::process_stats().by_outcome(),
+            )),
         ] {
             let _ = registry.register(c);
         }

@@ -22,6 +22,7 @@ fn the_benchmark_harness_runs_and_reports_every_figure() {
             "parallel8_upload_mib_s",
             "rtt_p50_us",
             "rtt_p99_us",
+            "open_alone_p50_ms",
             "open_p50_ms",
             "open_p99_ms",
             "tunnels_per_s",
@@ -33,6 +34,7 @@ fn the_benchmark_harness_runs_and_reports_every_figure() {
         }
         assert_eq!(v[run]["open_errors"], 0, "{run}");
     }
+    assert!(v["direct"]["cpu_us_per_tunnel"].is_null());
     for run in ["plain", "tls"] {
         assert_eq!(
             (
@@ -43,5 +45,12 @@ fn the_benchmark_harness_runs_and_reports_every_figure() {
             "{v}"
         );
         assert!(v[run]["upload_mib_s_ratio"].as_f64().is_some());
+        // The tunnel's processes used some CPU for the bytes and the tunnels.
+        for key in ["cpu_us_per_mib", "cpu_us_per_tunnel"] {
+            assert!(
+                v[run][key].as_f64().is_some_and(|x| x > 0.0),
+                "{run}.{key} in {v}"
+            );
+        }
     }
 }

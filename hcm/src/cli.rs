@@ -124,6 +124,16 @@ pub struct RunArgs {
     /// Seconds allowed to connect to an endpoint.
     #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.1, 600.0))]
     pub endpoint_timeout: f64,
+    /// Connections to the relay kept open ahead of need for each hybrid connection that is
+    /// accepting tunnels, so a new tunnel's rendezvous pays only its WebSocket upgrade
+    /// (0: dial for every tunnel).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub warm_connections: u16,
+    /// Seconds a warm connection waits before it is replaced; keep it below the relay's
+    /// limit on a connection that sends no request (the emulator's --handshake-timeout).
+    /// Connections are kept warm for six times this after the last tunnel.
+    #[arg(long, default_value_t = 5.0, value_parser = hc_process::seconds(0.1, 600.0))]
+    pub warm_max_idle: f64,
     /// Tunnels served at once over all hybrid connections; more are rejected with 503.
     #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_TUNNELS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_tunnels: u64,
@@ -191,6 +201,11 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
                     backoff_cap: secs(args.max_backoff),
                     endpoint_timeout: secs(args.endpoint_timeout),
                     ca_file: args.ca_file,
+                    warm: hc_client::warm::WarmOptions {
+                        size: usize::from(args.warm_connections),
+                        max_idle: secs(args.warm_max_idle),
+                        keep_warm_for: secs(args.warm_max_idle) * 6,
+                    },
                     ..WorkerOptions::default()
                 }
                 .with_max_tunnels(usize::try_from(args.max_tunnels).unwrap_or(usize::MAX)),

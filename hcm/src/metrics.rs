@@ -22,6 +22,7 @@ impl HcmHealth {
     pub fn new(board: Arc<Board>) -> Self {
         let registry = registry_with_process();
         let _ = registry.register(Box::new(BoardCollector::new(board.clone())));
+        let _ = registry.register(Box::new(warm_counters("hcm_warm_connections_total")));
         HcmHealth { board, registry }
     }
 }
@@ -50,6 +51,13 @@ impl Health for HcmHealth {
 }
 
 const HC: [&str; 1] = ["hybrid_connection"];
+
+/// `{name}{outcome}`: what the process's warm-connection pools did ([`hc_client::warm`]).
+fn warm_counters(name: &'static str) -> hc_process::observe::ReadCounters {
+    hc_process::observe::ReadCounters::new(name, hc_client::warm::METRIC_HELP, "outcome", || {
+        hc_client::warm::process_stats().by_outcome()
+    })
+}
 
 fn gauges() -> Vec<IntGaugeVec> {
     [

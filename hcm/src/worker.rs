@@ -61,6 +61,9 @@ pub struct WorkerOptions {
     pub connector: Option<hc_client::relay::Connector>,
     /// How often the relay's listener count is asked for again.
     pub listener_count_refresh: Duration,
+    /// Connections to the relay opened ahead of need for rendezvous ([`hc_client::warm`];
+    /// not used with `connector`).
+    pub warm: hc_client::warm::WarmOptions,
 }
 
 /// Default cap on concurrent tunnels per HCM process.
@@ -92,6 +95,7 @@ impl Default for WorkerOptions {
             clock: hc_client::Clock::System,
             connector: None,
             listener_count_refresh: Duration::from_secs(10),
+            warm: hc_client::warm::WarmOptions::default(),
         }
     }
 }
@@ -160,6 +164,8 @@ fn prepare(
     let mut relay = RelayEndpoint::from_endpoint(&cs.endpoint, tls)?.with_clock(options.clock);
     if let Some(connector) = &options.connector {
         relay = relay.with_connector(connector.clone());
+    } else if options.warm.size > 0 {
+        relay = relay.with_warm(hc_client::warm::WarmPool::new(options.warm));
     }
     let tokens = TokenProvider::from_connection_string(&cs, options.token_ttl);
     board.update(&entry.key(), |s| {

@@ -376,3 +376,21 @@ pub async fn next_close(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
         }
     }
 }
+
+/// A sample of `name` whose labels include all of `labels` in the Prometheus text `text`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .sum()
+}

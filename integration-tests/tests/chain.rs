@@ -7,9 +7,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use hc_emulator::chain::Chain;
+use hc_emulator::chain::{Chain, ChainBuilder};
 use hc_emulator::servers;
 use integration_tests::external::{self, Postgres};
+use integration_tests::metric;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -259,7 +260,14 @@ async fn half_close_in_both_directions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_clients_leave_nothing_behind() {
     let sink = servers::sink_server().await;
-    let c = start(sink.to_string()).await;
+    // Without warm connections, whose coming and going would move the counts (the next
+    // test checks that those are let go).
+    let c = ChainBuilder::new(sink.to_string())
+        .hcm_args(["--warm-connections", "0"])
+        .shim_args(["--warm-connections", "0"])
+        .start()
+        .await
+        .expect("chain starts");
     // One tunnel first, so lazily created state (connection pools, log files) is in the baseline.
     let mut warm = TcpStream::connect(c.forward).await.unwrap();
     warm.write_all(b"warm").await.unwrap();
@@ -312,6 +320,68 @@ async fn aborted_clients_leave_nothing_behind() {
         settled(),
         c.hcm_status()
     );
+}
+
+/// The HCM and the shim keep connections to the relay open ahead of need while tunnels are
+/// opened, new tunnels take them (the relay sees ordinary connects), and once no tunnel has
+/// been opened for six times `--warm-max-idle`, every one of them is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connections_serve_new_tunnels_and_are_let_go_when_idle() {
+    let echo = servers::echo_server().await;
+    let c = ChainBuilder::new(echo.to_string())
+        .hcm_args(["--warm-max-idle", "1"])
+        .shim_args(["--warm-max-idle", "1"])
+        .start()
+        .await
+        .expect("chain starts");
+    let fds = || {
+        (
+            c.relay.fd_count(),
+            c.hcm.as_ref().unwrap().fd_count(),
+            c.shim.fd_count(),
+        )
+    };
+    let warm = |which: &str, outcome: &str| {
+        let name = format!("{which}_warm_connections_total");
+        metric(&c.metrics(which).unwrap(), &name, &[("outcome", outcome)])
+    };
+    let before = fds();
+    assert_eq!((warm("hcm", "dialed"), warm("shim", "dialed")), (0.0, 0.0));
+    let echo_once = |n: u8| async move {
+        let mut s = TcpStream::connect(c.forward).await.unwrap();
+        s.write_all(&[n; 1000]).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, vec![n; 1000]);
+    };
+    echo_once(1).await;
+    echo_once(2).await;
+    // Used twice: both sides open two connections ahead of need.
+    let mut waited = 0;
+    while warm("hcm", "dialed") < 2.0 || warm("shim", "dialed") < 2.0 {
+        waited += 1;
+        assert!(waited < 500, "no warm connections opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for n in 3..6 {
+        echo_once(n).await;
+    }
+    assert!(warm("hcm", "hit") >= 1.0, "{}", c.metrics("hcm").unwrap());
+    assert!(warm("shim", "hit") >= 1.0, "{}", c.metrics("shim").unwrap());
+    assert_eq!(warm("hcm", "miss") + warm("hcm", "hit"), 5.0);
+    // Idle for 6 s (6 x --warm-max-idle): every warm connection is closed everywhere.
+    let mut waited = 0;
+    while fds() != before {
+        waited += 1;
+        assert!(
+            waited < 3000,
+            "file descriptors (relay, hcm, shim) {before:?} -> {:?}",
+            fds()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(warm("hcm", "discarded") >= 1.0 && warm("shim", "discarded") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

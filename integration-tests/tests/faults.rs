@@ -17,6 +17,7 @@ use hc_emulator::chain::{Chain, ChainBuilder, HC};
 use hc_emulator::procs::{self, http_request};
 use hc_emulator::servers;
 use hc_protocol::ConnectionString;
+use integration_tests::metric;
 use relay_server::{ConfigFile, FaultKind, FaultSpec, RelayOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -81,24 +82,6 @@ fn cli(c: &Chain, args: &[&str]) -> std::process::Output {
 fn stdout(o: &std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A sample of `name` whose labels include all of `labels` in the Prometheus text `text`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-        .sum()
 }
 
 fn relay_metric(c: &Chain, name: &str, labels: &[(&str, &str)]) -> f64 {

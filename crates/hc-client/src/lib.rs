@@ -6,7 +6,8 @@
 //! Modules: `tls` (trust roots), `relay` (where the relay is and how to reach it), `token`
 //! (SAS tokens from a connection string), `handshake` (upgrade and GET on hyper's client,
 //! keeping status and reason phrase), `listener` (control channel, accept, reject), `sender` (connect),
-//! `runtime` (runtime-info GET), `schedule` (renewal and keep-alive times), `bridge` (WebSocket <-> TCP with half-close), `backoff`.
+//! `runtime` (runtime-info GET), `schedule` (renewal and keep-alive times), `bridge` (WebSocket <-> TCP with half-close), `backoff`,
+//! `warm` (connections to the relay opened ahead of need).
 
 pub mod backoff;
 pub mod bridge;
@@ -20,6 +21,7 @@ pub mod schedule;
 pub mod sender;
 pub mod tls;
 pub mod token;
+pub mod warm;
 
 pub use error::{Error, ErrorKind};
 pub use hc_ws::Clock;

@@ -258,9 +258,10 @@ async fn open_address(
         Some(p) => format!("{}:{p}", parts.host),
         None => parts.host.to_owned(),
     };
-    let io = endpoint.open(parts.host, port).await?;
     Ok((
-        handshake::upgrade(io, &url_target(address), &authority, &[]).await?,
+        endpoint
+            .upgrade(parts.host, port, &url_target(address), &authority, &[])
+            .await?,
         authority,
     ))
 }

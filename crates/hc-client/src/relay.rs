@@ -13,6 +13,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::error::{Error, ErrorKind};
+use crate::handshake::{self, Head, WsStream};
+use crate::warm::WarmPool;
 use crate::{BoxIo, Clock};
 
 /// The future a [`Connector`] returns.
@@ -54,6 +56,8 @@ pub struct RelayEndpoint {
     pub connector: Option<Connector>,
     /// Where "now" comes from for the tokens signed for this relay.
     pub clock: Clock,
+    /// Connections opened ahead of need (`None`: every open dials).
+    pub warm: Option<WarmPool>,
 }
 
 impl std::fmt::Debug for RelayEndpoint {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for RelayEndpoint {
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
             .field("connector", &self.connector.is_some())
+            .field("warm", &self.warm)
             .finish()
     }
 }
@@ -88,12 +93,19 @@ impl RelayEndpoint {
             connect_timeout: Duration::from_secs(20),
             connector: None,
             clock: Clock::System,
+            warm: None,
         })
     }
 
     /// This endpoint, reached through `connector` instead of TCP and TLS.
     pub fn with_connector(mut self, connector: Connector) -> Self {
         self.connector = Some(connector);
+        self
+    }
+
+    /// This endpoint, taking connections from `pool` when it has one ready.
+    pub fn with_warm(mut self, pool: WarmPool) -> Self {
+        self.warm = Some(pool);
         self
     }
 
@@ -123,8 +135,42 @@ impl RelayEndpoint {
         if self.tls.is_some() { "wss" } else { "ws" }
     }
 
-    /// Opens a socket to `host:port` (as given in a URL), with TLS when configured.
+    /// Opens a new socket to `host:port` (as given in a URL), with TLS when configured.
     pub async fn open(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
+        self.dial(host, port).await
+    }
+
+    /// Sends a WebSocket upgrade for `target` to `host:port` ([`handshake::upgrade`]) on a
+    /// warm connection when the pool has one ready, else on a new one. Tunnels (sender
+    /// connects, rendezvous) come here; control channels and plain requests open their own,
+    /// so only the destinations of tunnels are kept warm. When a warm connection fails before
+    /// any answer (the relay closed it just as it was taken), the upgrade is sent once more
+    /// on a new connection: no request reached the relay.
+    pub async fn upgrade(
+        &self,
+        host: &str,
+        port: u16,
+        target: &str,
+        authority: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Result<WsStream, Head>, Error> {
+        let taken = self.warm.as_ref().and_then(|p| p.take(self, host, port));
+        let warm = taken.is_some();
+        let io = match taken {
+            Some(io) => io,
+            None => self.dial(host, port).await?,
+        };
+        match handshake::upgrade(io, target, authority, headers).await {
+            Err(e) if warm && *e.kind() == ErrorKind::Network => {
+                let io = self.dial(host, port).await?;
+                handshake::upgrade(io, target, authority, headers).await
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a new socket to `host:port`.
+    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
         if let Some(connect) = &self.connector {
             return (connect.0)(host, port).await.map_err(|e| {
                 Error::new(

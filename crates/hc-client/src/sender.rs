@@ -4,7 +4,7 @@
 use hc_protocol::address::{self, Action, HEADER_SB_AUTHORIZATION};
 
 use crate::error::Error;
-use crate::handshake::{self, WsStream};
+use crate::handshake::WsStream;
 use crate::relay::RelayEndpoint;
 use crate::token::TokenProvider;
 
@@ -36,8 +36,16 @@ pub async fn connect(
         .map(|t| (HEADER_SB_AUTHORIZATION, t.text.as_str()))
         .into_iter()
         .collect();
-    let io = endpoint.open_namespace().await?;
-    match handshake::upgrade(io, &target, &endpoint.authority(), &headers).await? {
+    match endpoint
+        .upgrade(
+            &endpoint.host,
+            endpoint.port,
+            &target,
+            &endpoint.authority(),
+            &headers,
+        )
+        .await?
+    {
         Ok(ws) => Ok(ws),
         Err(head) => Err(Error::from_status(
             &format!("connecting to '{path}'"),

@@ -296,6 +296,68 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// What a [`ReadCounters`] reads at each scrape: a count per label value.
+type ReadFn = dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync;
+
+/// A counter with one label whose values are read at each scrape (for counts kept
+/// elsewhere, such as the warm-connection pools of `hc-client`).
+pub struct ReadCounters {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    read: Box<ReadFn>,
+    desc: Vec<Desc>,
+}
+
+impl std::fmt::Debug for ReadCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCounters")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ReadCounters {
+    /// `name{label=...}` with `help`, its values from `read`.
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        read: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) -> Self {
+        let desc = Self::vec(name, help, label)
+            .desc()
+            .into_iter()
+            .cloned()
+            .collect();
+        ReadCounters {
+            name,
+            help,
+            label,
+            read: Box::new(read),
+            desc,
+        }
+    }
+
+    fn vec(name: &str, help: &str, label: &str) -> prometheus::IntCounterVec {
+        prometheus::IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+    }
+}
+
+impl Collector for ReadCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        self.desc.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let v = Self::vec(self.name, self.help, self.label);
+        for (value, count) in (self.read)() {
+            v.with_label_values(&[value]).inc_by(count);
+        }
+        v.collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

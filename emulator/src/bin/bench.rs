@@ -202,6 +202,18 @@ async fn open_rate(addr: SocketAddr, total: usize) -> (f64, f64, f64, usize) {
     )
 }
 
+/// `n` tunnels opened one after another (nothing else running): p50 of the set-up time, ms.
+async fn open_alone(addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (s, ms) = open_one(addr).await?;
+        drop(s);
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(percentile(&times, 0.5))
+}
+
 /// Sends `bytes` of a pattern through the echo, half-closes, and reads until the far end
 /// closes: the bytes lost (sent minus received). A byte out of place is an error.
 async fn half_close_echo(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
@@ -272,13 +284,16 @@ async fn measure(addr: SocketAddr, plan: Plan, pids: &[u32]) -> anyhow::Result<V
         .map(|(&p, &before)| (cpu_ns(&[p]) - before) as f64 / 1e3 / plan.tunnels as f64)
         .collect();
     let cpu_per_tunnel: f64 = per_process.iter().sum();
+    let alone50 = open_alone(addr, plan.tunnels.min(500))
+        .await
+        .context("tunnels opened one at a time")?;
     let lost = half_close_echo(addr, bytes)
         .await
         .context("half-close echo")?;
     Ok(json!({
         "upload_mib_s": up, "download_mib_s": down, "parallel8_upload_mib_s": par,
         "rtt_p50_us": rtt50, "rtt_p99_us": rtt99,
-        "open_p50_ms": open50, "open_p99_ms": open99, "tunnels_per_s": rate, "open_errors": errors,
+        "open_alone_p50_ms": alone50, "open_p50_ms": open50, "open_p99_ms": open99, "tunnels_per_s": rate, "open_errors": errors,
         "half_close_lost_bytes": lost,
         "cpu_us_per_mib": if pids.is_empty() { Value::Null } else { json!(cpu_per_mib) },
         "cpu_us_per_tunnel": if pids.is_empty() { Value::Null } else { json!(cpu_per_tunnel) },
@@ -346,14 +361,15 @@ fn ratio(chain: &Value, direct: &Value, key: &str) -> f64 {
 }
 
 fn print_table(direct: &Value, runs: &[(String, Value)]) {
-    let rows: [(&str, &str, &str); 12] = [
+    let rows: [(&str, &str, &str); 13] = [
         ("upload, 1 stream", "upload_mib_s", "MiB/s"),
         ("download, 1 stream", "download_mib_s", "MiB/s"),
         ("upload, 8 streams", "parallel8_upload_mib_s", "MiB/s"),
         ("64 B ping-pong p50", "rtt_p50_us", "µs"),
         ("64 B ping-pong p99", "rtt_p99_us", "µs"),
-        ("new tunnel p50", "open_p50_ms", "ms"),
-        ("new tunnel p99", "open_p99_ms", "ms"),
+        ("new tunnel alone p50", "open_alone_p50_ms", "ms"),
+        ("new tunnel p50, 16 openers", "open_p50_ms", "ms"),
+        ("new tunnel p99, 16 openers", "open_p99_ms", "ms"),
         ("new tunnels, 16 openers", "tunnels_per_s", "/s"),
         ("open errors", "open_errors", ""),
         ("half-close echo, lost", "half_close_lost_bytes", "B"),
@@ -473,6 +489,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "parallel8_upload_mib_s",
                 "rtt_p50_us",
                 "rtt_p99_us",
+                "open_alone_p50_ms",
                 "open_p50_ms",
                 "tunnels_per_s",
             ] {
