@@ -22,7 +22,7 @@ fn the_benchmark_harness_runs_and_reports_every_figure() {
             "parallel8_upload_mib_s",
             "rtt_p50_us",
             "rtt_p99_us",
-            "open_alone_p50_ms",
+            "open_alone_p50_us",
             "open_p50_ms",
             "open_p99_ms",
             "tunnels_per_s",
