@@ -138,6 +138,8 @@ struct Inner {
     /// Held apart so the upkeep task can wait on it without keeping the pool alive.
     wake: Arc<Notify>,
     counters: Counters,
+    /// Upkeep tasks running (at most one).
+    upkeeps: Arc<AtomicU64>,
 }
 
 /// A pool of warm connections shared by the clones of a [`RelayEndpoint`]. Dropping the last
@@ -165,6 +167,7 @@ impl WarmPool {
                 slots: Mutex::new(HashMap::new()),
                 wake: Arc::new(Notify::new()),
                 counters: Counters::default(),
+                upkeeps: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -194,7 +197,7 @@ impl WarmPool {
         let key = (host.to_owned(), port);
         let mut taken = None;
         let mut discarded = 0;
-        let start = {
+        {
             let mut slots = lock(&self.inner.slots);
             if !slots.contains_key(&key) && slots.len() >= MAX_DESTINATIONS {
                 let oldest = slots
@@ -207,7 +210,6 @@ impl WarmPool {
                     discarded += gone.ready.len() as u64;
                 }
             }
-            let fresh = slots.is_empty();
             let slot = slots.entry(key).or_insert_with(|| Slot {
                 ready: VecDeque::new(),
                 dialing: 0,
@@ -223,8 +225,7 @@ impl WarmPool {
                 }
                 discarded += 1;
             }
-            fresh
-        };
+        }
         let c = &self.inner.counters;
         c.add(|c| &c.discarded, discarded);
         if taken.is_some() {
@@ -232,7 +233,14 @@ impl WarmPool {
         } else {
             c.add(|c| &c.misses, 1);
         }
-        if start {
+        // One upkeep task per pool: it runs until the pool is dropped (or its runtime ends,
+        // after which the next use starts another).
+        if self
+            .inner
+            .upkeeps
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             let endpoint = RelayEndpoint {
                 warm: None,
                 ..endpoint.clone()
@@ -262,6 +270,11 @@ fn quiet(io: &mut BoxIo) -> bool {
 /// Keeps the pool's destinations topped up until the pool is dropped (it holds only a weak
 /// handle). Runs when told of a use, and every half `max_idle` to replace old connections.
 async fn upkeep(pool: Weak<Inner>, wake: Arc<Notify>, endpoint: RelayEndpoint) {
+    // Counted in by `take`, counted out here when the task ends or is dropped.
+    let Some(running) = pool.upgrade().map(|p| p.upkeeps.clone()) else {
+        return;
+    };
+    let _ended = Ended(running);
     loop {
         let Some(inner) = pool.upgrade() else { return };
         let tick = inner.options.max_idle / 2;
@@ -291,6 +304,15 @@ async fn upkeep(pool: Weak<Inner>, wake: Arc<Notify>, endpoint: RelayEndpoint) {
         // Dropping the pool closes its ready connections at once; this task notices at the
         // next tick at the latest.
         let _ = tokio::time::timeout(tick.max(Duration::from_millis(10)), wake.notified()).await;
+    }
+}
+
+/// Counts an upkeep task out when it ends.
+struct Ended(Arc<AtomicU64>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -552,5 +574,9 @@ mod tests {
             "{:?}",
             pool.stats()
         );
+        // Used again, it warms again, still with a single upkeep task.
+        let _again = [upgrade(&e).await.unwrap(), upgrade(&e).await.unwrap()];
+        ready(&pool, r.port, 2).await;
+        assert_eq!(pool.inner.upkeeps.load(Ordering::Relaxed), 1);
     }
 }
