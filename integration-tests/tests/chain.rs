@@ -257,6 +257,23 @@ async fn half_close_in_both_directions() {
     assert_eq!(got, b"bye from the server\n");
 }
 
+/// What `read` gives once it has held for 10 checks 20 ms apart while `idle` holds (at most
+/// 10 s; then the last reading).
+async fn steady<T: PartialEq>(read: impl Fn() -> T, idle: impl Fn() -> bool) -> T {
+    let mut last = read();
+    let mut held = 0;
+    for _ in 0..500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = read();
+        held = if now == last && idle() { held + 1 } else { 0 };
+        last = now;
+        if held == 10 {
+            break;
+        }
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_clients_leave_nothing_behind() {
     let sink = servers::sink_server().await;
@@ -284,22 +301,10 @@ async fn aborted_clients_leave_nothing_behind() {
     // The baseline is taken once the warm tunnel is gone everywhere: the HCM counts no live
     // tunnel and the counts stay the same for 10 checks in a row (a single repeat could fall
     // while the HCM still held the warm tunnel's endpoint socket, CI saw 14 -> 13).
-    let mut baseline = settled();
-    let mut steady = 0;
-    for _ in 0..500 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = settled();
-        let idle = c.hcm_status().is_some_and(|s| s.tunnels_active == 0);
-        steady = if now == baseline && idle {
-            steady + 1
-        } else {
-            0
-        };
-        baseline = now;
-        if steady == 10 {
-            break;
-        }
-    }
+    let baseline = steady(settled, || {
+        c.hcm_status().is_some_and(|s| s.tunnels_active == 0)
+    })
+    .await;
     for _ in 0..20 {
         let s = TcpStream::connect(c.forward).await.unwrap();
         let (_r, mut w) = s.into_split();
@@ -345,19 +350,8 @@ async fn warm_connections_serve_new_tunnels_and_are_let_go_when_idle() {
         let name = format!("{which}_warm_connections_total");
         metric(&c.metrics(which).unwrap(), &name, &[("outcome", outcome)])
     };
-    // The baseline holds for 10 checks in a row (the HCM's status file and the relay's
-    // state file are open for a moment now and then).
-    let mut before = fds();
-    let mut steady = 0;
-    for _ in 0..500 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = fds();
-        steady = if now == before { steady + 1 } else { 0 };
-        before = now;
-        if steady == 10 {
-            break;
-        }
-    }
+    // (The HCM's status file and the relay's state file are open for a moment now and then.)
+    let before = steady(fds, || true).await;
     assert_eq!((warm("hcm", "dialed"), warm("shim", "dialed")), (0.0, 0.0));
     let echo_once = |n: u8| async move {
         let mut s = TcpStream::connect(c.forward).await.unwrap();
