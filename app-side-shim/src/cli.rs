@@ -218,13 +218,10 @@ fn find(targets: &[Arc<Target>], what: &str) -> anyhow::Result<Arc<Target>> {
 impl RunArgs {
     /// The warm-connection options of these flags.
     fn warm(&self) -> WarmOptions {
-        let max_idle =
-            Duration::try_from_secs_f64(self.warm_max_idle).unwrap_or(Duration::from_secs(5));
-        WarmOptions {
-            size: usize::from(self.warm_connections),
-            max_idle,
-            keep_warm_for: max_idle * 6,
-        }
+        WarmOptions::new(
+            usize::from(self.warm_connections),
+            Duration::try_from_secs_f64(self.warm_max_idle).unwrap_or(Duration::from_secs(5)),
+        )
     }
 }
 
@@ -233,11 +230,9 @@ fn warmed(targets: Vec<Arc<Target>>, warm: WarmOptions) -> Vec<Arc<Target>> {
     targets
         .into_iter()
         .map(|t| {
-            Arc::new(Target {
-                hostname: t.hostname.clone(),
-                port: t.port,
-                hc: t.hc.clone().with_warm_connections(warm),
-            })
+            let mut t = Target::clone(&t);
+            t.hc = t.hc.with_warm_connections(warm);
+            Arc::new(t)
         })
         .collect()
 }
@@ -481,12 +476,12 @@ async fn refresh(
         }
         match source.fetch().await {
             Ok(from_app) => {
+                // A pool holds no connection until used: those of an unchanged set just go.
+                let from_app = warmed(from_app, warm);
                 let mut next = from_config.clone();
                 next.extend(from_app.iter().cloned());
                 if key(&next) != key(&router.targets()) {
                     info!(now = %describe_all(&from_app), "the app's hybrid connections changed");
-                    let mut next = from_config.clone();
-                    next.extend(warmed(from_app, warm));
                     router.replace(next);
                 }
             }

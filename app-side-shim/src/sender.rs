@@ -23,7 +23,7 @@ use std::time::Duration;
 use hc_client::handshake::WsStream;
 use hc_client::relay::RelayEndpoint;
 use hc_client::token::TokenProvider;
-use hc_client::warm::{WarmOptions, WarmPool};
+use hc_client::warm::WarmOptions;
 use hc_client::{Error, ErrorKind};
 use hc_protocol::{ConnectionString, Credential, SasKey};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
@@ -122,13 +122,8 @@ impl HybridConnection {
     /// ahead of need while it is in use ([`hc_client::warm`]), so a connect pays only its
     /// WebSocket upgrade. `size` 0 leaves every connect to dial.
     pub fn with_warm_connections(mut self, options: WarmOptions) -> Self {
-        self.endpoint.warm = (options.size > 0).then(|| WarmPool::new(options));
+        self.endpoint.warm = options.pool();
         self
-    }
-
-    /// The pool of warm connections, when there is one.
-    pub fn warm_pool(&self) -> Option<&WarmPool> {
-        self.endpoint.warm.as_ref()
     }
 
     /// Namespace host.

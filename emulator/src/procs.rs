@@ -197,11 +197,6 @@ impl Proc {
             .unwrap_or(0)
     }
 
-    /// CPU time the process's threads have used so far, ns ([`cpu_ns`]).
-    pub fn cpu_ns(&self) -> u64 {
-        cpu_ns(self.pid())
-    }
-
     /// Open file descriptors (sockets included) of the process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))

@@ -201,11 +201,10 @@ pub async fn execute(cli: Cli, shutdown: impl Future<Output = ()>) -> anyhow::Re
                     backoff_cap: secs(args.max_backoff),
                     endpoint_timeout: secs(args.endpoint_timeout),
                     ca_file: args.ca_file,
-                    warm: hc_client::warm::WarmOptions {
-                        size: usize::from(args.warm_connections),
-                        max_idle: secs(args.warm_max_idle),
-                        keep_warm_for: secs(args.warm_max_idle) * 6,
-                    },
+                    warm: hc_client::warm::WarmOptions::new(
+                        usize::from(args.warm_connections),
+                        secs(args.warm_max_idle),
+                    ),
                     ..WorkerOptions::default()
                 }
                 .with_max_tunnels(usize::try_from(args.max_tunnels).unwrap_or(usize::MAX)),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hc_process::observe::prometheus::core::{Collector, Desc};
 use hc_process::observe::prometheus::proto::MetricFamily;
 use hc_process::observe::prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use hc_process::observe::{Health, registry_with_process};
+use hc_process::observe::{Health, ReadCounters, registry_with_process};
 
 use crate::status::{Board, State};
 
@@ -22,7 +22,12 @@ impl HcmHealth {
     pub fn new(board: Arc<Board>) -> Self {
         let registry = registry_with_process();
         let _ = registry.register(Box::new(BoardCollector::new(board.clone())));
-        let _ = registry.register(Box::new(warm_counters("hcm_warm_connections_total")));
+        let _ = registry.register(Box::new(ReadCounters::new(
+            "hcm_warm_connections_total",
+            hc_client::warm::METRIC_HELP,
+            "outcome",
+            || hc_client::warm::process_stats().by_outcome(),
+        )));
         HcmHealth { board, registry }
     }
 }
@@ -51,13 +56,6 @@ impl Health for HcmHealth {
 }
 
 const HC: [&str; 1] = ["hybrid_connection"];
-
-/// `{name}{outcome}`: what the process's warm-connection pools did ([`hc_client::warm`]).
-fn warm_counters(name: &'static str) -> hc_process::observe::ReadCounters {
-    hc_process::observe::ReadCounters::new(name, hc_client::warm::METRIC_HELP, "outcome", || {
-        hc_client::warm::process_stats().by_outcome()
-    })
-}
 
 fn gauges() -> Vec<IntGaugeVec> {
     [

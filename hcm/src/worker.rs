@@ -164,8 +164,8 @@ fn prepare(
     let mut relay = RelayEndpoint::from_endpoint(&cs.endpoint, tls)?.with_clock(options.clock);
     if let Some(connector) = &options.connector {
         relay = relay.with_connector(connector.clone());
-    } else if options.warm.size > 0 {
-        relay = relay.with_warm(hc_client::warm::WarmPool::new(options.warm));
+    } else {
+        relay.warm = options.warm.pool();
     }
     let tokens = TokenProvider::from_connection_string(&cs, options.token_ttl);
     board.update(&entry.key(), |s| {

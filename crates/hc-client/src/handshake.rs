@@ -120,7 +120,8 @@ pub struct WsStream {
     pub protocol: Option<String>,
 }
 
-fn network(what: &str, e: hyper::Error) -> Error {
+/// A network failure while `what`.
+fn network(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Network, format!("{what}: {e}"))
 }
 
@@ -175,10 +176,10 @@ pub async fn upgrade(
     let request = upgrade_request(target, authority, headers, &key)?;
     io.write_all(request.as_bytes())
         .await
-        .map_err(|e| io_error("sending the upgrade", e))?;
+        .map_err(|e| network("sending the upgrade", e))?;
     io.flush()
         .await
-        .map_err(|e| io_error("sending the upgrade", e))?;
+        .map_err(|e| network("sending the upgrade", e))?;
     let (head, early) = read_head(&mut io).await?;
     if head.status != 101 {
         return Ok(Err(head));
@@ -198,10 +199,6 @@ pub async fn upgrade(
 
 /// Largest response head read from the relay.
 const MAX_HEAD: usize = 64 * 1024;
-
-fn io_error(what: &str, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Network, format!("{what}: {e}"))
-}
 
 /// The request head of an upgrade; a target, authority or header that would break the head
 /// (a control character, a space in the target, a bad header name) is refused by name.
@@ -258,7 +255,7 @@ async fn read_head(io: &mut BoxIo) -> Result<(Head, Vec<u8>), Error> {
         let n = io
             .read_buf(&mut (&mut buf).limit(room))
             .await
-            .map_err(|e| io_error("reading the relay's answer", e))?;
+            .map_err(|e| network("reading the relay's answer", e))?;
         if n == 0 {
             return Err(Error::new(
                 ErrorKind::Network,

@@ -135,11 +135,6 @@ impl RelayEndpoint {
         if self.tls.is_some() { "wss" } else { "ws" }
     }
 
-    /// Opens a new socket to `host:port` (as given in a URL), with TLS when configured.
-    pub async fn open(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
-        self.dial(host, port).await
-    }
-
     /// Sends a WebSocket upgrade for `target` to `host:port` ([`handshake::upgrade`]) on a
     /// warm connection when the pool has one ready, else on a new one. Tunnels (sender
     /// connects, rendezvous) come here; control channels and plain requests open their own,
@@ -158,19 +153,19 @@ impl RelayEndpoint {
         let warm = taken.is_some();
         let io = match taken {
             Some(io) => io,
-            None => self.dial(host, port).await?,
+            None => self.open(host, port).await?,
         };
         match handshake::upgrade(io, target, authority, headers).await {
             Err(e) if warm && *e.kind() == ErrorKind::Network => {
-                let io = self.dial(host, port).await?;
+                let io = self.open(host, port).await?;
                 handshake::upgrade(io, target, authority, headers).await
             }
             other => other,
         }
     }
 
-    /// Opens a new socket to `host:port`.
-    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
+    /// Opens a new socket to `host:port` (as given in a URL), with TLS when configured.
+    pub async fn open(&self, host: &str, port: u16) -> Result<BoxIo, Error> {
         if let Some(connect) = &self.connector {
             return (connect.0)(host, port).await.map_err(|e| {
                 Error::new(

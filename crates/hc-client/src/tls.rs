@@ -52,7 +52,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
 /// safe; AES-128 runs 10 rounds where AES-256 runs 14, and AES-GCM was 35-45% of each
 /// process's CPU on a TLS bulk tunnel (issue 16's profile). Our relay keeps rustls' default
 /// of following the client's order, so this choice is the client's to make.
-pub fn provider() -> rustls::crypto::CryptoProvider {
+fn provider() -> rustls::crypto::CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
         .cipher_suites

@@ -42,13 +42,27 @@ pub struct WarmOptions {
     pub keep_warm_for: Duration,
 }
 
-impl Default for WarmOptions {
-    fn default() -> Self {
+impl WarmOptions {
+    /// `size` ready per destination, each replaced after `max_idle`; a destination is kept
+    /// warm for six times `max_idle` after its last use (the rule `hcm` and the shim follow).
+    pub fn new(size: usize, max_idle: Duration) -> Self {
         WarmOptions {
-            size: 2,
-            max_idle: Duration::from_secs(5),
-            keep_warm_for: Duration::from_secs(30),
+            size,
+            max_idle,
+            keep_warm_for: max_idle * 6,
         }
+    }
+
+    /// A pool with these options, or `None` when `size` is 0 (warming off).
+    pub fn pool(self) -> Option<WarmPool> {
+        (self.size > 0).then(|| WarmPool::new(self))
+    }
+}
+
+impl Default for WarmOptions {
+    /// 2 ready, replaced after 5 s, warm for 30 s after the last use.
+    fn default() -> Self {
+        WarmOptions::new(2, Duration::from_secs(5))
     }
 }
 
@@ -68,13 +82,7 @@ pub struct WarmStats {
 }
 
 /// Counts of every pool in the process ([`process_stats`]).
-static PROCESS: Counters = Counters {
-    dialed: AtomicU64::new(0),
-    hits: AtomicU64::new(0),
-    misses: AtomicU64::new(0),
-    discarded: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-};
+static PROCESS: Counters = Counters::new();
 
 /// The help text of the `*_warm_connections_total{outcome}` counters of `hcm` and the shim.
 pub const METRIC_HELP: &str = "Connections to the relay opened ahead of need, by outcome (dialed: opened ahead; hit: a tunnel took a ready one; miss: none was ready, the tunnel dialled; discarded: closed unused, too old or closed by the relay; failed: a dial ahead failed).";
@@ -97,30 +105,39 @@ impl WarmStats {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    dialed: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    discarded: AtomicU64,
-    failed: AtomicU64,
+/// What a count in [`Counters`] counts (the fields of [`WarmStats`]).
+#[derive(Clone, Copy)]
+enum Outcome {
+    Dialed,
+    Hit,
+    Miss,
+    Discarded,
+    Failed,
 }
 
+/// One count per [`Outcome`].
+struct Counters([AtomicU64; 5]);
+
 impl Counters {
+    const fn new() -> Self {
+        Counters([const { AtomicU64::new(0) }; 5])
+    }
+
     fn read(&self) -> WarmStats {
+        let count = |o: Outcome| self.0[o as usize].load(Ordering::Relaxed);
         WarmStats {
-            dialed: self.dialed.load(Ordering::Relaxed),
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            discarded: self.discarded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            dialed: count(Outcome::Dialed),
+            hits: count(Outcome::Hit),
+            misses: count(Outcome::Miss),
+            discarded: count(Outcome::Discarded),
+            failed: count(Outcome::Failed),
         }
     }
 
     /// Adds `n` to one count here and in the process's counts.
-    fn add(&self, which: fn(&Counters) -> &AtomicU64, n: u64) {
-        which(self).fetch_add(n, Ordering::Relaxed);
-        which(&PROCESS).fetch_add(n, Ordering::Relaxed);
+    fn add(&self, outcome: Outcome, n: u64) {
+        self.0[outcome as usize].fetch_add(n, Ordering::Relaxed);
+        PROCESS.0[outcome as usize].fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -166,7 +183,7 @@ impl WarmPool {
                 options,
                 slots: Mutex::new(HashMap::new()),
                 wake: Arc::new(Notify::new()),
-                counters: Counters::default(),
+                counters: Counters::new(),
                 upkeeps: Arc::new(AtomicU64::new(0)),
             }),
         }
@@ -227,12 +244,15 @@ impl WarmPool {
             }
         }
         let c = &self.inner.counters;
-        c.add(|c| &c.discarded, discarded);
-        if taken.is_some() {
-            c.add(|c| &c.hits, 1);
-        } else {
-            c.add(|c| &c.misses, 1);
-        }
+        c.add(Outcome::Discarded, discarded);
+        c.add(
+            if taken.is_some() {
+                Outcome::Hit
+            } else {
+                Outcome::Miss
+            },
+            1,
+        );
         // One upkeep task per pool: it runs until the pool is dropped (or its runtime ends,
         // after which the next use starts another).
         if self
@@ -282,7 +302,7 @@ async fn upkeep(pool: Weak<Inner>, wake: Arc<Notify>, endpoint: RelayEndpoint) {
         for (host, port) in dials {
             let (pool, endpoint) = (pool.clone(), endpoint.clone());
             tokio::spawn(async move {
-                let io = endpoint.dial(&host, port).await;
+                let io = endpoint.open(&host, port).await;
                 let Some(inner) = pool.upgrade() else { return };
                 let mut slots = lock(&inner.slots);
                 let Some(slot) = slots.get_mut(&(host, port)) else {
@@ -291,11 +311,11 @@ async fn upkeep(pool: Weak<Inner>, wake: Arc<Notify>, endpoint: RelayEndpoint) {
                 slot.dialing = slot.dialing.saturating_sub(1);
                 match io {
                     Ok(io) => {
-                        inner.counters.add(|c| &c.dialed, 1);
+                        inner.counters.add(Outcome::Dialed, 1);
                         slot.ready.push_back((Instant::now(), io));
                     }
                     Err(_) => {
-                        inner.counters.add(|c| &c.failed, 1);
+                        inner.counters.add(Outcome::Failed, 1);
                     }
                 }
             });
@@ -349,7 +369,7 @@ fn plan(inner: &Inner) -> Vec<(String, u16)> {
             dials.push((host.clone(), *port));
         }
     }
-    inner.counters.add(|c| &c.discarded, discarded);
+    inner.counters.add(Outcome::Discarded, discarded);
     dials
 }
 
