@@ -14,8 +14,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// A running peer tunnel.
 #[derive(Debug)]
 pub struct Peer {
-    /// Its name in tables.
-    pub name: &'static str,
     /// Where clients connect: the far end forwards to the server.
     pub addr: SocketAddr,
     children: Vec<Child>,
@@ -41,13 +39,14 @@ impl Peer {
 /// The peers `bench` knows, by name.
 pub const NAMES: [&str; 3] = ["bore", "rathole", "wstunnel"];
 
-/// `name` on `PATH`.
+/// `name` on `PATH`, else where `cargo install` puts it.
 fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name)))
-        .find(|p| p.is_file())
+    crate::procs::on_path(name).or_else(|| {
+        let p = PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cargo/bin")
+            .join(name);
+        p.is_file().then_some(p)
+    })
 }
 
 /// A port free now on 127.0.0.1 (the peers take ports on their command lines).
@@ -68,7 +67,7 @@ fn spawn(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Child> {
 }
 
 /// Starts peer `name` in front of `server`; `None` when its binary is not installed.
-pub async fn start(name: &'static str, server: SocketAddr) -> anyhow::Result<Option<Peer>> {
+pub async fn start(name: &str, server: SocketAddr) -> anyhow::Result<Option<Peer>> {
     let Some(bin) = find(name) else {
         return Ok(None);
     };
@@ -146,7 +145,6 @@ pub async fn start(name: &'static str, server: SocketAddr) -> anyhow::Result<Opt
         other => bail!("unknown peer '{other}'"),
     };
     let peer = Peer {
-        name,
         addr: SocketAddr::from(([127, 0, 0, 1], public)),
         children,
         _dir: dir,

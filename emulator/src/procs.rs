@@ -27,20 +27,22 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     };
     build_workspace_once(profile_dir)
         .with_context(|| format!("building the workspace's binaries for {name}"))?;
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .collect::<Vec<_>>()
-    });
-    std::iter::once(profile_dir.join(name))
-        .chain(on_path)
-        .find(|p| p.is_file())
+    Some(profile_dir.join(name))
+        .filter(|p| p.is_file())
+        .or_else(|| on_path(name))
         .with_context(|| {
             format!(
                 "{name} is neither in {} nor on PATH: `cargo install --path` the crate that has it (see the README)",
                 profile_dir.display()
             )
         })
+}
+
+/// Program `name` in a directory of `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// `cargo build --workspace --bins` into `profile_dir`, once per process, when run by cargo

@@ -26,7 +26,7 @@ fn chromium() -> String {
 impl Browser {
     /// Starts chromedriver on a free port and opens a headless session.
     pub fn start(dir: &Path) -> anyhow::Result<Browser> {
-        let driver_path = which("chromedriver").context(
+        let driver_path = hc_emulator::procs::on_path("chromedriver").context(
             "chromedriver is not installed (Debian: apt-get install chromium chromium-driver)",
         )?;
         let (driver, lines) = Proc::start(
@@ -121,14 +121,6 @@ impl Drop for Browser {
             None,
         );
     }
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
 }
 
 /// One WebDriver command: its `value`, or the error WebDriver reported.

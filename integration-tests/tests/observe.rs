@@ -428,19 +428,14 @@ async fn the_status_page_shows_listeners_and_tunnels_live_in_a_browser() {
     let mut rest = Vec::new();
     first.read_to_end(&mut rest).await.unwrap();
     drop(first);
-    let b = browser.clone();
     let rows_t = rows("tunnel");
-    tokio::task::spawn_blocking(move || {
-        b.until(
-            &format!(
-                "return window.__stillTheSamePage === true && {rows_t}.length === 1 && {byte_cells} === '4321'"
-            ),
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    })
-    .await
-    .unwrap();
+    page_until(
+        &browser,
+        format!(
+            "return window.__stillTheSamePage === true && {rows_t}.length === 1 && {byte_cells} === '4321'"
+        ),
+    )
+    .await;
 
     // An injected fault appears in its table, live, and goes when cleared (issue 15).
     let spec = r#"{"kind":"shapeTunnels","latencyMs":5,"hybridConnection":"chain"}"#;
@@ -448,32 +443,30 @@ async fn the_status_page_shows_listeners_and_tunnels_live_in_a_browser() {
         hc_emulator::procs::http_request(c.relay_addr, "POST", "/$faults", Some(spec), None)
             .unwrap();
     assert_eq!(status, 201);
-    let b = browser.clone();
-    tokio::task::spawn_blocking(move || {
-        b.until(
-            "const row = document.querySelector('#faults tr.fault[data-id=\"f1\"]'); return window.__stillTheSamePage === true && !document.getElementById('faults').hidden && !!row && row.dataset.kind === 'shapeTunnels' && row.innerText.includes('latencyMs=5')",
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    })
-    .await
-    .unwrap();
+    page_until(
+        &browser,
+        "const row = document.querySelector('#faults tr.fault[data-id=\"f1\"]'); return window.__stillTheSamePage === true && !document.getElementById('faults').hidden && !!row && row.dataset.kind === 'shapeTunnels' && row.innerText.includes('latencyMs=5')".into(),
+    )
+    .await;
     let (status, _) =
         hc_emulator::procs::http_request(c.relay_addr, "DELETE", "/$faults", None, None).unwrap();
     assert_eq!(status, 200);
-    let b = browser.clone();
-    tokio::task::spawn_blocking(move || {
-        b.until(
-            "return document.getElementById('faults').hidden && document.querySelectorAll('#faults tr.fault').length === 0",
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    })
-    .await
-    .unwrap();
+    page_until(
+        &browser,
+        "return document.getElementById('faults').hidden && document.querySelectorAll('#faults tr.fault').length === 0".into(),
+    )
+    .await;
     write_and_echo(&mut second, 10).await;
     drop(browser);
     drop(dir);
+}
+
+/// Waits (20 s at most, off the runtime's threads) until `script` returns true in the page.
+async fn page_until(browser: &std::sync::Arc<integration_tests::browser::Browser>, script: String) {
+    let b = browser.clone();
+    tokio::task::spawn_blocking(move || b.until(&script, Duration::from_secs(20)).unwrap())
+        .await
+        .unwrap();
 }
 
 /// A GET to an in-memory relay from `peer`; the status and body.

@@ -452,10 +452,8 @@ mod tests {
         assert!(signed_by(&third.server_pem, &third.ca_pem, &hosts));
     }
 
-    /// Handshakes over an in-memory pipe; whether a client trusting only the CA accepts the
-    /// certificate served for `name`.
-    async fn client_accepts(material: &TlsMaterial, name: &str) -> bool {
-        let server = tokio_rustls::TlsAcceptor::from(material.server_config().unwrap());
+    /// A client with ring's default suites that trusts only `material`'s CA.
+    fn trusting_the_ca(material: &TlsMaterial) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(material.ca_pem.as_bytes()) {
             roots.add(ca.unwrap()).unwrap();
@@ -466,11 +464,15 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
-        let (client, _server) = tokio::join!(connector.connect(name, a), server.accept(b));
-        client.is_ok()
+        Arc::new(client)
+    }
+
+    /// Handshakes over an in-memory pipe; whether a client trusting only the CA accepts the
+    /// certificate served for `name`.
+    async fn client_accepts(material: &TlsMaterial, name: &str) -> bool {
+        handshake(material, trusting_the_ca(material), name)
+            .await
+            .is_ok()
     }
 
     /// The suite a client with `config` and the relay agree on.
@@ -478,18 +480,27 @@ mod tests {
         material: &TlsMaterial,
         config: Arc<rustls::ClientConfig>,
     ) -> rustls::CipherSuite {
-        let server = tokio_rustls::TlsAcceptor::from(material.server_config().unwrap());
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let (client, _server) = tokio::join!(connector.connect(name, a), server.accept(b));
-        let client = client.unwrap();
+        let client = handshake(material, config, "localhost").await.unwrap();
         client
             .get_ref()
             .1
             .negotiated_cipher_suite()
             .unwrap()
             .suite()
+    }
+
+    /// A client with `config` meets the relay's TLS for `name` over an in-memory pipe.
+    async fn handshake(
+        material: &TlsMaterial,
+        config: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::io::DuplexStream>> {
+        let server = tokio_rustls::TlsAcceptor::from(material.server_config().unwrap());
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let (client, _server) = tokio::join!(connector.connect(name, a), server.accept(b));
+        client
     }
 
     /// Our HCM and shim offer AES-128-GCM first and get it (issue 16: fewer AES rounds on
@@ -506,19 +517,8 @@ mod tests {
             negotiated(&material, ours).await,
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         );
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(material.ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let ring_order = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         assert_eq!(
-            negotiated(&material, Arc::new(ring_order)).await,
+            negotiated(&material, trusting_the_ca(&material)).await,
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
         );
     }

@@ -3,9 +3,9 @@
 //! alike: nothing here is emulator-specific, except that `*.localhost` names resolve to
 //! loopback (RFC 6761) and a `ws://` endpoint selects plain WebSockets.
 //!
-//! Modules: `tls` (trust roots), `relay` (where the relay is and how to reach it), `token`
-//! (SAS tokens from a connection string), `handshake` (upgrade and GET on hyper's client,
-//! keeping status and reason phrase), `listener` (control channel, accept, reject), `sender` (connect),
+//! Modules: `tls` (trust roots, cipher order), `relay` (where the relay is and how to reach it), `token`
+//! (SAS tokens from a connection string), `handshake` (the WebSocket upgrade, written and
+//! parsed here, and plain requests on hyper's client, keeping status and reason phrase), `listener` (control channel, accept, reject), `sender` (connect),
 //! `runtime` (runtime-info GET), `schedule` (renewal and keep-alive times), `bridge` (WebSocket <-> TCP with half-close), `backoff`,
 //! `warm` (connections to the relay opened ahead of need).
 

@@ -258,18 +258,29 @@ async fn half_close_echo(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
     Ok(bytes - got)
 }
 
-/// CPU time used so far by the processes `pids`, ns.
-fn cpu_ns(pids: &[u32]) -> u64 {
-    pids.iter().map(|&p| hc_emulator::procs::cpu_ns(p)).sum()
+/// CPU time each of `pids` has used so far, ns.
+fn cpu_each(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .map(|&p| hc_emulator::procs::cpu_ns(p))
+        .collect()
+}
+
+/// µs of CPU each of `pids` used since `before` (from [`cpu_each`]), divided by `per`.
+fn cpu_since(pids: &[u32], before: &[u64], per: f64) -> Vec<f64> {
+    cpu_each(pids)
+        .iter()
+        .zip(before)
+        .map(|(now, then)| now.saturating_sub(*then) as f64 / 1e3 / per)
+        .collect()
 }
 
 /// Direct or chained figures for one address; `pids` are the tunnel's own processes, whose
 /// CPU time is counted per MiB uploaded and per tunnel opened (none for direct TCP).
 async fn measure(addr: SocketAddr, plan: Plan, pids: &[u32]) -> anyhow::Result<Value> {
     let bytes = plan.bulk * 1024 * 1024;
-    let cpu = cpu_ns(pids);
+    let cpu = cpu_each(pids);
     let up = mib_per_s(bytes, upload(addr, bytes).await.context("upload")?);
-    let cpu_per_mib = (cpu_ns(pids) - cpu) as f64 / 1e3 / plan.bulk as f64;
+    let cpu_per_mib: f64 = cpu_since(pids, &cpu, plan.bulk as f64).iter().sum();
     let down = mib_per_s(bytes, download(addr, bytes).await.context("download")?);
     let par = parallel(addr, 8, bytes / 8)
         .await
@@ -277,13 +288,9 @@ async fn measure(addr: SocketAddr, plan: Plan, pids: &[u32]) -> anyhow::Result<V
     let (rtt50, rtt99) = ping_pong(addr, plan.rtt_samples)
         .await
         .context("ping-pong")?;
-    let cpu: Vec<u64> = pids.iter().map(|&p| cpu_ns(&[p])).collect();
+    let cpu = cpu_each(pids);
     let (open50, open99, rate, errors) = open_rate(addr, plan.tunnels).await;
-    let per_process: Vec<f64> = pids
-        .iter()
-        .zip(&cpu)
-        .map(|(&p, &before)| (cpu_ns(&[p]) - before) as f64 / 1e3 / plan.tunnels as f64)
-        .collect();
+    let per_process = cpu_since(pids, &cpu, plan.tunnels as f64);
     let cpu_per_tunnel: f64 = per_process.iter().sum();
     let alone50 = open_alone(addr, plan.tunnels.min(500))
         .await
