@@ -810,9 +810,7 @@ impl Faults {
     pub(crate) fn forget_ended(&self, select: impl Fn(&FaultInfo) -> bool) {
         lock(&self.inner).ended.retain(|f| !select(f));
     }
-}
 
-impl Faults {
     /// Takes the active fault at `i` out (the active gauge follows).
     fn take_active(&self, inner: &mut Inner, i: usize) -> Active {
         let f = inner.active.remove(i);
