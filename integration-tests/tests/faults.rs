@@ -119,17 +119,10 @@ async fn echo(c: &Chain, data: &[u8]) -> std::io::Result<Vec<u8>> {
 /// A sender on the chain's hybrid connection, with our sender library.
 async fn sender(c: &Chain) -> Result<hc_client::handshake::WsStream, hc_client::Error> {
     let tls = hc_client::tls::client_config(Some(&c.ca)).unwrap();
-    let endpoint =
-        RelayEndpoint::from_endpoint(&format!("sb://localhost:{}/", c.relay_port), tls).unwrap();
-    let cs = ConnectionString::parse(&c.send_cs).unwrap();
-    let tokens = TokenProvider::from_connection_string(&cs, Duration::from_secs(600));
-    hc_client::sender::connect(
-        &endpoint,
-        HC,
-        &tokens,
-        &hc_protocol::tracking::guid_from_bytes(rand::random()),
-    )
-    .await
+    app_side_shim::HybridConnection::from_connection_string(&c.send_cs, tls)
+        .unwrap()
+        .connect_ws()
+        .await
 }
 
 /// A sender's connect that must fail; its error.

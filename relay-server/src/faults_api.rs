@@ -33,13 +33,9 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// The part after `/$faults` when `path` is the API's (`""` or `/{id}`).
 pub(crate) fn sub_path(path: &str) -> Option<&str> {
-    let rest = path
-        .strip_prefix("/$faults")
-        .or_else(|| path.strip_prefix("/%24faults"))?;
-    match rest {
-        "" | "/" => Some(""),
-        r if r.starts_with('/') => Some(r),
-        _ => None,
+    match hc_protocol::address::dollar_path(path, "faults")? {
+        "/" => Some(""),
+        rest => Some(rest),
     }
 }
 

@@ -98,13 +98,9 @@ pub(crate) fn route(
     path: &str,
     query: &str,
 ) -> Option<Routed> {
-    let sub = match path
-        .strip_prefix("/$status")
-        .or_else(|| path.strip_prefix("/%24status"))
-    {
+    let sub = match hc_protocol::address::dollar_path(path, "status") {
         Some("" | "/") => "/",
-        Some(rest) if rest.starts_with('/') => rest,
-        Some(_) => return None,
+        Some(rest) => rest,
         None => {
             if !matches!(path, "/healthz" | "/readyz" | "/metrics")
                 || crate::target::Target::resolve(&state.store.read(), host, &path[1..]).is_ok()

@@ -63,13 +63,23 @@ impl Action {
     }
 }
 
+/// What follows `/${name}` (or its percent-encoded form `/%24{name}`) in a request path: ""
+/// or a path starting with `/`; `None` for other paths (`/${name}x` included). The relay's
+/// own endpoints (`/$hc/`, `/$status`, `/$faults`) live under such names.
+pub fn dollar_path<'a>(request_path: &'a str, name: &str) -> Option<&'a str> {
+    let rest = request_path
+        .strip_prefix("/$")
+        .or_else(|| request_path.strip_prefix("/%24"))?
+        .strip_prefix(name)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
 /// The hybrid connection path (plus suffix) of a `/$hc/...` request path, without the prefix
 /// and without trailing slashes; `None` for other paths.
 pub fn hc_path(request_path: &str) -> Option<&str> {
-    let rest = request_path
-        .strip_prefix(HC_PATH_PREFIX)
-        .or_else(|| request_path.strip_prefix("/%24hc/"))?;
-    let rest = rest.trim_end_matches('/');
+    let rest = dollar_path(request_path, "hc")?
+        .strip_prefix('/')?
+        .trim_end_matches('/');
     (!rest.is_empty()).then_some(rest)
 }
 
